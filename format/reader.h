@@ -1,0 +1,115 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Decoder of a mapped-ram migration stream: walks the file header, the
+ * configuration, every section before and after RAM, and loads each RAM
+ * block's header and bitmap. Every offset and length read from the file is
+ * validated against the file's size before use. No threads, no policy.
+ *
+ * Error codes: -EBADMSG bad magic, footer, record or value; -EPROTONOSUPPORT
+ * unsupported version or feature; -ENODATA truncated record; -EOVERFLOW an
+ * offset or length that wraps or points outside the file; -ENOMEM; other
+ * -errno from the source's pread.
+ */
+#ifndef MR_READER_H
+#define MR_READER_H
+
+#include "layout.h"
+#include "stream.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* Random-access byte source: the file being decoded. */
+struct mr_src {
+	/* Returns bytes read (short only at end of file) or -errno. */
+	long (*pread)(void *ctx, void *buf, size_t len, uint64_t off);
+	void *ctx;
+	uint64_t size; /* where the stream data may end (file size, or trailer start) */
+};
+
+/* Where decoding failed, for the caller's one-line message. */
+struct mr_err {
+	uint64_t off;	 /* file offset of the offending record */
+	char block[256]; /* RAM block or section name, "" if none */
+	char msg[192];	 /* what is wrong, lower case, no trailing period */
+};
+
+struct mr_block_info {
+	char name[MR_NAME_MAX + 1];
+	uint64_t entry_off;
+	uint64_t hdr_off;
+	struct mr_ram_header hdr;
+	uint64_t length;
+	uint64_t num_pages;
+	uint64_t bitmap_size;
+	uint64_t present; /* pages whose bit is set */
+	uint64_t *bitmap; /* host words, num_pages bits; owned by the image */
+};
+
+struct mr_section_info {
+	uint8_t type; /* enum mr_sec_type */
+	uint32_t id;
+	char idstr[MR_NAME_MAX + 1]; /* "" for PART/END/COMMAND/EOF */
+	uint32_t instance;
+	uint32_t version;
+	uint16_t command; /* COMMAND only */
+	uint64_t off;	  /* offset of the type byte */
+	uint64_t size;	  /* bytes from the type byte through the footer */
+};
+
+struct mr_image {
+	uint64_t base;	    /* stream start (the ,offset=N of QEMU's URI) */
+	uint64_t file_size; /* bytes the source holds */
+	char machine[MR_NAME_MAX + 1];
+	char **caps;
+	unsigned n_caps;
+	uint32_t target_page_bits; /* 0 when the subsection is absent */
+	bool has_uuid;
+	uint8_t uuid[16];
+
+	uint32_t ram_id;
+	uint64_t ram_total; /* MEM_SIZE */
+	struct mr_block_info *blocks;
+	size_t n_blocks;
+	uint64_t ram_end; /* first byte after the last page region: the raw tail */
+
+	struct mr_section_info *sections; /* every section after configuration */
+	size_t n_sections;
+
+	bool has_devstate; /* snapmr's own device-state section */
+	uint64_t devstate_off; /* first data byte */
+	uint64_t devstate_len;
+
+	uint64_t eof_off;
+	bool has_vmdesc;
+	uint64_t vmdesc_off; /* the 0x06 byte */
+	uint64_t vmdesc_len; /* JSON bytes */
+	uint64_t stream_end; /* first byte after the stream */
+};
+
+/* Flags for mr_image_parse(). */
+#define MR_PARSE_NO_BITMAPS 0x1u /* do not load the bitmaps (counts stay 0) */
+
+/*
+ * Decodes the stream that starts at `base` in src. On success *ret_img is a
+ * new image the caller frees with mr_image_free(). On failure returns -errno
+ * and fills *err (if not NULL).
+ */
+int mr_image_parse(const struct mr_src *src, uint64_t base, unsigned flags,
+		   struct mr_image **ret_img, struct mr_err *err);
+void mr_image_free(struct mr_image *img);
+
+/* True if the image lists capability `name`. */
+bool mr_image_has_cap(const struct mr_image *img, const char *name);
+/* The block named `name`, or NULL. */
+const struct mr_block_info *mr_image_block(const struct mr_image *img, const char *name);
+
+/*
+ * Finds a VMDESCRIPTION record that ends exactly at `end` (QEMU writes it
+ * last): returns 0 and its record offset and JSON length, or -ENOENT.
+ */
+int mr_find_vmdesc(const struct mr_src *src, uint64_t lo, uint64_t end, uint64_t *ret_off,
+		   uint64_t *ret_len);
+
+#endif

@@ -1,0 +1,328 @@
+// SPDX-License-Identifier: MIT
+/* Parsing and mapping of RAM block sources and destinations. */
+#include "ramsrc.h"
+#include "layout.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+
+int snap_parse_size(const char *s, uint64_t *ret)
+{
+	unsigned long long v;
+	char *end;
+	unsigned shift = 0;
+
+	if (!s || !*s || *s == '-' || *s == '+' || *s == ' ')
+		return -EINVAL;
+	errno = 0;
+	v = strtoull(s, &end, 0);
+	if (errno == ERANGE)
+		return -ERANGE;
+	if (end == s)
+		return -EINVAL;
+	switch (*end) {
+	case 'k': case 'K': shift = 10; end++; break;
+	case 'm': case 'M': shift = 20; end++; break;
+	case 'g': case 'G': shift = 30; end++; break;
+	case 't': case 'T': shift = 40; end++; break;
+	default: break;
+	}
+	if (shift && (!strcasecmp(end, "iB")))
+		end += 2;
+	else if (!strcasecmp(end, "B"))
+		end++;
+	if (*end)
+		return -EINVAL;
+	if (shift && v > (UINT64_MAX >> shift))
+		return -ERANGE;
+	*ret = (uint64_t)v << shift;
+	return 0;
+}
+
+void snap_ram_spec_clear(struct snap_ram_spec *s)
+{
+	free(s->where);
+	memset(s, 0, sizeof(*s));
+}
+
+int snap_ram_spec_parse(const char *arg, struct snap_ram_spec *ret, char *errbuf, size_t errlen)
+{
+	struct snap_ram_spec s = {0};
+	const char *eq = strchr(arg, '=');
+	char *rest, *opt, *save = NULL;
+
+	if (!eq || eq == arg) {
+		snprintf(errbuf, errlen, "'%s': expected NAME=SOURCE", arg);
+		return -EINVAL;
+	}
+	if ((size_t)(eq - arg) > 255) {
+		snprintf(errbuf, errlen, "block name longer than 255 bytes");
+		return -EINVAL;
+	}
+	memcpy(s.name, arg, (size_t)(eq - arg));
+	rest = strdup(eq + 1);
+	if (!rest)
+		return -ENOMEM;
+	/* Options follow the last path component; a comma in a path is not supported. */
+	opt = strtok_r(rest, ",", &save);
+	if (!opt || !*opt) {
+		snprintf(errbuf, errlen, "block '%s': empty source", s.name);
+		free(rest);
+		return -EINVAL;
+	}
+	s.where = strdup(opt);
+	if (!s.where) {
+		free(rest);
+		return -ENOMEM;
+	}
+	while ((opt = strtok_r(NULL, ",", &save))) {
+		uint64_t *dst = NULL;
+
+		if (!strncmp(opt, "size=", 5)) {
+			dst = &s.size;
+			s.has_size = true;
+		} else if (!strncmp(opt, "offset=", 7)) {
+			dst = &s.offset;
+		}
+		if (!dst || snap_parse_size(strchr(opt, '=') + 1, dst)) {
+			snprintf(errbuf, errlen, "block '%s': bad option '%s' (size=BYTES, offset=BYTES)",
+				 s.name, opt);
+			free(rest);
+			free(s.where);
+			return -EINVAL;
+		}
+	}
+	free(rest);
+	if (s.has_size && (s.size == 0 || s.size % MR_PAGE_SIZE)) {
+		snprintf(errbuf, errlen, "block '%s': size %llu is not a non-zero multiple of 4096",
+			 s.name, (unsigned long long)s.size);
+		free(s.where);
+		return -EINVAL;
+	}
+	if (s.offset % MR_PAGE_SIZE) {
+		snprintf(errbuf, errlen, "block '%s': offset %llu is not a multiple of 4096", s.name,
+			 (unsigned long long)s.offset);
+		free(s.where);
+		return -EINVAL;
+	}
+	*ret = s;
+	return 0;
+}
+
+bool snap_spec_is_fd(const char *spec)
+{
+	return !strncmp(spec, "fd:", 3) || !strncmp(spec, "/dev/fdset/", 11);
+}
+
+int snap_open_spec(const char *spec, int flags, unsigned mode, char *errbuf, size_t errlen)
+{
+	int fd;
+
+	if (!strncmp(spec, "fd:", 3)) {
+		char *end;
+		long n;
+
+		errno = 0;
+		n = strtol(spec + 3, &end, 10);
+		if (errno || end == spec + 3 || *end || n < 0 || n > INT_MAX) {
+			snprintf(errbuf, errlen, "'%s': bad descriptor number", spec);
+			return -EINVAL;
+		}
+		/* A private dup, so closing ours never closes the caller's. */
+		fd = fcntl((int)n, F_DUPFD_CLOEXEC, 3);
+		if (fd < 0) {
+			int e = errno;
+
+			snprintf(errbuf, errlen, "descriptor %ld: %s", n, strerror(e));
+			return -e;
+		}
+		int fl = fcntl(fd, F_GETFL);
+		int want = flags & O_ACCMODE, have = fl & O_ACCMODE;
+
+		if (fl < 0 || (want != O_RDONLY && have == O_RDONLY) ||
+		    (want != O_WRONLY && have == O_WRONLY)) {
+			snprintf(errbuf, errlen, "descriptor %ld is not open for %s", n,
+				 want == O_RDONLY ? "reading" : want == O_WRONLY ? "writing"
+									  : "reading and writing");
+			close(fd);
+			return -EBADF;
+		}
+		return fd;
+	}
+	fd = open(spec, flags | O_CLOEXEC, mode);
+	if (fd < 0) {
+		int e = errno;
+
+		snprintf(errbuf, errlen, "%s", strerror(e));
+		return -e;
+	}
+	return fd;
+}
+
+static int fd_size(int fd, uint64_t *ret)
+{
+	struct stat st;
+
+	if (fstat(fd, &st) < 0)
+		return -errno;
+	if (S_ISREG(st.st_mode)) {
+		*ret = (uint64_t)st.st_size;
+		return 0;
+	}
+	if (S_ISBLK(st.st_mode) || S_ISCHR(st.st_mode)) {
+		off_t end = lseek(fd, 0, SEEK_END);
+
+		if (end < 0)
+			return -errno;
+		*ret = (uint64_t)end;
+		return 0;
+	}
+	return -EINVAL;
+}
+
+static int map(struct snap_ram_map *m, int prot, char *errbuf, size_t errlen)
+{
+	void *p = mmap(NULL, m->length, prot, MAP_SHARED, m->fd, (off_t)m->offset);
+
+	if (p == MAP_FAILED) {
+		int e = errno;
+
+		snprintf(errbuf, errlen, "cannot map %llu bytes at offset %llu: %s",
+			 (unsigned long long)m->length, (unsigned long long)m->offset,
+			 strerror(e));
+		return -e;
+	}
+	m->addr = m->map_base = p;
+	m->map_len = m->length;
+	return 0;
+}
+
+int snap_ram_map_source(const struct snap_ram_spec *s, struct snap_ram_map *ret, char *errbuf,
+			size_t errlen)
+{
+	struct snap_ram_map m = {.fd = -1};
+	uint64_t size, end;
+	int r;
+
+	r = snap_open_spec(s->where, O_RDONLY, 0, errbuf, errlen);
+	if (r < 0)
+		return r;
+	m.fd = r;
+	r = fd_size(m.fd, &size);
+	if (r < 0) {
+		snprintf(errbuf, errlen, "'%s' is not a regular file, memfd or device", s->where);
+		goto close_fd;
+	}
+	m.offset = s->offset;
+	if (s->has_size) {
+		m.length = s->size;
+	} else {
+		if (s->offset > size) {
+			r = -EINVAL;
+			snprintf(errbuf, errlen, "offset %llu is past the end of '%s' (%llu bytes)",
+				 (unsigned long long)s->offset, s->where,
+				 (unsigned long long)size);
+			goto close_fd;
+		}
+		m.length = size - s->offset;
+	}
+	if (m.length == 0 || m.length % MR_PAGE_SIZE) {
+		r = -EINVAL;
+		snprintf(errbuf, errlen, "size %llu of '%s' is not a non-zero multiple of 4096",
+			 (unsigned long long)m.length, s->where);
+		goto close_fd;
+	}
+	if (__builtin_add_overflow(m.offset, m.length, &end) || end > size) {
+		r = -EINVAL;
+		snprintf(errbuf, errlen, "%llu bytes at offset %llu exceed '%s' (%llu bytes)",
+			 (unsigned long long)m.length, (unsigned long long)m.offset, s->where,
+			 (unsigned long long)size);
+		goto close_fd;
+	}
+	r = map(&m, PROT_READ, errbuf, errlen);
+	if (r < 0)
+		goto close_fd;
+	*ret = m;
+	return 0;
+
+close_fd:
+	close(m.fd);
+	return r;
+}
+
+int snap_ram_map_dest(const struct snap_ram_spec *s, uint64_t length, struct snap_ram_map *ret,
+		      char *errbuf, size_t errlen)
+{
+	struct snap_ram_map m = {.fd = -1};
+	uint64_t size, end;
+	int r;
+
+	if (s->has_size && s->size != length) {
+		snprintf(errbuf, errlen, "size=%llu given but the block holds %llu bytes",
+			 (unsigned long long)s->size, (unsigned long long)length);
+		return -EINVAL;
+	}
+	r = snap_open_spec(s->where, O_RDWR | O_CREAT, 0600, errbuf, errlen);
+	if (r < 0)
+		return r;
+	m.fd = r;
+	m.offset = s->offset;
+	m.length = length;
+	r = fd_size(m.fd, &size);
+	if (r < 0) {
+		snprintf(errbuf, errlen, "'%s' is not a regular file, memfd or device", s->where);
+		goto close_fd;
+	}
+	if (__builtin_add_overflow(m.offset, length, &end) || end > INT64_MAX) {
+		r = -EOVERFLOW;
+		snprintf(errbuf, errlen, "offset %llu + length overflows", (unsigned long long)m.offset);
+		goto close_fd;
+	}
+	/* Nothing beyond the old end of file can hold data: it reads as zero. */
+	m.zeroed = size <= m.offset;
+	if (size != end) {
+		struct stat st;
+
+		if (fstat(m.fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+			r = -EINVAL;
+			snprintf(errbuf, errlen, "'%s' holds %llu bytes, the block needs %llu",
+				 s->where, (unsigned long long)size, (unsigned long long)end);
+			goto close_fd;
+		}
+		/* Resized to the block length, as QEMU's backend would be. */
+		if (ftruncate(m.fd, (off_t)end) < 0) {
+			r = -errno;
+			snprintf(errbuf, errlen, "cannot resize '%s' to %llu bytes: %s", s->where,
+				 (unsigned long long)end, strerror(-r));
+			goto close_fd;
+		}
+	}
+	r = map(&m, PROT_READ | PROT_WRITE, errbuf, errlen);
+	if (r < 0)
+		goto close_fd;
+	*ret = m;
+	return 0;
+
+close_fd:
+	close(m.fd);
+	return r;
+}
+
+void snap_ram_unmap(struct snap_ram_map *m)
+{
+	/* Only a successful map fills map_base, so a zeroed struct owns nothing. */
+	if (!m->map_base)
+		return;
+	munmap(m->map_base, m->map_len);
+	close(m->fd);
+	memset(m, 0, sizeof(*m));
+	m->fd = -1;
+}

@@ -1,0 +1,133 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * libsnapmr: save and restore VM memory in QEMU's mapped-ram file layout.
+ *
+ * A VMM (or the snapsave/snaprestore tools) maps its RAM blocks, passes
+ * descriptors for the output or input file, and calls snap_save(),
+ * snap_restore() or snap_inspect(). Functions return 0 or -errno; on failure
+ * they fill a struct snap_err with a one-line message naming the block and
+ * file offset where that applies. The library never prints.
+ */
+#ifndef SNAPMR_H
+#define SNAPMR_H
+
+#include "reader.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+enum snap_direct {
+	SNAP_DIRECT_AUTO, /* O_DIRECT for page data when the file system allows it */
+	SNAP_DIRECT_ON,	  /* refusal is an error */
+	SNAP_DIRECT_OFF,
+};
+
+struct snap_err {
+	int code;      /* -errno */
+	char msg[512]; /* lower case, no file name, no trailing period */
+};
+
+struct snap_progress {
+	uint64_t done;	/* page bytes processed (written, read or skipped as zero) */
+	uint64_t total; /* page bytes to process */
+	double seconds; /* since the start */
+};
+
+typedef void (*snap_progress_fn)(void *arg, const struct snap_progress *p);
+
+struct snap_opts {
+	unsigned jobs;	      /* worker threads; 0 = online CPUs */
+	const char *engine;   /* "threads", "uring", "aio"; NULL = best available */
+	unsigned queue_depth; /* requests in flight per worker; 0 = engine default */
+	size_t max_io;	      /* bytes per request; 0 = 1 MiB */
+	enum snap_direct direct;
+	snap_progress_fn progress; /* called from the calling thread, or NULL */
+	void *progress_arg;
+	unsigned progress_ms; /* interval; 0 = 500 */
+	bool no_sync;	      /* skip fdatasync (tests, tmpfs); never for real saves */
+};
+
+/* Statistics in the spirit of QEMU's query-migrate. */
+struct snap_stats {
+	uint64_t total_bytes;	 /* logical RAM of all blocks */
+	uint64_t normal_pages;	 /* pages transferred */
+	uint64_t zero_pages;	 /* pages skipped as zero (save) or left zero (restore) */
+	uint64_t page_bytes;	 /* bytes of page data transferred */
+	uint64_t stream_bytes;	 /* bytes of everything else written or read */
+	uint64_t devstate_bytes; /* device state length */
+	uint64_t requests;	 /* I/O submissions */
+	double seconds;
+	const char *engine;
+	bool engine_fallback;  /* the preferred engine could not start; another was used */
+	bool direct;	       /* O_DIRECT used for page data */
+	bool direct_fell_back; /* auto mode hit a refusal and went buffered */
+	unsigned jobs;
+};
+
+/* One RAM block in memory. */
+struct snap_block {
+	const char *name; /* RAMBlock idstr, 1..255 bytes, no NUL */
+	void *addr;	  /* page-aligned mapping of `length` bytes (read-only is enough to save) */
+	uint64_t length;  /* multiple of 4096 */
+	/*
+	 * fd backing the mapping at offset fd_off, or -1. A save uses it to skip
+	 * holes (SEEK_DATA) without faulting them in; a restore to punch holes for
+	 * clear pages (memset otherwise).
+	 */
+	int fd;
+	uint64_t fd_off;
+	bool zeroed; /* restore: memory is known to be all zero, so clear pages need no work */
+};
+
+/* How the device state is carried. */
+enum snap_devstate_kind {
+	SNAP_DEVSTATE_NONE,    /* an empty device-state section */
+	SNAP_DEVSTATE_SECTION, /* opaque blob read from fd until EOF, stored as its own section */
+	SNAP_DEVSTATE_RAW,     /* a raw QEMU stream tail (starting with the RAM EOS word) appended verbatim */
+};
+
+struct snap_save_args {
+	int fd;		  /* output, opened for writing, seekable, buffered */
+	int direct_fd;	  /* second open of the same file with O_DIRECT, or -1 */
+	uint64_t offset;  /* stream start in the file (QEMU's ,offset=N) */
+	const char *machine; /* machine type for the configuration section; NULL = "pc-q35-10.0" */
+	const struct snap_block *blocks;
+	size_t n_blocks;
+	enum snap_devstate_kind devstate;
+	int devstate_fd; /* read sequentially to EOF */
+};
+
+/*
+ * Writes the stream to args->fd and makes it durable (fdatasync) unless
+ * opts->no_sync. Does not truncate below args->offset. On success fills
+ * *ret_stats (may be NULL).
+ */
+int snap_save(const struct snap_save_args *args, const struct snap_opts *opts,
+	      struct snap_stats *ret_stats, struct snap_err *err);
+
+/*
+ * Decodes the file behind fd (stream at `offset`) with bitmaps loaded. The
+ * caller frees *ret_img with mr_image_free().
+ */
+int snap_inspect(int fd, uint64_t offset, struct mr_image **ret_img, struct snap_err *err);
+
+struct snap_restore_args {
+	int fd;	       /* input, readable */
+	int direct_fd; /* O_DIRECT open of the same file, or -1 */
+	const struct mr_image *img;
+	/* Destinations, matched by name; blocks of img without one must be listed in skip. */
+	const struct snap_block *blocks;
+	size_t n_blocks;
+	int devstate_fd; /* receives the device state (section or raw tail), or -1 */
+	bool devstate_raw; /* write the raw stream tail instead of the section body */
+};
+
+/* Reads every present page into the destinations and zeroes the others. */
+int snap_restore(const struct snap_restore_args *args, const struct snap_opts *opts,
+		 struct snap_stats *ret_stats, struct snap_err *err);
+
+/* Version string of the library. */
+const char *snap_version(void);
+
+#endif

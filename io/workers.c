@@ -1,0 +1,139 @@
+// SPDX-License-Identifier: MIT
+/* Worker threads, engine choice and progress reporting for save and restore. */
+#include "workers.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+double snap_now(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+void snap_pool_fail(struct snap_pool *pool, int err)
+{
+	int zero = 0;
+
+	atomic_compare_exchange_strong(&pool->err, &zero, err);
+	atomic_store(&pool->stop, true);
+}
+
+int snap_pool_pick_engine(struct snap_pool *pool, const char *name, bool *ret_fallback,
+			  char *errbuf, size_t errlen)
+{
+	const char *const *names = snap_io_engine_names();
+	int first_err = 0;
+
+	*ret_fallback = false;
+	for (size_t i = 0; names[i]; i++) {
+		const struct snap_io_ops *ops = snap_io_engine_find(names[i]);
+		struct snap_io_engine *e;
+		int r;
+
+		if (name && strcmp(name, names[i]))
+			continue;
+		/* A trial instance: io_uring may be compiled in yet disabled by sysctl. */
+		r = snap_io_engine_new(ops, pool->depth ? pool->depth : 8, NULL, NULL, &e);
+		if (r == 0) {
+			snap_io_engine_free(e);
+			pool->ops = ops;
+			*ret_fallback = i > 0 && !name;
+			return 0;
+		}
+		if (name) {
+			snprintf(errbuf, errlen, "I/O engine '%s' cannot start here: %s", name,
+				 strerror(-r));
+			return r;
+		}
+		if (!first_err) {
+			first_err = r;
+			snprintf(errbuf, errlen, "I/O engine '%s' unavailable (%s)", names[i],
+				 strerror(-r));
+		}
+	}
+	if (name) {
+		snprintf(errbuf, errlen, "unknown I/O engine '%s'", name);
+		return -EINVAL;
+	}
+	return first_err ? first_err : -ENOSYS;
+}
+
+struct thread_arg {
+	struct snap_pool *pool;
+	snap_worker_fn fn;
+	void *arg;
+};
+
+static void *thread_main(void *p)
+{
+	struct thread_arg *ta = p;
+	struct snap_pool *pool = ta->pool;
+	struct snap_io_engine *e = NULL;
+	int r;
+
+	r = snap_io_engine_new(pool->ops, pool->depth, pool->done, ta->arg, &e);
+	if (r == 0) {
+		r = ta->fn(pool, ta->arg, e);
+		int d = snap_io_drain(e);
+
+		if (!r)
+			r = d;
+		atomic_fetch_add(&pool->requests, e->n_syscalls);
+		if (e->fell_back)
+			atomic_store(&pool->fell_back, true);
+		snap_io_engine_free(e);
+	}
+	if (r)
+		snap_pool_fail(pool, r);
+	atomic_fetch_add(&pool->finished, 1);
+	return NULL;
+}
+
+int snap_pool_run(struct snap_pool *pool, snap_worker_fn fn, void *arg,
+		  const struct snap_opts *opts, uint64_t total, double t0)
+{
+	struct thread_arg ta = {pool, fn, arg};
+	pthread_t *th;
+	unsigned started = 0;
+	unsigned interval = opts && opts->progress_ms ? opts->progress_ms : 500;
+
+	th = calloc(pool->jobs, sizeof(*th));
+	if (!th)
+		return -ENOMEM;
+	for (unsigned i = 0; i < pool->jobs; i++) {
+		int r = pthread_create(&th[i], NULL, thread_main, &ta);
+
+		if (r) {
+			snap_pool_fail(pool, -r);
+			break;
+		}
+		started++;
+	}
+	if (opts && opts->progress) {
+		/* Poll until every worker has finished its share. */
+		for (;;) {
+			struct snap_progress pr;
+			uint64_t done = atomic_load(&pool->progress);
+
+			pr.done = done;
+			pr.total = total;
+			pr.seconds = snap_now() - t0;
+			opts->progress(opts->progress_arg, &pr);
+			if (atomic_load(&pool->finished) == started)
+				break;
+			usleep(interval * 1000u);
+		}
+	}
+	for (unsigned i = 0; i < started; i++)
+		pthread_join(th[i], NULL);
+	free(th);
+	return atomic_load(&pool->err);
+}

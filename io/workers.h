@@ -1,0 +1,58 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The worker pool shared by save and restore: N threads pull work units from
+ * an atomic counter (so they all finish together), each with its own I/O
+ * engine instance; the calling thread reports progress while they run.
+ */
+#ifndef SNAP_WORKERS_H
+#define SNAP_WORKERS_H
+
+#include "engine.h"
+#include "snapmr.h"
+
+#include <stdatomic.h>
+#include <stdint.h>
+
+struct snap_pool {
+	const struct snap_io_ops *ops;
+	unsigned jobs;
+	unsigned depth;
+	size_t max_io;
+	snap_io_done_fn done; /* per-request completion hook, or NULL */
+	/* filled by the workers */
+	atomic_uint_fast64_t progress; /* bytes processed */
+	atomic_uint_fast64_t requests;
+	atomic_bool fell_back;
+	atomic_int err;
+	atomic_bool stop; /* set on the first error so others quit early */
+	atomic_uint finished; /* workers that have returned */
+};
+
+/*
+ * Called in each worker with its engine; returns 0 or -errno. Must check
+ * pool->stop between units.
+ */
+typedef int (*snap_worker_fn)(struct snap_pool *pool, void *arg, struct snap_io_engine *e);
+
+/*
+ * Chooses the engine: `name`, or the first of the compiled-in engines whose
+ * init works here. Fills pool->ops; *ret_fallback is true when the preferred
+ * default could not be used. errbuf names the problem on failure.
+ */
+int snap_pool_pick_engine(struct snap_pool *pool, const char *name, bool *ret_fallback,
+			  char *errbuf, size_t errlen);
+
+/*
+ * Runs fn in pool->jobs threads and reports progress every opts->progress_ms
+ * (total = total bytes of work). Returns the first worker error, or 0.
+ */
+int snap_pool_run(struct snap_pool *pool, snap_worker_fn fn, void *arg,
+		  const struct snap_opts *opts, uint64_t total, double t0);
+
+/* Monotonic seconds. */
+double snap_now(void);
+
+/* Records err as the pool's first error and asks the others to stop. */
+void snap_pool_fail(struct snap_pool *pool, int err);
+
+#endif

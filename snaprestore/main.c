@@ -1,0 +1,563 @@
+// SPDX-License-Identifier: MIT
+/*
+ * snaprestore: restore RAM blocks and device state from a QEMU mapped-ram
+ * file, or inspect one. Parses arguments, maps destinations, calls the library.
+ */
+#include "cli.h"
+#include "config.h"
+#include "engine.h"
+#include "ramsrc.h"
+#include "snapmr.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <signal.h>
+#include <sys/stat.h>
+
+#define MAX_BLOCKS 256
+
+static void usage(FILE *f)
+{
+	fprintf(f,
+		"Usage: snaprestore FILE [--ram NAME=DEST[,offset=N]]... [--all DIR] [options]\n"
+		"       snaprestore --info [--json] FILE\n"
+		"Restore guest RAM and device state from a QEMU mapped-ram migration file.\n"
+		"\n"
+		"  -r, --ram NAME=DEST       restore block NAME into DEST: a file (created or resized\n"
+		"                            to the block length; /dev/shm, hugetlbfs) or fd:N\n"
+		"  -a, --all DIR             restore every block not given with --ram into DIR,\n"
+		"                            one file per block (name percent-encoded: '/' -> %%2F)\n"
+		"      --skip NAME           leave block NAME out (repeatable)\n"
+		"  -d, --device-state OUT    write the device state to a file, fd:N or - (stdout)\n"
+		"      --device-state-raw OUT  write the raw stream tail after RAM (QEMU files)\n"
+		"      --offset N            the stream starts at byte N of FILE\n"
+		"  -i, --info                describe the file instead of restoring\n"
+		"  -j, --jobs N              worker threads (default: online CPUs)\n"
+		"      --direct auto|on|off  O_DIRECT for page data (default auto)\n"
+		"      --io ENGINE           I/O engine: threads, uring, aio (default: best available)\n"
+		"      --queue-depth N       requests in flight per worker (async engines)\n"
+		"      --max-io-size SIZE    bytes per request (default 1M)\n"
+		"      --progress            show progress on stderr\n"
+		"      --json                print statistics (or --info) as JSON on stdout\n"
+		"  -h, --help                show this help\n"
+		"  -V, --version             show the version\n"
+		"\n"
+		"Every block in the file needs a destination, --all or --skip.\n"
+		"Exit status: 0 on success, 1 on any failure, 2 on bad usage.\n");
+}
+
+enum {
+	OPT_DIRECT = 256,
+	OPT_IO,
+	OPT_QD,
+	OPT_MAXIO,
+	OPT_PROGRESS,
+	OPT_JSON,
+	OPT_RAW,
+	OPT_OFFSET,
+	OPT_SKIP,
+};
+
+static const struct option long_opts[] = {
+	{"ram", required_argument, NULL, 'r'},
+	{"all", required_argument, NULL, 'a'},
+	{"skip", required_argument, NULL, OPT_SKIP},
+	{"device-state", required_argument, NULL, 'd'},
+	{"device-state-raw", required_argument, NULL, OPT_RAW},
+	{"offset", required_argument, NULL, OPT_OFFSET},
+	{"info", no_argument, NULL, 'i'},
+	{"jobs", required_argument, NULL, 'j'},
+	{"direct", required_argument, NULL, OPT_DIRECT},
+	{"io", required_argument, NULL, OPT_IO},
+	{"queue-depth", required_argument, NULL, OPT_QD},
+	{"max-io-size", required_argument, NULL, OPT_MAXIO},
+	{"progress", no_argument, NULL, OPT_PROGRESS},
+	{"json", no_argument, NULL, OPT_JSON},
+	{"help", no_argument, NULL, 'h'},
+	{"version", no_argument, NULL, 'V'},
+	{NULL, 0, NULL, 0},
+};
+
+struct args {
+	const char *file;
+	struct snap_ram_spec ram[MAX_BLOCKS];
+	size_t n_ram;
+	const char *skip[MAX_BLOCKS];
+	size_t n_skip;
+	const char *all_dir;
+	const char *devstate;
+	bool devstate_raw;
+	uint64_t offset;
+	bool info;
+	bool json;
+	struct snap_opts opts;
+};
+
+static int parse_args(int argc, char **argv, struct args *a)
+{
+	char ebuf[512];
+	int c;
+
+	while ((c = getopt_long(argc, argv, "r:a:d:ij:hV", long_opts, NULL)) != -1) {
+		switch (c) {
+		case 'r':
+			if (a->n_ram == MAX_BLOCKS) {
+				cli_err("--ram: at most %d blocks", MAX_BLOCKS);
+				return 2;
+			}
+			if (snap_ram_spec_parse(optarg, &a->ram[a->n_ram], ebuf, sizeof(ebuf))) {
+				cli_err("--ram: %s", ebuf);
+				return 2;
+			}
+			a->n_ram++;
+			for (size_t i = 0; i + 1 < a->n_ram; i++)
+				if (!strcmp(a->ram[i].name, a->ram[a->n_ram - 1].name)) {
+					cli_err("--ram: block '%s' given twice", a->ram[i].name);
+					return 2;
+				}
+			break;
+		case 'a':
+			a->all_dir = optarg;
+			break;
+		case OPT_SKIP:
+			if (a->n_skip == MAX_BLOCKS) {
+				cli_err("--skip: at most %d blocks", MAX_BLOCKS);
+				return 2;
+			}
+			a->skip[a->n_skip++] = optarg;
+			break;
+		case 'd':
+		case OPT_RAW:
+			if (a->devstate) {
+				cli_err("--device-state and --device-state-raw: give one of them once");
+				return 2;
+			}
+			a->devstate = optarg;
+			a->devstate_raw = c == OPT_RAW;
+			break;
+		case OPT_OFFSET:
+			if (snap_parse_size(optarg, &a->offset) || a->offset > (1ull << 62)) {
+				cli_err("--offset: bad size '%s'", optarg);
+				return 2;
+			}
+			break;
+		case 'i':
+			a->info = true;
+			break;
+		case 'j':
+			if (cli_parse_uint(optarg, 1, 1024, &a->opts.jobs)) {
+				cli_err("--jobs: expected a number from 1 to 1024, got '%s'", optarg);
+				return 2;
+			}
+			break;
+		case OPT_DIRECT:
+			if (cli_parse_direct(optarg, &a->opts.direct)) {
+				cli_err("--direct: expected auto, on or off, got '%s'", optarg);
+				return 2;
+			}
+			break;
+		case OPT_IO:
+			a->opts.engine = optarg;
+			if (!snap_io_engine_find(optarg)) {
+				cli_err("--io: unknown or unavailable engine '%s'", optarg);
+				return 2;
+			}
+			break;
+		case OPT_QD:
+			if (cli_parse_uint(optarg, 1, 4096, &a->opts.queue_depth)) {
+				cli_err("--queue-depth: expected a number from 1 to 4096, got '%s'",
+					optarg);
+				return 2;
+			}
+			break;
+		case OPT_MAXIO: {
+			uint64_t v;
+
+			if (snap_parse_size(optarg, &v) || v < 4096 || v % 4096 || v > (1u << 30)) {
+				cli_err("--max-io-size: expected a multiple of 4096 up to 1G, got '%s'",
+					optarg);
+				return 2;
+			}
+			a->opts.max_io = (size_t)v;
+			break;
+		}
+		case OPT_PROGRESS:
+			a->opts.progress = cli_progress;
+			break;
+		case OPT_JSON:
+			a->json = true;
+			break;
+		case 'h':
+			usage(stdout);
+			return -1;
+		case 'V':
+			printf("snaprestore %s\n", SNAPMR_VERSION);
+			return -1;
+		default:
+			fprintf(stderr, "Try 'snaprestore --help'.\n");
+			return 2;
+		}
+	}
+	if (optind >= argc) {
+		cli_err("no input file");
+		return 2;
+	}
+	a->file = argv[optind++];
+	if (optind < argc) {
+		cli_err("unexpected argument '%s'", argv[optind]);
+		return 2;
+	}
+	if (a->info && (a->n_ram || a->all_dir || a->devstate)) {
+		cli_err("--info does not restore: drop --ram, --all and --device-state");
+		return 2;
+	}
+	return 0;
+}
+
+/*
+ * A file name for a block under --all: percent-encoding keeps it inside DIR
+ * ('/' and a leading '.' are encoded) and distinct for distinct names.
+ */
+static void encode_name(const char *name, char *out, size_t len)
+{
+	size_t o = 0;
+
+	for (const unsigned char *p = (const unsigned char *)name; *p && o + 4 < len; p++) {
+		bool plain = (*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') ||
+			     (*p >= '0' && *p <= '9') || *p == '-' || *p == '_' || *p == '@' ||
+			     *p == ':' || *p == '+' || (*p == '.' && p != (const unsigned char *)name);
+
+		if (plain) {
+			out[o++] = (char)*p;
+		} else {
+			snprintf(out + o, len - o, "%%%02X", *p);
+			o += 3;
+		}
+	}
+	out[o] = 0;
+}
+
+static void print_info_text(const char *file, const struct mr_image *img, const struct stat *st)
+{
+	char h1[32], h2[32];
+
+	printf("file:          %s\n", file);
+	printf("stream:        offset %llu, ends at %llu\n", (unsigned long long)img->base,
+	       (unsigned long long)img->stream_end);
+	printf("machine:       %s\n", img->machine);
+	printf("capabilities:");
+	for (unsigned i = 0; i < img->n_caps; i++)
+		printf(" %s", img->caps[i]);
+	printf("\nRAM section:   id %u, %zu blocks, %s total\n", img->ram_id, img->n_blocks,
+	       cli_human(img->ram_total, h1, sizeof(h1)));
+	printf("  %-32s %14s %19s %12s %12s\n", "block", "length", "pages present", "bitmap@",
+	       "pages@");
+	for (size_t i = 0; i < img->n_blocks; i++) {
+		const struct mr_block_info *b = &img->blocks[i];
+		char pp[48];
+
+		snprintf(pp, sizeof(pp), "%llu/%llu", (unsigned long long)b->present,
+			 (unsigned long long)b->num_pages);
+		printf("  %-32s %14llu %19s %#12llx %#12llx\n", b->name,
+		       (unsigned long long)b->length, pp, (unsigned long long)b->hdr.bitmap_offset,
+		       (unsigned long long)b->hdr.pages_offset);
+	}
+	if (img->has_devstate)
+		printf("device state:  %llu bytes (snapmr section at %#llx)\n",
+		       (unsigned long long)img->devstate_len, (unsigned long long)img->devstate_off);
+	printf("stream tail:   %llu bytes after RAM (from %#llx)\n",
+	       (unsigned long long)(img->stream_end - img->ram_end),
+	       (unsigned long long)img->ram_end);
+	printf("sections:      %zu", img->n_sections);
+	printf(", EOF at %#llx", (unsigned long long)img->eof_off);
+	if (img->has_vmdesc)
+		printf(", VM description %llu bytes at %#llx",
+		       (unsigned long long)img->vmdesc_len, (unsigned long long)img->vmdesc_off);
+	printf("\nfile size:     %s logical, %s allocated\n",
+	       cli_human((uint64_t)st->st_size, h1, sizeof(h1)),
+	       cli_human((uint64_t)st->st_blocks * 512, h2, sizeof(h2)));
+}
+
+static const char *sec_type_name(uint8_t t)
+{
+	switch (t) {
+	case 0x01: return "start";
+	case 0x02: return "part";
+	case 0x03: return "end";
+	case 0x04: return "full";
+	case 0x08: return "command";
+	default: return "other";
+	}
+}
+
+static void print_info_json(const char *file, const struct mr_image *img, const struct stat *st)
+{
+	printf("{\"file\": ");
+	cli_json_str(stdout, file);
+	printf(", \"offset\": %llu, \"stream-end\": %llu, \"machine\": ",
+	       (unsigned long long)img->base, (unsigned long long)img->stream_end);
+	cli_json_str(stdout, img->machine);
+	printf(", \"capabilities\": [");
+	for (unsigned i = 0; i < img->n_caps; i++) {
+		printf(i ? ", " : "");
+		cli_json_str(stdout, img->caps[i]);
+	}
+	printf("], \"ram-section-id\": %u, \"ram-total\": %llu, \"blocks\": [", img->ram_id,
+	       (unsigned long long)img->ram_total);
+	for (size_t i = 0; i < img->n_blocks; i++) {
+		const struct mr_block_info *b = &img->blocks[i];
+
+		printf(i ? ", {\"name\": " : "{\"name\": ");
+		cli_json_str(stdout, b->name);
+		printf(", \"length\": %llu, \"pages\": %llu, \"pages-present\": %llu, "
+		       "\"header-offset\": %llu, \"bitmap-offset\": %llu, \"bitmap-size\": %llu, "
+		       "\"pages-offset\": %llu}",
+		       (unsigned long long)b->length, (unsigned long long)b->num_pages,
+		       (unsigned long long)b->present, (unsigned long long)b->hdr_off,
+		       (unsigned long long)b->hdr.bitmap_offset,
+		       (unsigned long long)b->bitmap_size,
+		       (unsigned long long)b->hdr.pages_offset);
+	}
+	printf("], \"device-state\": ");
+	if (img->has_devstate)
+		printf("{\"offset\": %llu, \"size\": %llu}", (unsigned long long)img->devstate_off,
+		       (unsigned long long)img->devstate_len);
+	else
+		printf("null");
+	printf(", \"tail-offset\": %llu, \"tail-size\": %llu, \"sections\": [",
+	       (unsigned long long)img->ram_end,
+	       (unsigned long long)(img->stream_end - img->ram_end));
+	for (size_t i = 0; i < img->n_sections; i++) {
+		const struct mr_section_info *s = &img->sections[i];
+
+		printf(i ? ", {\"type\": \"%s\"" : "{\"type\": \"%s\"", sec_type_name(s->type));
+		if (s->type == 0x08)
+			printf(", \"command\": %u", s->command);
+		else
+			printf(", \"id\": %u", s->id);
+		if (s->type == 0x01 || s->type == 0x04) {
+			printf(", \"name\": ");
+			cli_json_str(stdout, s->idstr);
+			printf(", \"instance\": %u, \"version\": %u", s->instance, s->version);
+		}
+		printf(", \"offset\": %llu, \"size\": %llu}", (unsigned long long)s->off,
+		       (unsigned long long)s->size);
+	}
+	printf("], \"eof-offset\": %llu, \"vmdesc\": ", (unsigned long long)img->eof_off);
+	if (img->has_vmdesc)
+		printf("{\"offset\": %llu, \"size\": %llu}", (unsigned long long)img->vmdesc_off,
+		       (unsigned long long)img->vmdesc_len);
+	else
+		printf("null");
+	printf(", \"file-size\": %llu, \"allocated\": %llu}\n", (unsigned long long)st->st_size,
+	       (unsigned long long)st->st_blocks * 512);
+}
+
+static bool skipped(const struct args *a, const char *name)
+{
+	for (size_t i = 0; i < a->n_skip; i++)
+		if (!strcmp(a->skip[i], name))
+			return true;
+	return false;
+}
+
+static int open_input(const struct args *a, int *ret_fd, int *ret_dfd)
+{
+	char ebuf[256];
+	int fd, dfd = -1;
+
+	fd = snap_open_spec(a->file, O_RDONLY, 0, ebuf, sizeof(ebuf));
+	if (fd < 0) {
+		cli_err("%s: %s", a->file, ebuf);
+		return fd;
+	}
+	if (!a->info && a->opts.direct != SNAP_DIRECT_OFF) {
+		char proc[64];
+
+		/* A separate open: O_DIRECT is a property of the open file description. */
+		snprintf(proc, sizeof(proc), "/proc/self/fd/%d", fd);
+		dfd = open(proc, O_RDONLY | O_DIRECT | O_CLOEXEC);
+		if (dfd < 0) {
+			if (a->opts.direct == SNAP_DIRECT_ON) {
+				cli_err("%s: the file system refuses O_DIRECT (%s)", a->file,
+					strerror(errno));
+				close(fd);
+				return -errno;
+			}
+			cli_note("%s: O_DIRECT refused by the file system (%s); reading buffered",
+				 a->file, strerror(errno));
+		}
+	}
+	*ret_fd = fd;
+	*ret_dfd = dfd;
+	return 0;
+}
+
+static int open_devstate_out(const char *spec)
+{
+	char ebuf[256];
+	int fd;
+
+	if (!strcmp(spec, "-"))
+		return fcntl(STDOUT_FILENO, F_DUPFD_CLOEXEC, 3);
+	fd = snap_open_spec(spec, O_WRONLY | O_CREAT | O_TRUNC, 0600, ebuf, sizeof(ebuf));
+	if (fd < 0)
+		cli_err("device state '%s': %s", spec, ebuf);
+	return fd;
+}
+
+static int do_restore(struct args *a, int fd, int dfd, const struct mr_image *img)
+{
+	struct snap_ram_map maps[MAX_BLOCKS] = {0};
+	struct snap_block blocks[MAX_BLOCKS];
+	struct snap_ram_spec all_specs[MAX_BLOCKS] = {0};
+	size_t n = 0;
+	struct snap_restore_args ra = {0};
+	struct snap_stats st;
+	struct snap_err err;
+	char ebuf[512];
+	int devstate_fd = -1, ret = 1;
+
+	for (size_t i = 0; i < a->n_ram; i++)
+		if (!mr_image_block(img, a->ram[i].name)) {
+			cli_err("%s: block '%s' is not in the file", a->file, a->ram[i].name);
+			return 1;
+		}
+	for (size_t i = 0; i < a->n_skip; i++)
+		if (!mr_image_block(img, a->skip[i])) {
+			cli_err("%s: --skip: block '%s' is not in the file", a->file, a->skip[i]);
+			return 1;
+		}
+	if (img->n_blocks > MAX_BLOCKS) {
+		cli_err("%s: more than %d blocks", a->file, MAX_BLOCKS);
+		return 1;
+	}
+	for (size_t i = 0; i < img->n_blocks; i++) {
+		const struct mr_block_info *b = &img->blocks[i];
+		const struct snap_ram_spec *spec = NULL;
+
+		for (size_t j = 0; j < a->n_ram; j++)
+			if (!strcmp(a->ram[j].name, b->name))
+				spec = &a->ram[j];
+		if (!spec && skipped(a, b->name))
+			continue;
+		if (!spec && a->all_dir) {
+			char enc[1024], *path;
+
+			encode_name(b->name, enc, sizeof(enc));
+			if (asprintf(&path, "%s/%s", a->all_dir, enc) < 0) {
+				cli_err("out of memory");
+				goto unmap;
+			}
+			snprintf(all_specs[i].name, sizeof(all_specs[i].name), "%s", b->name);
+			all_specs[i].where = path;
+			spec = &all_specs[i];
+		}
+		if (!spec) {
+			cli_err("%s: block '%s' has no destination (use --ram '%s=DEST', --all DIR "
+				"or --skip '%s')",
+				a->file, b->name, b->name, b->name);
+			goto unmap;
+		}
+		if (snap_ram_map_dest(spec, b->length, &maps[n], ebuf, sizeof(ebuf))) {
+			cli_err("block '%s': %s: %s", b->name, spec->where, ebuf);
+			goto unmap;
+		}
+		blocks[n] = (struct snap_block){.name = b->name,
+						.addr = maps[n].addr,
+						.length = b->length,
+						.fd = maps[n].fd,
+						.fd_off = maps[n].offset,
+						.zeroed = maps[n].zeroed};
+		n++;
+	}
+	if (a->devstate) {
+		devstate_fd = open_devstate_out(a->devstate);
+		if (devstate_fd < 0)
+			goto unmap;
+	}
+	ra = (struct snap_restore_args){
+		.fd = fd,
+		.direct_fd = dfd,
+		.img = img,
+		.blocks = blocks,
+		.n_blocks = n,
+		.devstate_fd = devstate_fd,
+		.devstate_raw = a->devstate_raw,
+	};
+	if (snap_restore(&ra, &a->opts, &st, &err)) {
+		cli_progress_end();
+		cli_err("%s: %s", a->file, err.msg);
+		goto unmap;
+	}
+	cli_progress_end();
+	if (devstate_fd >= 0 && devstate_fd != STDOUT_FILENO && fsync(devstate_fd) < 0 &&
+	    errno != EINVAL && errno != EROFS) {
+		cli_err("device state '%s': %s", a->devstate, strerror(errno));
+		goto unmap;
+	}
+	if (st.engine_fallback)
+		cli_note("io_uring is unavailable here; using the '%s' engine", st.engine);
+	if (a->json)
+		cli_print_stats_json(stdout, "completed", &st);
+	ret = 0;
+unmap:
+	if (devstate_fd >= 0)
+		close(devstate_fd);
+	for (size_t i = 0; i < n; i++)
+		snap_ram_unmap(&maps[i]);
+	for (size_t i = 0; i < img->n_blocks && i < MAX_BLOCKS; i++)
+		free(all_specs[i].where);
+	return ret;
+}
+
+int main(int argc, char **argv)
+{
+	struct args a = {0};
+	struct mr_image *img = NULL;
+	struct snap_err err;
+	struct stat st;
+	int fd = -1, dfd = -1, ret = 1, r;
+
+	cli_prog = "snaprestore";
+	signal(SIGPIPE, SIG_IGN);
+	r = parse_args(argc, argv, &a);
+	if (r) {
+		ret = r < 0 ? 0 : r;
+		goto free_specs;
+	}
+	if (open_input(&a, &fd, &dfd))
+		goto free_specs;
+	if (fstat(fd, &st) < 0) {
+		cli_err("%s: %s", a.file, strerror(errno));
+		goto close_fds;
+	}
+	if (snap_inspect(fd, a.offset, &img, &err)) {
+		cli_err("%s: %s", a.file, err.msg);
+		goto close_fds;
+	}
+	if (a.info) {
+		if (a.json)
+			print_info_json(a.file, img, &st);
+		else
+			print_info_text(a.file, img, &st);
+		ret = 0;
+	} else {
+		ret = do_restore(&a, fd, dfd, img);
+	}
+	mr_image_free(img);
+close_fds:
+	if (dfd >= 0)
+		close(dfd);
+	if (fd >= 0)
+		close(fd);
+free_specs:
+	for (size_t i = 0; i < a.n_ram; i++)
+		snap_ram_spec_clear(&a.ram[i]);
+	return ret;
+}

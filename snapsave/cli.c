@@ -1,0 +1,155 @@
+// SPDX-License-Identifier: MIT
+/* Messages, progress and JSON output shared by both command-line tools. */
+#include "cli.h"
+#include "outfile.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+const char *cli_prog = "snapmr";
+static bool progress_shown;
+
+void cli_err(const char *fmt, ...)
+{
+	va_list ap;
+
+	cli_progress_end();
+	fprintf(stderr, "%s: ", cli_prog);
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fputc('\n', stderr);
+}
+
+void cli_note(const char *fmt, ...)
+{
+	va_list ap;
+
+	cli_progress_end();
+	fprintf(stderr, "%s: note: ", cli_prog);
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fputc('\n', stderr);
+}
+
+int cli_parse_direct(const char *s, enum snap_direct *ret)
+{
+	if (!strcmp(s, "auto"))
+		*ret = SNAP_DIRECT_AUTO;
+	else if (!strcmp(s, "on"))
+		*ret = SNAP_DIRECT_ON;
+	else if (!strcmp(s, "off"))
+		*ret = SNAP_DIRECT_OFF;
+	else
+		return -EINVAL;
+	return 0;
+}
+
+int cli_parse_uint(const char *s, unsigned min, unsigned max, unsigned *ret)
+{
+	char *end;
+	unsigned long v;
+
+	if (!*s || *s == '-' || *s == '+')
+		return -EINVAL;
+	errno = 0;
+	v = strtoul(s, &end, 10);
+	if (errno || *end || v < min || v > max)
+		return -EINVAL;
+	*ret = (unsigned)v;
+	return 0;
+}
+
+const char *cli_human(uint64_t bytes, char *buf, size_t len)
+{
+	static const char *const units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+	double v = (double)bytes;
+	unsigned u = 0;
+
+	while (v >= 1024 && u < 4) {
+		v /= 1024;
+		u++;
+	}
+	snprintf(buf, len, u ? "%.1f %s" : "%.0f %s", v, units[u]);
+	return buf;
+}
+
+void cli_progress(void *arg, const struct snap_progress *p)
+{
+	char a[32], b[32];
+	double rate = p->seconds > 0 ? (double)p->done / p->seconds : 0;
+	double eta = rate > 0 ? (double)(p->total - p->done) / rate : 0;
+
+	(void)arg;
+	fprintf(stderr, "\r%s: %s / %s  %3.0f%%  %7.1f MiB/s  ETA %4.0fs ", cli_prog,
+		cli_human(p->done, a, sizeof(a)), cli_human(p->total, b, sizeof(b)),
+		p->total ? 100.0 * (double)p->done / (double)p->total : 100.0, rate / 1048576.0,
+		eta);
+	progress_shown = true;
+}
+
+void cli_progress_end(void)
+{
+	if (progress_shown)
+		fputc('\n', stderr);
+	progress_shown = false;
+}
+
+void cli_json_str(FILE *f, const char *s)
+{
+	fputc('"', f);
+	for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+		if (*p == '"' || *p == '\\')
+			fprintf(f, "\\%c", *p);
+		else if (*p < 0x20 || *p >= 0x7f)
+			fprintf(f, "\\u%04x", *p);
+		else
+			fputc(*p, f);
+	}
+	fputc('"', f);
+}
+
+void cli_print_stats_json(FILE *f, const char *status, const struct snap_stats *st)
+{
+	double mibs = st->seconds > 0 ? (double)st->page_bytes / 1048576.0 / st->seconds : 0;
+
+	fprintf(f,
+		"{\"status\": \"%s\", \"total-time-ms\": %.0f, \"ram\": {\"total\": %llu, "
+		"\"transferred\": %llu, \"normal\": %llu, \"normal-bytes\": %llu, "
+		"\"duplicate\": %llu, \"mbps\": %.1f, \"mib-per-s\": %.1f}, "
+		"\"device-state-bytes\": %llu, \"stream-bytes\": %llu, \"requests\": %llu, "
+		"\"engine\": ",
+		status, st->seconds * 1000.0, (unsigned long long)st->total_bytes,
+		(unsigned long long)(st->page_bytes + st->stream_bytes),
+		(unsigned long long)st->normal_pages, (unsigned long long)st->page_bytes,
+		(unsigned long long)st->zero_pages, mibs * 8.388608, mibs,
+		(unsigned long long)st->devstate_bytes, (unsigned long long)st->stream_bytes,
+		(unsigned long long)st->requests);
+	cli_json_str(f, st->engine ? st->engine : "");
+	fprintf(f, ", \"jobs\": %u, \"direct-io\": %s, \"direct-io-fell-back\": %s}\n", st->jobs,
+		st->direct ? "true" : "false", st->direct_fell_back ? "true" : "false");
+}
+
+static void on_signal(int sig)
+{
+	snap_outfile_signal_cleanup();
+	signal(sig, SIG_DFL);
+	raise(sig);
+}
+
+void cli_install_signal_cleanup(void)
+{
+	struct sigaction sa = {0};
+
+	sa.sa_handler = on_signal;
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGINT, &sa, NULL);
+	sigaction(SIGTERM, &sa, NULL);
+	sigaction(SIGHUP, &sa, NULL);
+	signal(SIGPIPE, SIG_IGN);
+}
