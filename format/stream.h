@@ -61,6 +61,13 @@ enum mr_sec_type {
 
 #define MR_DEFAULT_MACHINE "pc-q35-10.0"
 
+/*
+ * Written by snapsave into the padding between a bitmap and its page region
+ * (never written nor read by QEMU): this file must end in a snapmr trailer.
+ */
+#define MR_SNAPMR_MARKER     "SNAPMR-TRAILER-1"
+#define MR_SNAPMR_MARKER_LEN 16u
+
 struct mr_ram_header {
 	uint32_t version;
 	uint64_t page_size;

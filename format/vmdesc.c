@@ -7,15 +7,16 @@
 
 #include <errno.h>
 #include <limits.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include <json-c/json.h>
 
 /*
- * QEMU's own output nests about 15 levels; json-c's default limit of 32 is
- * too tight for devices with structs of structs. The limit also bounds the
- * recursion through "subsections" below.
+ * QEMU 10's output for q35/pc nests 14 levels; json-c's default limit of 32
+ * leaves little room for devices with structs of structs. The limit also
+ * bounds the recursion through "subsections" below.
  */
 #define VMDESC_MAX_DEPTH 128
 
@@ -82,11 +83,18 @@ static int get_name(json_object *o, const char **ret, size_t *ret_len)
 	return 0;
 }
 
+/* NULL when absent; an explicit JSON null also comes back as NULL. */
 static json_object *get_key(json_object *obj, const char *key)
 {
 	json_object *v;
 
 	return json_object_object_get_ex(obj, key, &v) ? v : NULL;
+}
+
+/* Optional keys: present-but-null must fail the type check, not vanish. */
+static bool has_key(json_object *obj, const char *key, json_object **ret)
+{
+	return json_object_object_get_ex(obj, key, ret);
 }
 
 /*
@@ -120,8 +128,7 @@ static int body_size(json_object *vmsd, uint64_t *ret)
 		r = get_u64(get_key(f, "size"), &size);
 		if (r < 0)
 			return r;
-		alen = get_key(f, "array_len");
-		if (alen) {
+		if (has_key(f, "array_len", &alen)) {
 			r = get_u64(alen, &count);
 			if (r < 0)
 				return r;
@@ -131,8 +138,7 @@ static int body_size(json_object *vmsd, uint64_t *ret)
 			return -EOVERFLOW;
 	}
 
-	subs = get_key(vmsd, "subsections");
-	if (subs) {
+	if (has_key(vmsd, "subsections", &subs)) {
 		if (!json_object_is_type(subs, json_type_array))
 			return -EBADMSG;
 		n = json_object_array_length(subs);
@@ -250,8 +256,7 @@ int mr_vmdesc_parse(const char *json, size_t len, struct mr_vmdesc **ret)
 			goto out_desc;
 	}
 
-	ps = get_key(root, "page_size");
-	if (ps) {
+	if (has_key(root, "page_size", &ps)) {
 		r = get_u64(ps, &d->page_size);
 		if (r < 0)
 			goto out_desc;

@@ -1,8 +1,9 @@
 // SPDX-License-Identifier: MIT
 /*
- * The restore pipeline: workers read every run of present pages straight
- * into the destination mappings (O_DIRECT where allowed) and make sure the
- * pages whose bit is clear end up zero; then the device state is copied out.
+ * The restore and verify pipelines: workers read every run of present pages
+ * (O_DIRECT where allowed) straight into the destination mappings, or into a
+ * scratch buffer to verify, and check each chunk against the trailer's
+ * checksum as soon as the last read covering it completes.
  */
 #include "snapmr.h"
 #include "layout.h"
@@ -11,37 +12,52 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 #include <sys/stat.h>
+#include <xxhash.h>
 
-#define UNIT_PAGES    1024u /* 4 MiB per work unit */
+#define UNIT_PAGES    1024u /* 4 MiB per work unit; a multiple of every chunk size <= 4 MiB */
 #define DEFAULT_MAXIO (1u << 20)
+#define DEFAULT_DEPTH 16u
 #define COPY_BUF      (1u << 20)
+#define MAX_REPORTED  1000u /* mismatches kept for the report; more are only counted */
 
 struct runit {
-	uint32_t dst;
-	uint64_t first, end;
+	uint32_t blk;
+	uint64_t first, end; /* pages */
+	/* set by the owning worker */
+	uint8_t *data; /* where page `first` lands */
+	uint32_t pending;
+	bool submitted;
 };
 
 struct rblock {
 	const struct mr_block_info *info;
-	const struct snap_block *dst;
+	const struct snap_block *dst;		/* NULL when verifying */
+	const struct mr_trailer_block *sums;	/* NULL when not checking */
 };
 
-struct restore_ctx {
-	const struct snap_restore_args *args;
+struct rctx {
 	struct rblock *blocks;
+	size_t n_blocks;
 	struct runit *units;
 	size_t n_units;
 	atomic_size_t next_unit;
 	atomic_uint_fast64_t normal_pages;
-	int page_fd;
-	int alt_fd;
+	int page_fd, alt_fd;
 	size_t max_pages;
+	uint32_t chunk_size;
+	bool verify_only; /* read into scratch buffers, keep going after a mismatch */
+	struct snap_pool *pool;
+	pthread_mutex_t lock;
+	struct snap_mismatch *bad;
+	size_t n_bad_kept;
+	atomic_uint_fast64_t n_bad;
 };
 
 static int fail(struct snap_err *err, int code, const char *fmt, ...)
@@ -71,57 +87,174 @@ static void zero_range(const struct snap_block *d, uint64_t first, uint64_t end)
 	memset((uint8_t *)d->addr + off, 0, len);
 }
 
-static int restore_worker(struct snap_pool *pool, void *arg, struct snap_io_engine *e)
+static void record_bad(struct rctx *c, const struct rblock *rb, uint64_t first, uint64_t n)
 {
-	struct restore_ctx *c = arg;
+	atomic_fetch_add(&c->n_bad, 1);
+	pthread_mutex_lock(&c->lock);
+	if (c->n_bad_kept < MAX_REPORTED)
+		c->bad[c->n_bad_kept++] = (struct snap_mismatch){
+			rb->info->name, first, n, rb->info->hdr.pages_offset + first * MR_PAGE_SIZE};
+	pthread_mutex_unlock(&c->lock);
+	/* A restore stops at the first bad chunk; a verify reports them all. */
+	if (!c->verify_only)
+		snap_pool_fail(c->pool, -EBADMSG);
+}
 
+/* All reads of u are done: compare each of its chunks with the trailer. */
+static void check_unit(struct rctx *c, struct runit *u)
+{
+	struct rblock *rb = &c->blocks[u->blk];
+	uint64_t per = c->chunk_size / MR_PAGE_SIZE;
+
+	if (!rb->sums)
+		return;
+	for (uint64_t ch = u->first / per; ch * per < u->end; ch++) {
+		uint64_t first = ch * per;
+		uint64_t n = rb->info->num_pages - first < per ? rb->info->num_pages - first : per;
+		uint64_t h = mr_trailer_chunk_hash(u->data + (first - u->first) * MR_PAGE_SIZE,
+						   rb->info->bitmap, first, n);
+
+		if (h != rb->sums->chunk_hashes[ch])
+			record_bad(c, rb, first, n);
+	}
+}
+
+/* Engine completion hook, in the worker's thread. */
+static void on_read(void *arg, const struct snap_io_req *r)
+{
+	struct runit *u = r->cookie;
+
+	if (--u->pending == 0 && u->submitted)
+		check_unit(arg, u);
+}
+
+static int read_unit(struct rctx *c, struct snap_io_engine *e, struct runit *u)
+{
+	struct rblock *rb = &c->blocks[u->blk];
+	const uint64_t *map = rb->info->bitmap;
+	uint64_t pg = u->first, normal = 0;
+
+	u->pending = 0;
+	u->submitted = false;
+	while (pg < u->end) {
+		uint64_t run_end, first;
+
+		first = mr_bitmap_next_run(map, pg, u->end, true, &run_end);
+		if (first > pg && rb->dst && !rb->dst->zeroed)
+			zero_range(rb->dst, pg, first);
+		if (first >= u->end)
+			break;
+		normal += run_end - first;
+		for (uint64_t p = first; p < run_end;) {
+			uint64_t n = run_end - p < c->max_pages ? run_end - p : c->max_pages;
+			int r;
+
+			u->pending++;
+			r = snap_io_rw(e, c->page_fd, c->alt_fd, false,
+				       u->data + (p - u->first) * MR_PAGE_SIZE,
+				       rb->info->hdr.pages_offset + p * MR_PAGE_SIZE,
+				       (size_t)(n * MR_PAGE_SIZE), u);
+			if (r)
+				return r;
+			p += n;
+		}
+		pg = run_end;
+	}
+	u->submitted = true;
+	if (u->pending == 0)
+		check_unit(c, u);
+	atomic_fetch_add(&c->normal_pages, normal);
+	return 0;
+}
+
+static int read_worker(struct snap_pool *pool, void *arg, struct snap_io_engine *e)
+{
+	struct rctx *c = arg;
+	uint8_t *scratch = NULL;
+	int r = 0;
+
+	if (c->verify_only &&
+	    posix_memalign((void **)&scratch, MR_PAGE_SIZE, UNIT_PAGES * MR_PAGE_SIZE))
+		return -ENOMEM;
 	while (!atomic_load(&pool->stop)) {
 		size_t i = atomic_fetch_add(&c->next_unit, 1);
 
 		if (i >= c->n_units)
 			break;
 		struct runit *u = &c->units[i];
-		struct rblock *rb = &c->blocks[u->dst];
-		const uint64_t *map = rb->info->bitmap;
-		uint8_t *base = rb->dst->addr;
-		uint64_t pg = u->first, normal = 0;
 
-		while (pg < u->end) {
-			uint64_t run_end, first;
-
-			first = mr_bitmap_next_run(map, pg, u->end, true, &run_end);
-			if (first > pg && !rb->dst->zeroed)
-				zero_range(rb->dst, pg, first);
-			if (first >= u->end)
-				break;
-			normal += run_end - first;
-			for (uint64_t p = first; p < run_end;) {
-				uint64_t n = run_end - p < c->max_pages ? run_end - p : c->max_pages;
-				int r = snap_io_rw(e, c->page_fd, c->alt_fd, false,
-						   base + p * MR_PAGE_SIZE,
-						   rb->info->hdr.pages_offset + p * MR_PAGE_SIZE,
-						   (size_t)(n * MR_PAGE_SIZE), rb);
-
-				if (r)
-					return r;
-				p += n;
-			}
-			pg = run_end;
-		}
-		atomic_fetch_add(&c->normal_pages, normal);
+		u->data = scratch ? scratch
+				  : (uint8_t *)c->blocks[u->blk].dst->addr + u->first * MR_PAGE_SIZE;
+		r = read_unit(c, e, u);
+		/* The scratch buffer is reused: wait for this unit's reads. */
+		if (!r && scratch)
+			r = snap_io_drain(e);
+		if (r)
+			break;
 		atomic_fetch_add(&pool->progress, (u->end - u->first) * MR_PAGE_SIZE);
+	}
+	if (scratch) {
+		int d = snap_io_drain(e);
+
+		free(scratch);
+		if (!r)
+			r = d;
+	}
+	return r;
+}
+
+static int add_units(struct rctx *c, size_t *cap, uint32_t blk, uint64_t pages)
+{
+	for (uint64_t pg = 0; pg < pages; pg += UNIT_PAGES) {
+		if (c->n_units == *cap) {
+			size_t ncap = *cap ? *cap * 2 : 256;
+			struct runit *nu = realloc(c->units, ncap * sizeof(*nu));
+
+			if (!nu)
+				return -ENOMEM;
+			c->units = nu;
+			*cap = ncap;
+		}
+		c->units[c->n_units++] = (struct runit){
+			.blk = blk, .first = pg, .end = pages - pg < UNIT_PAGES ? pages : pg + UNIT_PAGES};
 	}
 	return 0;
 }
 
-static int copy_range(int in, int out, uint64_t off, uint64_t len, struct snap_err *err)
+/* Does the trailer describe this block exactly as the stream does? */
+static int match_sums(const struct snap_file *f, const struct mr_block_info *bi,
+		      const struct mr_trailer_block **ret, struct snap_err *err)
 {
+	const struct mr_trailer_block *tb = mr_trailer_find_block(f->trailer, bi->name);
+
+	if (!tb)
+		return fail(err, -EBADMSG, "block '%s' is missing from the checksum table", bi->name);
+	if (tb->length != bi->length || tb->pages_offset != bi->hdr.pages_offset ||
+	    tb->bitmap_offset != bi->hdr.bitmap_offset)
+		return fail(err, -EBADMSG,
+			    "block '%s': the checksum table does not match the stream header at offset 0x%llx",
+			    bi->name, (unsigned long long)bi->hdr_off);
+	if (mr_trailer_bitmap_hash(bi->bitmap, bi->num_pages) != tb->bitmap_hash)
+		return fail(err, -EBADMSG, "block '%s': bitmap at offset 0x%llx fails its checksum",
+			    bi->name, (unsigned long long)bi->hdr.bitmap_offset);
+	*ret = tb;
+	return 0;
+}
+
+/* Copies (out >= 0) and/or hashes the bytes [off, off+len) of the input. */
+static int copy_range(int in, int out, uint64_t off, uint64_t len, uint64_t *ret_hash,
+		      struct snap_err *err)
+{
+	XXH3_state_t *h = XXH3_createState();
 	uint8_t *buf = malloc(COPY_BUF);
 	uint64_t done = 0;
 	int r = 0;
 
-	if (!buf)
-		return fail(err, -ENOMEM, "out of memory");
+	if (!buf || !h) {
+		r = fail(err, -ENOMEM, "out of memory");
+		goto out;
+	}
+	XXH3_64bits_reset(h);
 	while (done < len) {
 		size_t n = len - done < COPY_BUF ? (size_t)(len - done) : COPY_BUF;
 		long got = snap_pread_full(in, buf, n, off + done);
@@ -131,9 +264,10 @@ static int copy_range(int in, int out, uint64_t off, uint64_t len, struct snap_e
 			r = fail(err, r, "reading the device state at offset 0x%llx: %s",
 				 (unsigned long long)(off + done),
 				 r == -ENODATA ? "file is truncated" : strerror(-r));
-			break;
+			goto out;
 		}
-		for (size_t w = 0; w < n;) {
+		XXH3_64bits_update(h, buf, n);
+		for (size_t w = 0; out >= 0 && w < n;) {
 			ssize_t k = write(out, buf + w, n - w);
 
 			if (k < 0 && errno == EINTR)
@@ -147,22 +281,131 @@ static int copy_range(int in, int out, uint64_t off, uint64_t len, struct snap_e
 		}
 		done += n;
 	}
+	*ret_hash = XXH3_64bits_digest(h);
 out:
+	XXH3_freeState(h);
 	free(buf);
 	return r;
+}
+
+/* Runs the workers over c's units with engine and descriptor choice from opts. */
+static int run_reads(struct rctx *c, struct snap_pool *pool, int fd, int direct_fd,
+		     const struct snap_opts *opts, uint64_t total, double t0, bool *ret_fallback,
+		     struct snap_err *err)
+{
+	char ebuf[256];
+	int r;
+
+	pool->jobs = opts->jobs ? opts->jobs : (unsigned)sysconf(_SC_NPROCESSORS_ONLN);
+	if (pool->jobs < 1)
+		pool->jobs = 1;
+	pool->max_io = opts->max_io ? opts->max_io : DEFAULT_MAXIO;
+	if (pool->max_io < MR_PAGE_SIZE || pool->max_io % MR_PAGE_SIZE)
+		return fail(err, -EINVAL, "request size %zu is not a multiple of 4096", pool->max_io);
+	c->max_pages = pool->max_io / MR_PAGE_SIZE;
+	r = snap_pool_pick_engine(pool, opts->engine, ret_fallback, ebuf, sizeof(ebuf));
+	if (r)
+		return fail(err, r, "%s", ebuf);
+	pool->depth = opts->queue_depth ? opts->queue_depth
+					: (pool->ops->flags & SNAP_IO_F_ASYNC ? DEFAULT_DEPTH : 1);
+	pool->done = on_read;
+	if (direct_fd >= 0 && opts->direct != SNAP_DIRECT_OFF) {
+		c->page_fd = direct_fd;
+		c->alt_fd = opts->direct == SNAP_DIRECT_AUTO ? fd : -1;
+	} else {
+		c->page_fd = fd;
+		c->alt_fd = -1;
+	}
+	if ((pool->ops->flags & SNAP_IO_F_DIRECT_ONLY) && c->page_fd == fd)
+		return fail(err, -EINVAL,
+			    "I/O engine '%s' needs O_DIRECT (use --direct on or another engine)",
+			    pool->ops->name);
+	c->pool = pool;
+	if (!c->n_units)
+		return 0;
+	r = snap_pool_run(pool, read_worker, c, opts, total, t0);
+	if (r == -EBADMSG && atomic_load(&c->n_bad) && !c->verify_only) {
+		const struct snap_mismatch *m = &c->bad[0];
+
+		return fail(err, r,
+			    "block '%s': checksum mismatch in pages %llu-%llu (file offset 0x%llx)",
+			    m->block, (unsigned long long)m->first_page,
+			    (unsigned long long)(m->first_page + m->npages - 1),
+			    (unsigned long long)m->file_off);
+	}
+	if (r == -ENODATA)
+		return fail(err, r, "page data is truncated (file shorter than its page regions)");
+	if (r == -EINVAL && c->page_fd == direct_fd && c->alt_fd < 0)
+		return fail(err, r, "the file system refused an O_DIRECT read (try --direct auto or off)");
+	if (r)
+		return fail(err, r, "reading page data: %s", strerror(-r));
+	return 0;
+}
+
+static void fill_stats(struct snap_stats *st, const struct rctx *c, const struct snap_pool *pool,
+		       int fd, int direct_fd, uint64_t total, double t0, bool fallback)
+{
+	st->total_bytes = total;
+	st->normal_pages = atomic_load(&c->normal_pages);
+	st->zero_pages = total / MR_PAGE_SIZE - st->normal_pages;
+	st->page_bytes = st->normal_pages * MR_PAGE_SIZE;
+	st->requests = atomic_load(&pool->requests);
+	st->seconds = snap_now() - t0;
+	st->engine = pool->ops ? pool->ops->name : "";
+	st->engine_fallback = fallback;
+	st->direct = c->page_fd == direct_fd && direct_fd >= 0;
+	st->direct_fell_back = atomic_load(&pool->fell_back);
+	st->jobs = pool->jobs;
+	(void)fd;
+}
+
+static int rctx_init(struct rctx *c, size_t n)
+{
+	memset(c, 0, sizeof(*c));
+	c->blocks = calloc(n ? n : 1, sizeof(*c->blocks));
+	c->bad = calloc(MAX_REPORTED, sizeof(*c->bad));
+	pthread_mutex_init(&c->lock, NULL);
+	return c->blocks && c->bad ? 0 : -ENOMEM;
+}
+
+static void rctx_fini(struct rctx *c)
+{
+	free(c->blocks);
+	free(c->units);
+	free(c->bad);
+	pthread_mutex_destroy(&c->lock);
+}
+
+/* The device state's byte range: the snapmr section, or the raw tail after RAM. */
+static int devstate_range(const struct mr_image *img, bool raw, uint64_t *off, uint64_t *len,
+			  struct snap_err *err)
+{
+	if (raw) {
+		*off = img->ram_end;
+		*len = img->stream_end - img->ram_end;
+	} else if (img->has_devstate) {
+		*off = img->devstate_off;
+		*len = img->devstate_len;
+	} else {
+		return fail(err, -ENOENT,
+			    "the file has no snapmr device-state section (a QEMU file keeps device state in its raw stream tail)");
+	}
+	return 0;
 }
 
 int snap_restore(const struct snap_restore_args *args, const struct snap_opts *opts,
 		 struct snap_stats *ret_stats, struct snap_err *err)
 {
 	static const struct snap_opts no_opts;
-	const struct mr_image *img = args->img;
-	struct restore_ctx c = {.args = args};
+	const struct snap_file *f = args->file;
+	const struct mr_image *img = f->img;
+	bool check = f->trailer && !(opts && opts->no_verify);
 	struct snap_pool pool = {0};
 	struct snap_stats st = {0};
-	uint64_t total = 0, units_cap = 0;
-	bool engine_fallback;
-	char ebuf[256];
+	struct rctx c;
+	size_t units_cap = 0;
+	uint64_t total = 0;
+	bool fallback = false;
 	double t0 = snap_now();
 	int r;
 
@@ -170,25 +413,24 @@ int snap_restore(const struct snap_restore_args *args, const struct snap_opts *o
 		opts = &no_opts;
 	if (err)
 		memset(err, 0, sizeof(*err));
-	c.blocks = calloc(args->n_blocks ? args->n_blocks : 1, sizeof(*c.blocks));
-	if (!c.blocks)
-		return fail(err, -ENOMEM, "out of memory");
+	if (rctx_init(&c, args->n_blocks)) {
+		r = fail(err, -ENOMEM, "out of memory");
+		goto out;
+	}
+	c.chunk_size = f->trailer ? f->trailer->chunk_size : MR_TRAILER_CHUNK_DEFAULT;
 	for (size_t i = 0; i < args->n_blocks; i++) {
 		const struct snap_block *d = &args->blocks[i];
 		const struct mr_block_info *bi = mr_image_block(img, d->name);
+		const struct mr_trailer_block *sums = NULL;
 
 		if (!bi) {
 			r = fail(err, -ENOENT, "block '%s' is not in the file", d->name);
 			goto out;
 		}
-		if (!bi->bitmap && bi->num_pages) {
-			r = fail(err, -EINVAL, "block '%s': bitmap not loaded", d->name);
-			goto out;
-		}
 		if (d->length != bi->length) {
-			r = fail(err, -EINVAL, "block '%s': destination holds %llu bytes, the file %llu",
-				 d->name, (unsigned long long)d->length,
-				 (unsigned long long)bi->length);
+			r = fail(err, -EINVAL,
+				 "block '%s': destination holds %llu bytes, the file %llu", d->name,
+				 (unsigned long long)d->length, (unsigned long long)bi->length);
 			goto out;
 		}
 		for (size_t j = 0; j < i; j++)
@@ -196,104 +438,115 @@ int snap_restore(const struct snap_restore_args *args, const struct snap_opts *o
 				r = fail(err, -EINVAL, "block '%s' given twice", d->name);
 				goto out;
 			}
-		c.blocks[i] = (struct rblock){bi, d};
-		total += bi->length;
-		for (uint64_t pg = 0; pg < bi->num_pages; pg += UNIT_PAGES) {
-			if (c.n_units == units_cap) {
-				size_t ncap = units_cap ? units_cap * 2 : 256;
-				struct runit *nu = realloc(c.units, ncap * sizeof(*nu));
-
-				if (!nu) {
-					r = fail(err, -ENOMEM, "out of memory");
-					goto out;
-				}
-				c.units = nu;
-				units_cap = ncap;
-			}
-			c.units[c.n_units++] = (struct runit){
-				(uint32_t)i, pg,
-				bi->num_pages - pg < UNIT_PAGES ? bi->num_pages : pg + UNIT_PAGES};
+		if (check) {
+			r = match_sums(f, bi, &sums, err);
+			if (r)
+				goto out;
 		}
-	}
-
-	pool.jobs = opts->jobs ? opts->jobs : (unsigned)sysconf(_SC_NPROCESSORS_ONLN);
-	if (pool.jobs < 1)
-		pool.jobs = 1;
-	pool.max_io = opts->max_io ? opts->max_io : DEFAULT_MAXIO;
-	if (pool.max_io < MR_PAGE_SIZE || pool.max_io % MR_PAGE_SIZE) {
-		r = fail(err, -EINVAL, "request size %zu is not a multiple of 4096", pool.max_io);
-		goto out;
-	}
-	c.max_pages = pool.max_io / MR_PAGE_SIZE;
-	r = snap_pool_pick_engine(&pool, opts->engine, &engine_fallback, ebuf, sizeof(ebuf));
-	if (r) {
-		r = fail(err, r, "%s", ebuf);
-		goto out;
-	}
-	pool.depth = opts->queue_depth ? opts->queue_depth
-				       : (pool.ops->flags & SNAP_IO_F_ASYNC ? 8 : 1);
-	if (args->direct_fd >= 0 && opts->direct != SNAP_DIRECT_OFF) {
-		c.page_fd = args->direct_fd;
-		c.alt_fd = opts->direct == SNAP_DIRECT_AUTO ? args->fd : -1;
-	} else {
-		c.page_fd = args->fd;
-		c.alt_fd = -1;
-	}
-	if ((pool.ops->flags & SNAP_IO_F_DIRECT_ONLY) && c.page_fd == args->fd) {
-		r = fail(err, -EINVAL, "I/O engine '%s' needs O_DIRECT (use --direct on or another engine)",
-			 pool.ops->name);
-		goto out;
-	}
-	if (c.n_units) {
-		r = snap_pool_run(&pool, restore_worker, &c, opts, total, t0);
-		if (r) {
-			if (r == -ENODATA)
-				r = fail(err, r, "page data is truncated (file shorter than its page regions)");
-			else if (r == -EINVAL && c.page_fd == args->direct_fd && c.alt_fd < 0)
-				r = fail(err, r, "the file system refused an O_DIRECT read (try --direct auto or off)");
-			else
-				r = fail(err, r, "reading page data: %s", strerror(-r));
+		c.blocks[i] = (struct rblock){bi, d, sums};
+		total += bi->length;
+		if (add_units(&c, &units_cap, (uint32_t)i, bi->num_pages)) {
+			r = fail(err, -ENOMEM, "out of memory");
 			goto out;
 		}
 	}
+	c.n_blocks = args->n_blocks;
+	r = run_reads(&c, &pool, args->fd, args->direct_fd, opts, total, t0, &fallback, err);
+	if (r)
+		goto out;
 
 	if (args->devstate_fd >= 0) {
-		uint64_t off, len;
+		uint64_t off = 0, len = 0, h = 0;
 
-		if (args->devstate_raw) {
-			off = img->ram_end;
-			len = img->stream_end - img->ram_end;
-		} else if (img->has_devstate) {
-			off = img->devstate_off;
-			len = img->devstate_len;
-		} else {
-			r = fail(err, -ENOENT,
-				 "the file has no snapmr device-state section (a QEMU file keeps device state in its raw stream tail)");
-			goto out;
-		}
-		r = copy_range(args->fd, args->devstate_fd, off, len, err);
+		r = devstate_range(img, args->devstate_raw, &off, &len, err);
+		if (!r)
+			r = copy_range(args->fd, args->devstate_fd, off, len, &h, err);
 		if (r)
 			goto out;
+		/* The trailer sums the snapmr section, or the tail for a raw-tail save. */
+		if (check && off == f->trailer->devstate_offset && len == f->trailer->devstate_length &&
+		    h != f->trailer->devstate_hash) {
+			r = fail(err, -EBADMSG, "device state at offset 0x%llx fails its checksum",
+				 (unsigned long long)off);
+			goto out;
+		}
 		st.devstate_bytes = len;
 	}
-
-	st.total_bytes = total;
-	st.normal_pages = atomic_load(&c.normal_pages);
-	st.zero_pages = total / MR_PAGE_SIZE - st.normal_pages;
-	st.page_bytes = st.normal_pages * MR_PAGE_SIZE;
-	st.requests = atomic_load(&pool.requests);
-	st.seconds = snap_now() - t0;
-	st.engine = pool.ops->name;
-	st.engine_fallback = engine_fallback;
-	st.direct = c.page_fd == args->direct_fd && args->direct_fd >= 0;
-	st.direct_fell_back = atomic_load(&pool.fell_back);
-	st.jobs = pool.jobs;
+	fill_stats(&st, &c, &pool, args->fd, args->direct_fd, total, t0, fallback);
 	if (ret_stats)
 		*ret_stats = st;
-	r = 0;
 out:
-	free(c.blocks);
-	free(c.units);
+	rctx_fini(&c);
+	return r;
+}
+
+int snap_verify(int fd, int direct_fd, const struct snap_file *f, const struct snap_opts *opts,
+		snap_mismatch_fn mismatch, void *arg, uint64_t *ret_bad, struct snap_stats *ret_stats,
+		struct snap_err *err)
+{
+	static const struct snap_opts no_opts;
+	const struct mr_image *img = f->img;
+	struct snap_pool pool = {0};
+	struct snap_stats st = {0};
+	struct rctx c;
+	size_t units_cap = 0;
+	uint64_t total = 0, h;
+	bool fallback = false;
+	double t0 = snap_now();
+	int r;
+
+	if (!opts)
+		opts = &no_opts;
+	if (err)
+		memset(err, 0, sizeof(*err));
+	if (!f->trailer)
+		return fail(err, -ENOENT, "the file has no checksums to verify against");
+	if (rctx_init(&c, img->n_blocks)) {
+		r = fail(err, -ENOMEM, "out of memory");
+		goto out;
+	}
+	c.verify_only = true;
+	c.chunk_size = f->trailer->chunk_size;
+	if (f->trailer->n_blocks != img->n_blocks) {
+		r = fail(err, -EBADMSG, "the checksum table lists %zu blocks, the stream %zu",
+			 f->trailer->n_blocks, img->n_blocks);
+		goto out;
+	}
+	for (size_t i = 0; i < img->n_blocks; i++) {
+		const struct mr_block_info *bi = &img->blocks[i];
+		const struct mr_trailer_block *sums;
+
+		r = match_sums(f, bi, &sums, err);
+		if (r)
+			goto out;
+		c.blocks[i] = (struct rblock){bi, NULL, sums};
+		total += bi->length;
+		if (add_units(&c, &units_cap, (uint32_t)i, bi->num_pages)) {
+			r = fail(err, -ENOMEM, "out of memory");
+			goto out;
+		}
+	}
+	c.n_blocks = img->n_blocks;
+	r = run_reads(&c, &pool, fd, direct_fd, opts, total, t0, &fallback, err);
+	if (r)
+		goto out;
+	r = copy_range(fd, -1, f->trailer->devstate_offset, f->trailer->devstate_length, &h, err);
+	if (r)
+		goto out;
+	if (h != f->trailer->devstate_hash) {
+		r = fail(err, -EBADMSG, "device state at offset 0x%llx fails its checksum",
+			 (unsigned long long)f->trailer->devstate_offset);
+		goto out;
+	}
+	for (size_t i = 0; mismatch && i < c.n_bad_kept; i++)
+		mismatch(arg, &c.bad[i]);
+	*ret_bad = atomic_load(&c.n_bad);
+	fill_stats(&st, &c, &pool, fd, direct_fd, total, t0, fallback);
+	st.devstate_bytes = f->trailer->devstate_length;
+	if (ret_stats)
+		*ret_stats = st;
+out:
+	rctx_fini(&c);
 	return r;
 }
 
@@ -302,11 +555,38 @@ static long fd_pread(void *ctx, void *buf, size_t len, uint64_t off)
 	return snap_pread_full(*(int *)ctx, buf, len, off);
 }
 
-int snap_inspect(int fd, uint64_t offset, struct mr_image **ret_img, struct snap_err *err)
+/* Looks for the snapmr marker in the padding after the first bitmap that has room. */
+static bool has_marker(const struct mr_src *src, const struct mr_image *img)
 {
-	struct stat st;
+	for (size_t i = 0; i < img->n_blocks; i++) {
+		const struct mr_block_info *b = &img->blocks[i];
+		uint64_t at = b->hdr.bitmap_offset + b->bitmap_size;
+		char m[MR_SNAPMR_MARKER_LEN];
+
+		if (at < b->hdr.bitmap_offset || b->hdr.pages_offset < at ||
+		    b->hdr.pages_offset - at < MR_SNAPMR_MARKER_LEN)
+			continue;
+		return src->pread(src->ctx, m, sizeof(m), at) == (long)sizeof(m) &&
+		       !memcmp(m, MR_SNAPMR_MARKER, sizeof(m));
+	}
+	return false;
+}
+
+void snap_file_free(struct snap_file *f)
+{
+	if (!f)
+		return;
+	mr_image_free(f->img);
+	mr_trailer_free(f->trailer);
+	free(f);
+}
+
+int snap_inspect(int fd, uint64_t offset, struct snap_file **ret, struct snap_err *err)
+{
 	struct mr_src src = {.pread = fd_pread, .ctx = &fd};
+	struct snap_file *f;
 	struct mr_err me;
+	struct stat st;
 	int r;
 
 	if (err)
@@ -323,12 +603,39 @@ int snap_inspect(int fd, uint64_t offset, struct mr_image **ret_img, struct snap
 			return fail(err, -errno, "%s", strerror(errno));
 		src.size = (uint64_t)end;
 	}
-	r = mr_image_parse(&src, offset, 0, ret_img, &me);
+	f = calloc(1, sizeof(*f));
+	if (!f)
+		return fail(err, -ENOMEM, "out of memory");
+	f->file_size = src.size;
+	f->allocated = (uint64_t)st.st_blocks * 512;
+
+	/* The trailer first: it says where the stream ends. */
+	r = mr_trailer_parse(&src, src.size, &f->trailer, &me);
+	if (!r && f->trailer->stream_base != offset) {
+		snprintf(f->trailer_msg, sizeof(f->trailer_msg),
+			 "the checksum table describes a stream at offset %llu, not %llu",
+			 (unsigned long long)f->trailer->stream_base, (unsigned long long)offset);
+		mr_trailer_free(f->trailer);
+		f->trailer = NULL;
+		r = -EBADMSG;
+	} else if (r && r != -ENOENT) {
+		snprintf(f->trailer_msg, sizeof(f->trailer_msg), "offset 0x%llx: %s%s%s",
+			 (unsigned long long)me.off, me.block[0] ? me.block : "",
+			 me.block[0] ? ": " : "", me.msg);
+	}
+	f->trailer_status = r;
+	if (f->trailer)
+		src.size = f->trailer->stream_end;
+
+	r = mr_image_parse(&src, offset, 0, &f->img, &me);
 	if (r) {
+		snap_file_free(f);
 		if (me.block[0])
 			return fail(err, r, "offset 0x%llx: block '%s': %s",
 				    (unsigned long long)me.off, me.block, me.msg);
 		return fail(err, r, "offset 0x%llx: %s", (unsigned long long)me.off, me.msg);
 	}
+	f->marker = has_marker(&src, f->img);
+	*ret = f;
 	return 0;
 }

@@ -11,6 +11,7 @@
 #include "config.h"
 #include "layout.h"
 #include "stream.h"
+#include "trailer.h"
 #include "workers.h"
 
 #include <errno.h>
@@ -21,9 +22,11 @@
 #include <string.h>
 #include <unistd.h>
 #include <sys/stat.h>
+#include <xxhash.h>
 
 #define UNIT_PAGES    1024u	/* 4 MiB of guest memory per work unit */
 #define DEFAULT_MAXIO (1u << 20)
+#define DEFAULT_DEPTH 16u /* per worker, async engines */
 #define COPY_BUF      (1u << 20)
 
 const char *snap_version(void)
@@ -50,6 +53,8 @@ struct save_ctx {
 	size_t n_units;
 	atomic_size_t next_unit;
 	atomic_uint_fast64_t normal_pages;
+	struct mr_trailer_builder *tb;
+	uint32_t chunk_size;
 	int page_fd; /* O_DIRECT fd or the buffered one */
 	int alt_fd;  /* buffered fd to fall back to, or -1 */
 	size_t max_pages;
@@ -105,63 +110,95 @@ static int write_run(struct save_ctx *c, struct snap_io_engine *e, struct save_b
 	return 0;
 }
 
+/*
+ * Hashes the chunks that lie wholly inside unit u, from the unit's own copy
+ * of its bitmap words (local[k] is word w0 + k); chunks that straddle units
+ * are left for the main thread.
+ */
+static void hash_unit(struct save_ctx *c, struct save_block *sb, const struct unit *u,
+		      const uint64_t *local, uint64_t w0)
+{
+	uint64_t per = c->chunk_size / MR_PAGE_SIZE;
+	const uint8_t *base = sb->b->addr;
+
+	for (uint64_t ch = (u->first + per - 1) / per; ch * per < u->end; ch++) {
+		uint64_t first = ch * per;
+		uint64_t n = sb->num_pages - first < per ? sb->num_pages - first : per;
+
+		if (first + n > u->end)
+			break;
+		mr_trailer_builder_set_chunk(c->tb, u->block, ch,
+					     mr_trailer_chunk_hash(base + first * MR_PAGE_SIZE,
+								   local, first - w0 * 64, n));
+	}
+}
+
+static int save_unit(struct save_ctx *c, struct snap_io_engine *e, const struct unit *u,
+		     uint64_t *ret_normal)
+{
+	uint64_t local[UNIT_PAGES / 64 + 1] = {0};
+	struct save_block *sb = &c->blocks[u->block];
+	const uint8_t *base = sb->b->addr;
+	uint64_t run = UINT64_MAX, normal = 0, w0 = u->first / 64;
+	int r;
+
+	for (uint64_t pg = u->first; pg < u->end; pg++) {
+		if (page_is_zero(base + pg * MR_PAGE_SIZE)) {
+			if (run != UINT64_MAX) {
+				r = write_run(c, e, sb, run, pg);
+				if (r)
+					return r;
+				run = UINT64_MAX;
+			}
+			continue;
+		}
+		local[pg / 64 - w0] |= (uint64_t)1 << (pg & 63);
+		normal++;
+		if (run == UINT64_MAX)
+			run = pg;
+	}
+	if (run != UINT64_MAX) {
+		r = write_run(c, e, sb, run, u->end);
+		if (r)
+			return r;
+	}
+	/* Hash while the unit is still in cache, then publish its bits. */
+	hash_unit(c, sb, u, local, w0);
+	for (uint64_t w = w0; w <= (u->end - 1) / 64; w++)
+		if (local[w - w0])
+			__atomic_fetch_or(&sb->bitmap[w], local[w - w0], __ATOMIC_RELAXED);
+	*ret_normal = normal;
+	return 0;
+}
+
 static int save_worker(struct snap_pool *pool, void *arg, struct snap_io_engine *e)
 {
 	struct save_ctx *c = arg;
 
 	while (!atomic_load(&pool->stop)) {
 		size_t i = atomic_fetch_add(&c->next_unit, 1);
+		uint64_t normal;
+		int r;
 
 		if (i >= c->n_units)
 			break;
-		struct unit *u = &c->units[i];
-		struct save_block *sb = &c->blocks[u->block];
-		const uint8_t *base = sb->b->addr;
-		uint64_t run = UINT64_MAX, normal = 0;
-		uint64_t word = 0, word_idx = u->first / 64;
-
-		for (uint64_t pg = u->first; pg < u->end; pg++) {
-			if (pg / 64 != word_idx) {
-				if (word)
-					__atomic_fetch_or(&sb->bitmap[word_idx], word,
-							  __ATOMIC_RELAXED);
-				word = 0;
-				word_idx = pg / 64;
-			}
-			if (page_is_zero(base + pg * MR_PAGE_SIZE)) {
-				if (run != UINT64_MAX) {
-					int r = write_run(c, e, sb, run, pg);
-
-					if (r)
-						return r;
-					run = UINT64_MAX;
-				}
-				continue;
-			}
-			word |= (uint64_t)1 << (pg & 63);
-			normal++;
-			if (run == UINT64_MAX)
-				run = pg;
-		}
-		if (word)
-			__atomic_fetch_or(&sb->bitmap[word_idx], word, __ATOMIC_RELAXED);
-		if (run != UINT64_MAX) {
-			int r = write_run(c, e, sb, run, u->end);
-
-			if (r)
-				return r;
-		}
+		r = save_unit(c, e, &c->units[i], &normal);
+		if (r)
+			return r;
 		atomic_fetch_add(&c->normal_pages, normal);
-		atomic_fetch_add(&pool->progress, (u->end - u->first) * MR_PAGE_SIZE);
+		atomic_fetch_add(&pool->progress, (c->units[i].end - c->units[i].first) * MR_PAGE_SIZE);
 	}
 	return 0;
 }
 
+/* Adds units for pages [first, end), cut at multiples of UNIT_PAGES so chunks never straddle. */
 static int add_unit(struct save_ctx *c, size_t *cap, uint32_t block, uint64_t first, uint64_t end)
 {
 	while (first < end) {
-		uint64_t n = end - first < UNIT_PAGES ? end - first : UNIT_PAGES;
+		uint64_t stop = (first / UNIT_PAGES + 1) * UNIT_PAGES;
 
+		if (stop > end)
+			stop = end;
 		if (c->n_units == *cap) {
 			size_t ncap = *cap ? *cap * 2 : 256;
 			struct unit *u = realloc(c->units, ncap * sizeof(*u));
@@ -171,8 +208,8 @@ static int add_unit(struct save_ctx *c, size_t *cap, uint32_t block, uint64_t fi
 			c->units = u;
 			*cap = ncap;
 		}
-		c->units[c->n_units++] = (struct unit){block, first, first + n};
-		first += n;
+		c->units[c->n_units++] = (struct unit){block, first, stop};
+		first = stop;
 	}
 	return 0;
 }
@@ -227,7 +264,8 @@ static int plan_block(struct save_ctx *c, size_t *cap, uint32_t idx, uint64_t *r
 }
 
 /* Reads the whole of fd into out->fd at off; returns bytes copied or -errno. */
-static int64_t copy_stream(int in, int out, uint64_t off, struct snap_err *err, const char *what)
+static int64_t copy_stream(int in, int out, uint64_t off, XXH3_state_t *h, struct snap_err *err,
+			   const char *what)
 {
 	uint8_t *buf = malloc(COPY_BUF);
 	int64_t total = 0;
@@ -248,6 +286,8 @@ static int64_t copy_stream(int in, int out, uint64_t off, struct snap_err *err, 
 		if (n == 0)
 			break;
 		int r = snap_pwrite_all(out, buf, (size_t)n, off + (uint64_t)total);
+
+		XXH3_64bits_update(h, buf, (size_t)n);
 
 		if (r) {
 			free(buf);
@@ -304,265 +344,396 @@ static int check_args(const struct snap_save_args *a, struct snap_err *err)
 	return 0;
 }
 
-int snap_save(const struct snap_save_args *args, const struct snap_opts *opts,
-	      struct snap_stats *ret_stats, struct snap_err *err)
-{
-	static const struct snap_opts no_opts;
-	static const char *const caps[] = {"mapped-ram"};
-	const char *machine = args->machine ? args->machine : MR_DEFAULT_MACHINE;
-	struct save_ctx c = {.args = args};
-	struct snap_pool pool = {0};
-	struct snap_stats st = {0};
-	struct mr_buf b = MR_BUF_INIT;
-	uint64_t total = 0, off, skipped = 0, end;
-	uint32_t ram_id = MR_RAM_SECTION_ID;
+/* Everything snap_save() carries between its phases. */
+struct save_run {
+	const struct snap_save_args *args;
+	const struct snap_opts *opts;
+	struct snap_err *err;
+	struct save_ctx c;
+	struct snap_pool pool;
+	struct mr_buf b;
+	uint64_t total;	  /* RAM bytes */
+	uint64_t end;	  /* next stream byte to write */
+	uint64_t meta;	  /* non-page bytes written */
+	uint64_t skipped; /* bytes of holes never scanned */
+	uint32_t ram_id;
 	uint8_t tail_head[13];
-	size_t units_cap = 0;
+	uint64_t devstate_off, devstate_len;
+	XXH3_state_t *dh;
 	bool engine_fallback;
-	char ebuf[256];
-	double t0 = snap_now();
+};
+
+static int write_at(struct save_run *s, const void *buf, size_t len, uint64_t off,
+		    const char *what)
+{
+	int r = snap_pwrite_all(s->args->fd, buf, len, off);
+
+	if (r)
+		return fail(s->err, r, "writing %s at offset 0x%llx: %s", what,
+			    (unsigned long long)off, strerror(-r));
+	s->meta += len;
+	return 0;
+}
+
+/*
+ * Header, configuration and every block entry, then the file sized to the
+ * end of the last page region: O_DIRECT writes inside i_size avoid the
+ * serialised size-extending path of ext4 and XFS.
+ */
+static int write_head(struct save_run *s)
+{
+	static const char *const caps[] = {"mapped-ram"};
+	const struct snap_save_args *args = s->args;
+	const char *machine = args->machine ? args->machine : MR_DEFAULT_MACHINE;
+	struct save_ctx *c = &s->c;
+	size_t units_cap = 0;
+	bool marked = false;
+	uint64_t off;
 	int r;
 
-	if (!opts)
-		opts = &no_opts;
-	if (err)
-		memset(err, 0, sizeof(*err));
-	r = check_args(args, err);
-	if (r)
-		return r;
-	if (strlen(machine) == 0 || strlen(machine) > MR_NAME_MAX)
-		return fail(err, -EINVAL, "machine name must have 1 to 255 bytes");
-
-	/* A raw tail starts with the RAM EOS word and the footer naming the RAM section id. */
-	if (args->devstate == SNAP_DEVSTATE_RAW) {
-		r = read_exact(args->devstate_fd, tail_head, sizeof(tail_head));
-		if (r)
-			return fail(err, r, "reading the raw device-state tail: %s",
-				    r == -ENODATA ? "shorter than 13 bytes" : strerror(-r));
-		if (mr_get_be64(tail_head) != MR_RAM_EOS || tail_head[8] != MR_SEC_FOOTER)
-			return fail(err, -EBADMSG,
-				    "the raw device-state tail does not start with the RAM EOS word and footer");
-		ram_id = mr_get_be32(tail_head + 9);
-		if (ram_id == 0)
-			return fail(err, -EBADMSG, "the raw tail names RAM section id 0");
-	}
-
-	for (size_t i = 0; i < args->n_blocks; i++)
-		if (__builtin_add_overflow(total, args->blocks[i].length, &total) ||
-		    (total & MR_RAM_FLAG_MASK))
-			return fail(err, -EOVERFLOW, "total RAM size overflows");
-	c.blocks = calloc(args->n_blocks, sizeof(*c.blocks));
-	if (!c.blocks)
-		return fail(err, -ENOMEM, "out of memory");
-
-	/* Stream head: header, configuration, RAM START with the block list. */
-	mr_encode_file_header(&b);
-	mr_encode_config(&b, machine, caps, 1);
-	mr_encode_ram_start(&b, ram_id, total);
-	if (b.err) {
-		r = fail(err, b.err, "out of memory");
-		goto out;
-	}
-	off = args->offset + b.len;
+	mr_encode_file_header(&s->b);
+	mr_encode_config(&s->b, machine, caps, 1);
+	mr_encode_ram_start(&s->b, s->ram_id, s->total);
+	if (s->b.err)
+		return fail(s->err, s->b.err, "out of memory");
+	off = args->offset + s->b.len;
 	for (size_t i = 0; i < args->n_blocks; i++) {
-		struct save_block *sb = &c.blocks[i];
+		struct save_block *sb = &c->blocks[i];
 		struct mr_ram_header h;
 
 		sb->b = &args->blocks[i];
 		sb->num_pages = sb->b->length / MR_PAGE_SIZE;
 		r = mr_layout_block(off, strlen(sb->b->name), sb->b->length, MR_PAGES_ALIGN,
 				    &sb->l);
-		if (r) {
-			r = fail(err, r, "block '%s': layout overflows at offset 0x%llx", sb->b->name,
-				 (unsigned long long)off);
-			goto out;
-		}
+		if (r)
+			return fail(s->err, r, "block '%s': layout overflows at offset 0x%llx",
+				    sb->b->name, (unsigned long long)off);
 		sb->bitmap = calloc(sb->l.bitmap_size / 8 ? sb->l.bitmap_size / 8 : 1, 8);
-		if (!sb->bitmap) {
-			r = fail(err, -ENOMEM, "out of memory for the bitmap of '%s'", sb->b->name);
-			goto out;
-		}
+		if (!sb->bitmap)
+			return fail(s->err, -ENOMEM, "out of memory for the bitmap of '%s'",
+				    sb->b->name);
+		r = mr_trailer_builder_add_block(c->tb, sb->b->name, sb->b->length,
+						 sb->l.bitmap_off, sb->l.pages_off, &(size_t){0});
+		if (r)
+			return fail(s->err, r, "block '%s': cannot be described in the trailer",
+				    sb->b->name);
 		h = (struct mr_ram_header){MR_RAM_HDR_VERSION, MR_PAGE_SIZE, sb->l.bitmap_off,
 					   sb->l.pages_off};
-		mr_encode_block_entry(&b, sb->b->name, sb->b->length, &h);
-		if (b.err) {
-			r = fail(err, b.err, "out of memory");
-			goto out;
-		}
+		mr_encode_block_entry(&s->b, sb->b->name, sb->b->length, &h);
+		if (s->b.err)
+			return fail(s->err, s->b.err, "out of memory");
 		/* Entries after the first start right after the previous page region. */
-		r = snap_pwrite_all(args->fd, b.data, b.len, i ? sb->l.entry_off : args->offset);
-		if (r) {
-			r = fail(err, r, "writing the header of block '%s' at offset 0x%llx: %s",
-				 sb->b->name, (unsigned long long)sb->l.entry_off, strerror(-r));
-			goto out;
+		r = write_at(s, s->b.data, s->b.len, i ? sb->l.entry_off : args->offset,
+			     "a block header");
+		if (r)
+			return r;
+		mr_buf_reset(&s->b);
+		/*
+		 * The marker goes into padding before a page region, which QEMU
+		 * never writes nor reads: it says a trailer must follow.
+		 */
+		if (!marked && sb->l.pages_off - (sb->l.bitmap_off + sb->l.bitmap_size) >=
+				       MR_SNAPMR_MARKER_LEN) {
+			r = write_at(s, MR_SNAPMR_MARKER, MR_SNAPMR_MARKER_LEN,
+				     sb->l.bitmap_off + sb->l.bitmap_size, "the snapmr marker");
+			if (r)
+				return r;
+			marked = true;
 		}
-		mr_buf_reset(&b);
 		off = sb->l.next_off;
-		r = plan_block(&c, &units_cap, (uint32_t)i, &skipped);
-		if (r) {
-			r = fail(err, r, "out of memory");
-			goto out;
-		}
+		r = plan_block(c, &units_cap, (uint32_t)i, &s->skipped);
+		if (r)
+			return fail(s->err, r, "out of memory");
 	}
-	end = off; /* the EOS word after the last page region */
+	s->end = off;
 
-	/* Pages. */
-	pool.jobs = opts->jobs ? opts->jobs : (unsigned)sysconf(_SC_NPROCESSORS_ONLN);
-	if (pool.jobs < 1)
-		pool.jobs = 1;
-	pool.max_io = opts->max_io ? opts->max_io : DEFAULT_MAXIO;
-	if (pool.max_io < MR_PAGE_SIZE || pool.max_io % MR_PAGE_SIZE) {
-		r = fail(err, -EINVAL, "request size %zu is not a multiple of 4096", pool.max_io);
-		goto out;
-	}
-	c.max_pages = pool.max_io / MR_PAGE_SIZE;
-	r = snap_pool_pick_engine(&pool, opts->engine, &engine_fallback, ebuf, sizeof(ebuf));
-	if (r) {
-		r = fail(err, r, "%s", ebuf);
-		goto out;
-	}
-	pool.depth = opts->queue_depth ? opts->queue_depth
-				       : (pool.ops->flags & SNAP_IO_F_ASYNC ? 8 : 1);
+	struct stat st;
+
+	if (fstat(args->fd, &st) == 0 && S_ISREG(st.st_mode) && (uint64_t)st.st_size < s->end &&
+	    ftruncate(args->fd, (off_t)s->end) < 0)
+		return fail(s->err, -errno, "sizing the output to 0x%llx bytes: %s",
+			    (unsigned long long)s->end, strerror(errno));
+	return 0;
+}
+
+static int write_pages(struct save_run *s, double t0)
+{
+	const struct snap_save_args *args = s->args;
+	const struct snap_opts *opts = s->opts;
+	struct snap_pool *pool = &s->pool;
+	struct save_ctx *c = &s->c;
+	char ebuf[256];
+	int r;
+
+	pool->jobs = opts->jobs ? opts->jobs : (unsigned)sysconf(_SC_NPROCESSORS_ONLN);
+	if (pool->jobs < 1)
+		pool->jobs = 1;
+	pool->max_io = opts->max_io ? opts->max_io : DEFAULT_MAXIO;
+	if (pool->max_io < MR_PAGE_SIZE || pool->max_io % MR_PAGE_SIZE)
+		return fail(s->err, -EINVAL, "request size %zu is not a multiple of 4096",
+			    pool->max_io);
+	c->max_pages = pool->max_io / MR_PAGE_SIZE;
+	r = snap_pool_pick_engine(pool, opts->engine, &s->engine_fallback, ebuf, sizeof(ebuf));
+	if (r)
+		return fail(s->err, r, "%s", ebuf);
+	pool->depth = opts->queue_depth ? opts->queue_depth
+					: (pool->ops->flags & SNAP_IO_F_ASYNC ? DEFAULT_DEPTH : 1);
 	if (args->direct_fd >= 0 && opts->direct != SNAP_DIRECT_OFF) {
-		c.page_fd = args->direct_fd;
-		c.alt_fd = opts->direct == SNAP_DIRECT_AUTO ? args->fd : -1;
+		c->page_fd = args->direct_fd;
+		c->alt_fd = opts->direct == SNAP_DIRECT_AUTO ? args->fd : -1;
 	} else {
-		c.page_fd = args->fd;
-		c.alt_fd = -1;
+		c->page_fd = args->fd;
+		c->alt_fd = -1;
 	}
-	if ((pool.ops->flags & SNAP_IO_F_DIRECT_ONLY) && c.page_fd == args->fd) {
-		r = fail(err, -EINVAL, "I/O engine '%s' needs O_DIRECT (use --direct on or another engine)",
-			 pool.ops->name);
-		goto out;
-	}
-	atomic_store(&pool.progress, skipped);
-	r = snap_pool_run(&pool, save_worker, &c, opts, total, t0);
-	if (r) {
-		if (r == -EINVAL && c.page_fd == args->direct_fd && c.alt_fd < 0)
-			r = fail(err, r, "the file system refused an O_DIRECT write (try --direct auto or off)");
-		else
-			r = fail(err, r, "writing page data: %s", strerror(-r));
-		goto out;
-	}
+	if ((pool->ops->flags & SNAP_IO_F_DIRECT_ONLY) && c->page_fd == args->fd)
+		return fail(s->err, -EINVAL,
+			    "I/O engine '%s' needs O_DIRECT (use --direct on or another engine)",
+			    pool->ops->name);
+	atomic_store(&pool->progress, s->skipped);
+	r = snap_pool_run(pool, save_worker, c, opts, s->total, t0);
+	if (r == -EINVAL && c->page_fd == args->direct_fd && c->alt_fd < 0)
+		return fail(s->err, r,
+			    "the file system refused an O_DIRECT write (try --direct auto or off)");
+	if (r)
+		return fail(s->err, r, "writing page data: %s", strerror(-r));
+	return 0;
+}
 
-	/* Bitmaps, written last as QEMU does, through the buffered descriptor. */
-	for (size_t i = 0; i < args->n_blocks; i++) {
-		struct save_block *sb = &c.blocks[i];
+/* Bitmaps, written last as QEMU does, and the chunks no single unit covered. */
+static int write_bitmaps(struct save_run *s)
+{
+	struct save_ctx *c = &s->c;
+	uint32_t cs = c->chunk_size;
 
-		uint8_t *raw = malloc(sb->l.bitmap_size ? sb->l.bitmap_size : 1);
+	for (size_t i = 0; i < s->args->n_blocks; i++) {
+		struct save_block *sb = &c->blocks[i];
+		uint64_t chunks = mr_trailer_chunks(sb->b->length, cs);
+		uint8_t *raw;
+		int r;
 
-		if (!raw) {
-			r = fail(err, -ENOMEM, "out of memory");
-			goto out;
+		for (uint64_t ch = 0; ch < chunks; ch++) {
+			uint64_t first, n;
+
+			if (mr_trailer_builder_chunk_is_set(c->tb, i, ch))
+				continue;
+			/* Holes and chunks split between units: clear pages are not read. */
+			mr_trailer_chunk_pages(sb->b->length, cs, ch, &first, &n);
+			mr_trailer_builder_set_chunk(
+				c->tb, i, ch,
+				mr_trailer_chunk_hash((const uint8_t *)sb->b->addr + first * MR_PAGE_SIZE,
+						      sb->bitmap, first, n));
 		}
+		mr_trailer_builder_set_bitmap_hash(c->tb, i,
+						   mr_trailer_bitmap_hash(sb->bitmap, sb->num_pages));
+		raw = malloc(sb->l.bitmap_size ? sb->l.bitmap_size : 1);
+		if (!raw)
+			return fail(s->err, -ENOMEM, "out of memory");
 		mr_bitmap_to_file(sb->bitmap, sb->l.bitmap_size / 8, raw);
-		r = snap_pwrite_all(args->fd, raw, sb->l.bitmap_size, sb->l.bitmap_off);
+		char what[300];
+
+		snprintf(what, sizeof(what), "the bitmap of block '%s'", sb->b->name);
+		r = write_at(s, raw, sb->l.bitmap_size, sb->l.bitmap_off, what);
 		free(raw);
-		if (r) {
-			r = fail(err, r, "writing the bitmap of block '%s' at offset 0x%llx: %s",
-				 sb->b->name, (unsigned long long)sb->l.bitmap_off, strerror(-r));
-			goto out;
-		}
+		if (r)
+			return r;
 	}
+	return 0;
+}
 
-	/* Tail: EOS + footer, device state, EOF, VM description. */
-	mr_buf_reset(&b);
+/* The stream after RAM: a raw QEMU tail verbatim, or EOS, device state, EOF, description. */
+static int write_tail(struct save_run *s)
+{
+	const struct snap_save_args *args = s->args;
+	struct mr_buf *b = &s->b;
+	uint64_t len_off;
+	int64_t n = 0;
+	uint8_t be[8];
+	int r;
+
+	mr_buf_reset(b);
 	if (args->devstate == SNAP_DEVSTATE_RAW) {
-		int64_t n;
+		s->devstate_off = s->end;
+		XXH3_64bits_update(s->dh, s->tail_head, sizeof(s->tail_head));
+		r = write_at(s, s->tail_head, sizeof(s->tail_head), s->end, "the stream tail");
+		if (r)
+			return r;
+		n = copy_stream(args->devstate_fd, args->fd, s->end + sizeof(s->tail_head), s->dh,
+				s->err, "raw device-state tail");
+		if (n < 0)
+			return (int)n;
+		s->devstate_len = (uint64_t)n + sizeof(s->tail_head);
+		s->meta += (uint64_t)n;
+		s->end += s->devstate_len;
+		return 0;
+	}
+	mr_encode_ram_eos(b, s->ram_id);
+	mr_encode_devstate_hdr(b, 0);
+	if (b->err)
+		return fail(s->err, b->err, "out of memory");
+	len_off = s->end + b->len - 8;
+	s->devstate_off = s->end + b->len;
+	r = write_at(s, b->data, b->len, s->end, "the device-state section");
+	if (r)
+		return r;
+	if (args->devstate == SNAP_DEVSTATE_SECTION) {
+		n = copy_stream(args->devstate_fd, args->fd, s->devstate_off, s->dh, s->err,
+				"device state");
+		if (n < 0)
+			return (int)n;
+	}
+	/* The length is known only now when the state came from a pipe. */
+	mr_put_be64(be, (uint64_t)n);
+	r = snap_pwrite_all(args->fd, be, 8, len_off);
+	if (r)
+		return fail(s->err, r, "writing the device-state length at offset 0x%llx: %s",
+			    (unsigned long long)len_off, strerror(-r));
+	s->devstate_len = (uint64_t)n;
+	s->meta += (uint64_t)n;
+	s->end = s->devstate_off + (uint64_t)n;
+	mr_buf_reset(b);
+	mr_encode_footer(b, MR_DEVSTATE_ID);
+	mr_buf_u8(b, MR_SEC_EOF);
+	mr_encode_vmdesc_devstate(b, (uint64_t)n);
+	if (b->err)
+		return fail(s->err, b->err, "out of memory");
+	r = write_at(s, b->data, b->len, s->end, "the end of the stream");
+	if (r)
+		return r;
+	s->end += b->len;
+	return 0;
+}
 
-		r = snap_pwrite_all(args->fd, tail_head, sizeof(tail_head), end);
-		if (r) {
-			r = fail(err, r, "writing the stream tail at offset 0x%llx: %s",
-				 (unsigned long long)end, strerror(-r));
-			goto out;
-		}
-		n = copy_stream(args->devstate_fd, args->fd, end + sizeof(tail_head), err,
-				"raw device-state tail");
-		if (n < 0) {
-			r = (int)n;
-			goto out;
-		}
-		st.devstate_bytes = (uint64_t)n + sizeof(tail_head);
-		end += st.devstate_bytes;
-	} else {
-		uint64_t len_off, data_off;
-		int64_t n = 0;
+static int sync_out(struct save_run *s, const char *what)
+{
+	if (s->opts->no_sync || fdatasync(s->args->fd) == 0)
+		return 0;
+	return fail(s->err, -errno, "flushing %s to disk: %s", what, strerror(errno));
+}
 
-		mr_encode_ram_eos(&b, ram_id);
-		mr_encode_devstate_hdr(&b, 0);
-		if (b.err) {
-			r = fail(err, b.err, "out of memory");
-			goto out;
-		}
-		len_off = end + b.len - 8;
-		data_off = end + b.len;
-		r = snap_pwrite_all(args->fd, b.data, b.len, end);
-		if (!r && args->devstate == SNAP_DEVSTATE_SECTION) {
-			n = copy_stream(args->devstate_fd, args->fd, data_off, err, "device state");
-			if (n < 0) {
-				r = (int)n;
-				goto out;
-			}
-		}
-		if (!r) {
-			uint8_t be[8];
+/*
+ * The trailer, and with it the completion record: table, sync, footer,
+ * sync. Until the footer is durable the file reads as unfinished.
+ */
+static int write_trailer(struct save_run *s)
+{
+	struct mr_buf *b = &s->b;
+	size_t table_len;
+	int r;
 
-			/* The length is known only now when the state came from a pipe. */
-			mr_put_be64(be, (uint64_t)n);
-			r = snap_pwrite_all(args->fd, be, 8, len_off);
-		}
-		st.devstate_bytes = (uint64_t)n;
-		end = data_off + (uint64_t)n;
-		mr_buf_reset(&b);
-		mr_encode_footer(&b, MR_DEVSTATE_ID);
-		mr_buf_u8(&b, MR_SEC_EOF);
-		mr_encode_vmdesc_devstate(&b, (uint64_t)n);
-		if (!r && b.err)
-			r = b.err;
-		if (!r)
-			r = snap_pwrite_all(args->fd, b.data, b.len, end);
-		if (r) {
-			r = fail(err, r, "writing the device-state section at offset 0x%llx: %s",
-				 (unsigned long long)end, strerror(-r));
-			goto out;
-		}
-		end += b.len;
+	mr_trailer_builder_set_devstate(s->c.tb, s->devstate_off, s->devstate_len,
+					XXH3_64bits_digest(s->dh));
+	mr_buf_reset(b);
+	r = mr_trailer_encode(s->c.tb, s->end, b);
+	if (r)
+		return fail(s->err, r, "encoding the trailer: %s", strerror(-r));
+	table_len = b->len - MR_TRAILER_FOOTER_SIZE;
+	r = write_at(s, b->data, table_len, s->end, "the checksum table");
+	if (!r)
+		r = sync_out(s, "the file");
+	if (!r)
+		r = write_at(s, b->data + table_len, MR_TRAILER_FOOTER_SIZE, s->end + table_len,
+			     "the completion record");
+	if (r)
+		return r;
+	s->end += b->len;
+	return 0;
+}
+
+int snap_save(const struct snap_save_args *args, const struct snap_opts *opts,
+	      struct snap_stats *ret_stats, struct snap_err *err)
+{
+	static const struct snap_opts no_opts;
+	struct save_run s = {.args = args, .opts = opts ? opts : &no_opts, .err = err};
+	struct snap_stats st = {0};
+	struct snap_err dummy;
+	struct stat fst;
+	double t0 = snap_now();
+	int r;
+
+	if (!s.err)
+		s.err = &dummy;
+	memset(s.err, 0, sizeof(*s.err));
+	s.c.args = args;
+	s.b = (struct mr_buf)MR_BUF_INIT;
+	s.ram_id = MR_RAM_SECTION_ID;
+	r = check_args(args, s.err);
+	if (r)
+		return r;
+	if (args->machine && (!*args->machine || strlen(args->machine) > MR_NAME_MAX))
+		return fail(s.err, -EINVAL, "machine name must have 1 to 255 bytes");
+	for (size_t i = 0; i < args->n_blocks; i++)
+		if (__builtin_add_overflow(s.total, args->blocks[i].length, &s.total) ||
+		    (s.total & MR_RAM_FLAG_MASK))
+			return fail(s.err, -EOVERFLOW, "total RAM size overflows");
+
+	/* A raw tail starts with the RAM EOS word and the footer naming the RAM section id. */
+	if (args->devstate == SNAP_DEVSTATE_RAW) {
+		r = read_exact(args->devstate_fd, s.tail_head, sizeof(s.tail_head));
+		if (r)
+			return fail(s.err, r, "reading the raw device-state tail: %s",
+				    r == -ENODATA ? "shorter than 13 bytes" : strerror(-r));
+		if (mr_get_be64(s.tail_head) != MR_RAM_EOS || s.tail_head[8] != MR_SEC_FOOTER)
+			return fail(s.err, -EBADMSG,
+				    "the raw device-state tail does not start with the RAM EOS word and footer");
+		s.ram_id = mr_get_be32(s.tail_head + 9);
+		if (s.ram_id == 0)
+			return fail(s.err, -EBADMSG, "the raw tail names RAM section id 0");
 	}
 
-	/* Drop anything an older, longer file left behind. */
-	struct stat sbuf;
+	/* Start from the offset, as QEMU does: nothing stale may survive past it. */
+	if (fstat(args->fd, &fst) == 0 && S_ISREG(fst.st_mode) &&
+	    (uint64_t)fst.st_size > args->offset && ftruncate(args->fd, (off_t)args->offset) < 0)
+		return fail(s.err, -errno, "truncating the output to %llu bytes: %s",
+			    (unsigned long long)args->offset, strerror(errno));
 
-	if (fstat(args->fd, &sbuf) == 0 && S_ISREG(sbuf.st_mode) && (uint64_t)sbuf.st_size > end &&
-	    ftruncate(args->fd, (off_t)end) < 0) {
-		r = fail(err, -errno, "truncating the output to 0x%llx bytes: %s",
-			 (unsigned long long)end, strerror(errno));
+	s.c.blocks = calloc(args->n_blocks, sizeof(*s.c.blocks));
+	s.dh = XXH3_createState();
+	r = s.c.blocks && s.dh ? mr_trailer_builder_new(args->offset, 0, &s.c.tb) : -ENOMEM;
+	if (r) {
+		fail(s.err, r, "out of memory");
 		goto out;
 	}
-	if (!opts->no_sync && fdatasync(args->fd) < 0) {
-		r = fail(err, -errno, "flushing the output to disk: %s", strerror(errno));
-		goto out;
-	}
+	XXH3_64bits_reset(s.dh);
+	s.c.chunk_size = mr_trailer_builder_chunk_size(s.c.tb);
 
-	st.total_bytes = total;
-	st.normal_pages = atomic_load(&c.normal_pages);
-	st.zero_pages = total / MR_PAGE_SIZE - st.normal_pages;
+	r = write_head(&s);
+	if (!r)
+		r = write_pages(&s, t0);
+	if (!r)
+		r = write_bitmaps(&s);
+	if (!r)
+		r = write_tail(&s);
+	if (!r)
+		r = sync_out(&s, "the stream");
+	if (!r)
+		r = write_trailer(&s);
+	if (!r)
+		r = sync_out(&s, "the completion record");
+	if (r)
+		goto out;
+
+	st.total_bytes = s.total;
+	st.normal_pages = atomic_load(&s.c.normal_pages);
+	st.zero_pages = s.total / MR_PAGE_SIZE - st.normal_pages;
 	st.page_bytes = st.normal_pages * MR_PAGE_SIZE;
-	st.stream_bytes = end - args->offset - st.page_bytes;
-	st.requests = atomic_load(&pool.requests);
+	st.stream_bytes = s.meta;
+	st.devstate_bytes = s.devstate_len;
+	st.requests = atomic_load(&s.pool.requests);
 	st.seconds = snap_now() - t0;
-	st.engine = pool.ops->name;
-	st.direct = c.page_fd == args->direct_fd && args->direct_fd >= 0;
-	st.direct_fell_back = atomic_load(&pool.fell_back);
-	st.jobs = pool.jobs;
-	st.engine_fallback = engine_fallback;
+	st.engine = s.pool.ops->name;
+	st.engine_fallback = s.engine_fallback;
+	st.direct = s.c.page_fd == args->direct_fd && args->direct_fd >= 0;
+	st.direct_fell_back = atomic_load(&s.pool.fell_back);
+	st.jobs = s.pool.jobs;
 	if (ret_stats)
 		*ret_stats = st;
-	r = 0;
 out:
-	for (size_t i = 0; i < args->n_blocks; i++)
-		free(c.blocks[i].bitmap);
-	free(c.blocks);
-	free(c.units);
-	mr_buf_free(&b);
+	for (size_t i = 0; s.c.blocks && i < args->n_blocks; i++)
+		free(s.c.blocks[i].bitmap);
+	free(s.c.blocks);
+	free(s.c.units);
+	mr_trailer_builder_free(s.c.tb);
+	XXH3_freeState(s.dh);
+	mr_buf_free(&s.b);
 	return r;
 }

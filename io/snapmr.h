@@ -12,6 +12,7 @@
 #define SNAPMR_H
 
 #include "reader.h"
+#include "trailer.h"
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -46,6 +47,7 @@ struct snap_opts {
 	void *progress_arg;
 	unsigned progress_ms; /* interval; 0 = 500 */
 	bool no_sync;	      /* skip fdatasync (tests, tmpfs); never for real saves */
+	bool no_verify;	      /* restore: do not check page checksums while reading */
 };
 
 /* Statistics in the spirit of QEMU's query-migrate. */
@@ -106,26 +108,66 @@ struct snap_save_args {
 int snap_save(const struct snap_save_args *args, const struct snap_opts *opts,
 	      struct snap_stats *ret_stats, struct snap_err *err);
 
+/* A decoded file: the stream, and the trailer when there is one. */
+struct snap_file {
+	struct mr_image *img;
+	struct mr_trailer *trailer; /* NULL when absent or unusable */
+	int trailer_status;	    /* 0, -ENOENT (none), or why it is unusable */
+	char trailer_msg[512];	    /* the reason, when trailer_status is not 0 or -ENOENT */
+	bool marker;		    /* written by snapsave: a missing trailer means unfinished */
+	uint64_t file_size;
+	uint64_t allocated; /* bytes the file occupies on disk */
+};
+
 /*
- * Decodes the file behind fd (stream at `offset`) with bitmaps loaded. The
- * caller frees *ret_img with mr_image_free().
+ * Decodes the file behind fd (stream at `offset`) with bitmaps loaded, and
+ * its trailer. A missing or bad trailer is not an error here: it is reported
+ * in trailer_status for the caller's policy. The caller frees *ret with
+ * snap_file_free().
  */
-int snap_inspect(int fd, uint64_t offset, struct mr_image **ret_img, struct snap_err *err);
+int snap_inspect(int fd, uint64_t offset, struct snap_file **ret, struct snap_err *err);
+void snap_file_free(struct snap_file *f);
+
+/* One checksum mismatch: pages [first_page, first_page + npages) of a block. */
+struct snap_mismatch {
+	const char *block;
+	uint64_t first_page;
+	uint64_t npages;
+	uint64_t file_off; /* where those pages are stored */
+};
+
+typedef void (*snap_mismatch_fn)(void *arg, const struct snap_mismatch *m);
 
 struct snap_restore_args {
 	int fd;	       /* input, readable */
 	int direct_fd; /* O_DIRECT open of the same file, or -1 */
-	const struct mr_image *img;
-	/* Destinations, matched by name; blocks of img without one must be listed in skip. */
+	const struct snap_file *file;
+	/* Destinations, matched by name; blocks of the file without one are left out. */
 	const struct snap_block *blocks;
 	size_t n_blocks;
 	int devstate_fd; /* receives the device state (section or raw tail), or -1 */
 	bool devstate_raw; /* write the raw stream tail instead of the section body */
 };
 
-/* Reads every present page into the destinations and zeroes the others. */
+/*
+ * Reads every present page into the destinations and zeroes the others.
+ * With a trailer and without opts->no_verify, every chunk is checked against
+ * its checksum as it arrives; the first mismatch fails the restore.
+ */
 int snap_restore(const struct snap_restore_args *args, const struct snap_opts *opts,
 		 struct snap_stats *ret_stats, struct snap_err *err);
+
+/*
+ * Checks a file without restoring it: the trailer against the stream, every
+ * block's bitmap, every chunk of page data and the device state. Calls
+ * `mismatch` for each bad chunk (in the calling thread, after the workers
+ * finish); stores the number of mismatches in *ret_bad. Returns 0 when the
+ * checks could run (look at *ret_bad), -ENOENT if the file has no trailer,
+ * or another -errno.
+ */
+int snap_verify(int fd, int direct_fd, const struct snap_file *file, const struct snap_opts *opts,
+		snap_mismatch_fn mismatch, void *arg, uint64_t *ret_bad, struct snap_stats *ret_stats,
+		struct snap_err *err);
 
 /* Version string of the library. */
 const char *snap_version(void);

@@ -37,6 +37,11 @@ static void usage(FILE *f)
 		"      --device-state-raw OUT  write the raw stream tail after RAM (QEMU files)\n"
 		"      --offset N            the stream starts at byte N of FILE\n"
 		"  -i, --info                describe the file instead of restoring\n"
+		"      --verify              check every checksum without restoring; lists each\n"
+		"                            mismatch and exits 1 if there is any\n"
+		"      --no-verify           restore without checking checksums while reading\n"
+		"      --force               restore a file that lacks its completion record or\n"
+		"                            whose checksum table is damaged (unverified)\n"
 		"  -j, --jobs N              worker threads (default: online CPUs)\n"
 		"      --direct auto|on|off  O_DIRECT for page data (default auto)\n"
 		"      --io ENGINE           I/O engine: threads, uring, aio (default: best available)\n"
@@ -61,6 +66,9 @@ enum {
 	OPT_RAW,
 	OPT_OFFSET,
 	OPT_SKIP,
+	OPT_VERIFY,
+	OPT_NO_VERIFY,
+	OPT_FORCE,
 };
 
 static const struct option long_opts[] = {
@@ -71,6 +79,9 @@ static const struct option long_opts[] = {
 	{"device-state-raw", required_argument, NULL, OPT_RAW},
 	{"offset", required_argument, NULL, OPT_OFFSET},
 	{"info", no_argument, NULL, 'i'},
+	{"verify", no_argument, NULL, OPT_VERIFY},
+	{"no-verify", no_argument, NULL, OPT_NO_VERIFY},
+	{"force", no_argument, NULL, OPT_FORCE},
 	{"jobs", required_argument, NULL, 'j'},
 	{"direct", required_argument, NULL, OPT_DIRECT},
 	{"io", required_argument, NULL, OPT_IO},
@@ -94,6 +105,8 @@ struct args {
 	bool devstate_raw;
 	uint64_t offset;
 	bool info;
+	bool verify;
+	bool force;
 	bool json;
 	struct snap_opts opts;
 };
@@ -103,7 +116,8 @@ static int parse_args(int argc, char **argv, struct args *a)
 	char ebuf[512];
 	int c;
 
-	while ((c = getopt_long(argc, argv, "r:a:d:ij:hV", long_opts, NULL)) != -1) {
+	opterr = 0; /* getopt would name argv[0] and take two lines */
+	while ((c = getopt_long(argc, argv, ":r:a:d:ij:hV", long_opts, NULL)) != -1) {
 		switch (c) {
 		case 'r':
 			if (a->n_ram == MAX_BLOCKS) {
@@ -148,6 +162,15 @@ static int parse_args(int argc, char **argv, struct args *a)
 			break;
 		case 'i':
 			a->info = true;
+			break;
+		case OPT_VERIFY:
+			a->verify = true;
+			break;
+		case OPT_NO_VERIFY:
+			a->opts.no_verify = true;
+			break;
+		case OPT_FORCE:
+			a->force = true;
 			break;
 		case 'j':
 			if (cli_parse_uint(optarg, 1, 1024, &a->opts.jobs)) {
@@ -198,8 +221,15 @@ static int parse_args(int argc, char **argv, struct args *a)
 		case 'V':
 			printf("snaprestore %s\n", SNAPMR_VERSION);
 			return -1;
+		case ':':
+			cli_err("option '%s' needs an argument (see 'snaprestore --help')", argv[optind - 1]);
+			return 2;
 		default:
-			fprintf(stderr, "Try 'snaprestore --help'.\n");
+			/* A short option in a cluster has no argv slot of its own. */
+			if (optopt > 0 && optopt < 256 && strncmp(argv[optind - 1], "--", 2))
+				cli_err("invalid option '-%c' (see 'snaprestore --help')", optopt);
+			else
+				cli_err("invalid option '%s' (see 'snaprestore --help')", argv[optind - 1]);
 			return 2;
 		}
 	}
@@ -212,8 +242,17 @@ static int parse_args(int argc, char **argv, struct args *a)
 		cli_err("unexpected argument '%s'", argv[optind]);
 		return 2;
 	}
-	if (a->info && (a->n_ram || a->all_dir || a->devstate)) {
-		cli_err("--info does not restore: drop --ram, --all and --device-state");
+	if ((a->info || a->verify) && (a->n_ram || a->all_dir || a->devstate || a->n_skip)) {
+		cli_err("--%s does not restore: drop --ram, --all, --skip and --device-state",
+			a->info ? "info" : "verify");
+		return 2;
+	}
+	if (a->info && a->verify) {
+		cli_err("--info and --verify: choose one");
+		return 2;
+	}
+	if (a->verify && a->opts.no_verify) {
+		cli_err("--verify and --no-verify contradict each other");
 		return 2;
 	}
 	return 0;
@@ -242,8 +281,19 @@ static void encode_name(const char *name, char *out, size_t len)
 	out[o] = 0;
 }
 
-static void print_info_text(const char *file, const struct mr_image *img, const struct stat *st)
+static const char *integrity(const struct snap_file *f)
 {
+	if (f->trailer)
+		return "checksums present, complete";
+	if (f->trailer_status == -ENOENT)
+		return f->marker ? "INCOMPLETE: snapsave file without its completion record"
+				 : "no checksums (not written by snapsave, e.g. by QEMU)";
+	return "checksum table damaged";
+}
+
+static void print_info_text(const char *file, const struct snap_file *f)
+{
+	const struct mr_image *img = f->img;
 	char h1[32], h2[32];
 
 	printf("file:          %s\n", file);
@@ -278,9 +328,15 @@ static void print_info_text(const char *file, const struct mr_image *img, const 
 	if (img->has_vmdesc)
 		printf(", VM description %llu bytes at %#llx",
 		       (unsigned long long)img->vmdesc_len, (unsigned long long)img->vmdesc_off);
-	printf("\nfile size:     %s logical, %s allocated\n",
-	       cli_human((uint64_t)st->st_size, h1, sizeof(h1)),
-	       cli_human((uint64_t)st->st_blocks * 512, h2, sizeof(h2)));
+	printf("\nfile size:     %s logical, %s allocated\n", cli_human(f->file_size, h1, sizeof(h1)),
+	       cli_human(f->allocated, h2, sizeof(h2)));
+	printf("integrity:     %s", integrity(f));
+	if (f->trailer)
+		printf(" (%u-byte chunks, table at %#llx)", f->trailer->chunk_size,
+		       (unsigned long long)f->trailer->table_offset);
+	else if (f->trailer_status != -ENOENT)
+		printf(" (%s)", f->trailer_msg);
+	printf("\n");
 }
 
 static const char *sec_type_name(uint8_t t)
@@ -295,8 +351,10 @@ static const char *sec_type_name(uint8_t t)
 	}
 }
 
-static void print_info_json(const char *file, const struct mr_image *img, const struct stat *st)
+static void print_info_json(const char *file, const struct snap_file *f)
 {
+	const struct mr_image *img = f->img;
+
 	printf("{\"file\": ");
 	cli_json_str(stdout, file);
 	printf(", \"offset\": %llu, \"stream-end\": %llu, \"machine\": ",
@@ -354,8 +412,17 @@ static void print_info_json(const char *file, const struct mr_image *img, const 
 		       (unsigned long long)img->vmdesc_len);
 	else
 		printf("null");
-	printf(", \"file-size\": %llu, \"allocated\": %llu}\n", (unsigned long long)st->st_size,
-	       (unsigned long long)st->st_blocks * 512);
+	printf(", \"file-size\": %llu, \"allocated\": %llu, \"integrity\": {\"status\": \"%s\", "
+	       "\"detail\": ",
+	       (unsigned long long)f->file_size, (unsigned long long)f->allocated,
+	       f->trailer ? "complete"
+	       : f->trailer_status == -ENOENT ? (f->marker ? "incomplete" : "none")
+					      : "damaged");
+	cli_json_str(stdout, integrity(f));
+	if (f->trailer)
+		printf(", \"chunk-size\": %u, \"table-offset\": %llu", f->trailer->chunk_size,
+		       (unsigned long long)f->trailer->table_offset);
+	printf("}}\n");
 }
 
 static bool skipped(const struct args *a, const char *name)
@@ -375,6 +442,14 @@ static int open_input(const struct args *a, int *ret_fd, int *ret_dfd)
 	if (fd < 0) {
 		cli_err("%s: %s", a->file, ebuf);
 		return fd;
+	}
+	/* Before the O_DIRECT probe, whose note would be noise for a directory or pipe. */
+	struct stat st;
+
+	if (fstat(fd, &st) == 0 && !S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode)) {
+		cli_err("%s: not a regular file or block device", a->file);
+		close(fd);
+		return -EINVAL;
 	}
 	if (!a->info && a->opts.direct != SNAP_DIRECT_OFF) {
 		char proc[64];
@@ -411,8 +486,9 @@ static int open_devstate_out(const char *spec)
 	return fd;
 }
 
-static int do_restore(struct args *a, int fd, int dfd, const struct mr_image *img)
+static int do_restore(struct args *a, int fd, int dfd, const struct snap_file *f)
 {
+	const struct mr_image *img = f->img;
 	struct snap_ram_map maps[MAX_BLOCKS] = {0};
 	struct snap_block blocks[MAX_BLOCKS];
 	struct snap_ram_spec all_specs[MAX_BLOCKS] = {0};
@@ -484,7 +560,7 @@ static int do_restore(struct args *a, int fd, int dfd, const struct mr_image *im
 	ra = (struct snap_restore_args){
 		.fd = fd,
 		.direct_fd = dfd,
-		.img = img,
+		.file = f,
 		.blocks = blocks,
 		.n_blocks = n,
 		.devstate_fd = devstate_fd,
@@ -516,12 +592,77 @@ unmap:
 	return ret;
 }
 
+static void print_mismatch(void *arg, const struct snap_mismatch *m)
+{
+	const char *file = arg;
+
+	printf("%s: block '%s': pages %llu-%llu (file offset 0x%llx): checksum mismatch\n", file,
+	       m->block, (unsigned long long)m->first_page,
+	       (unsigned long long)(m->first_page + m->npages - 1), (unsigned long long)m->file_off);
+}
+
+static int do_verify(struct args *a, int fd, int dfd, const struct snap_file *f)
+{
+	struct snap_stats st;
+	struct snap_err err;
+	uint64_t bad = 0;
+
+	if (!f->trailer) {
+		if (f->trailer_status == -ENOENT && !f->marker)
+			cli_err("%s: cannot verify page data: no checksums (not written by snapsave); "
+				"the stream structure is valid",
+				a->file);
+		else if (f->trailer_status == -ENOENT)
+			cli_err("%s: incomplete: the save never wrote its completion record", a->file);
+		else
+			cli_err("%s: checksum table: %s", a->file, f->trailer_msg);
+		return 1;
+	}
+	if (snap_verify(fd, dfd, f, &a->opts, print_mismatch, (void *)a->file, &bad, &st, &err)) {
+		cli_progress_end();
+		cli_err("%s: %s", a->file, err.msg);
+		return 1;
+	}
+	cli_progress_end();
+	if (a->json)
+		cli_print_stats_json(stdout, bad ? "failed" : "completed", &st);
+	if (bad) {
+		cli_err("%s: %llu chunk%s of page data fail their checksums", a->file,
+			(unsigned long long)bad, bad == 1 ? "" : "s");
+		return 1;
+	}
+	return 0;
+}
+
+/* Decides whether a file without a usable trailer may be restored. */
+static int check_integrity(const struct args *a, const struct snap_file *f)
+{
+	if (f->trailer)
+		return 0;
+	if (f->trailer_status == -ENOENT && !f->marker) {
+		cli_note("%s: no checksums (not written by snapsave): restoring unverified", a->file);
+		return 0;
+	}
+	if (a->force) {
+		cli_note("%s: %s; restoring unverified because of --force", a->file,
+			 f->trailer_status == -ENOENT ? "no completion record" : f->trailer_msg);
+		return 0;
+	}
+	if (f->trailer_status == -ENOENT)
+		cli_err("%s: incomplete: the save never wrote its completion record (crashed or "
+			"unfinished); --force restores it anyway",
+			a->file);
+	else
+		cli_err("%s: checksum table: %s; --force restores without it", a->file,
+			f->trailer_msg);
+	return 1;
+}
+
 int main(int argc, char **argv)
 {
 	struct args a = {0};
-	struct mr_image *img = NULL;
+	struct snap_file *f = NULL;
 	struct snap_err err;
-	struct stat st;
 	int fd = -1, dfd = -1, ret = 1, r;
 
 	cli_prog = "snaprestore";
@@ -533,24 +674,22 @@ int main(int argc, char **argv)
 	}
 	if (open_input(&a, &fd, &dfd))
 		goto free_specs;
-	if (fstat(fd, &st) < 0) {
-		cli_err("%s: %s", a.file, strerror(errno));
-		goto close_fds;
-	}
-	if (snap_inspect(fd, a.offset, &img, &err)) {
+	if (snap_inspect(fd, a.offset, &f, &err)) {
 		cli_err("%s: %s", a.file, err.msg);
 		goto close_fds;
 	}
 	if (a.info) {
 		if (a.json)
-			print_info_json(a.file, img, &st);
+			print_info_json(a.file, f);
 		else
-			print_info_text(a.file, img, &st);
+			print_info_text(a.file, f);
 		ret = 0;
-	} else {
-		ret = do_restore(&a, fd, dfd, img);
+	} else if (a.verify) {
+		ret = do_verify(&a, fd, dfd, f);
+	} else if (!check_integrity(&a, f)) {
+		ret = do_restore(&a, fd, dfd, f);
 	}
-	mr_image_free(img);
+	snap_file_free(f);
 close_fds:
 	if (dfd >= 0)
 		close(dfd);

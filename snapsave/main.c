@@ -100,7 +100,8 @@ static int parse_args(int argc, char **argv, struct args *a)
 	char ebuf[512];
 	int c;
 
-	while ((c = getopt_long(argc, argv, "o:r:d:m:j:hV", long_opts, NULL)) != -1) {
+	opterr = 0; /* getopt would name argv[0] and take two lines */
+	while ((c = getopt_long(argc, argv, ":o:r:d:m:j:hV", long_opts, NULL)) != -1) {
 		switch (c) {
 		case 'o':
 			a->output = optarg;
@@ -192,8 +193,15 @@ static int parse_args(int argc, char **argv, struct args *a)
 		case 'V':
 			printf("snapsave %s\n", SNAPMR_VERSION);
 			return -1;
+		case ':':
+			cli_err("option '%s' needs an argument (see 'snapsave --help')", argv[optind - 1]);
+			return 2;
 		default:
-			fprintf(stderr, "Try 'snapsave --help'.\n");
+			/* A short option in a cluster has no argv slot of its own. */
+			if (optopt > 0 && optopt < 256 && strncmp(argv[optind - 1], "--", 2))
+				cli_err("invalid option '-%c' (see 'snapsave --help')", optopt);
+			else
+				cli_err("invalid option '%s' (see 'snapsave --help')", argv[optind - 1]);
 			return 2;
 		}
 	}
