@@ -297,6 +297,10 @@ static int parse_block(struct parser *p, uint64_t *remaining)
 		return fail(p, r, b->entry_off, NULL, "RAM block name %s", rd_what(r));
 	if (!nlen)
 		return fail(p, -EBADMSG, b->entry_off, NULL, "empty RAM block name");
+	for (uint8_t i = 0; i < nlen; i++)
+		if ((uint8_t)b->name[i] < 0x20 || b->name[i] == 0x7f)
+			return fail(p, -EBADMSG, b->entry_off, NULL,
+				    "RAM block name contains control characters");
 	for (size_t i = 0; i < img->n_blocks; i++)
 		if (!strcmp(img->blocks[i].name, b->name))
 			return fail(p, -EBADMSG, b->entry_off, b->name,
@@ -755,4 +759,38 @@ int mr_find_vmdesc(const struct mr_src *src, uint64_t lo, uint64_t end, uint64_t
 	}
 	free(buf);
 	return r;
+}
+
+int mr_detect_stream(const struct mr_src *src, uint64_t *ret_offset, enum mr_container *ret_kind)
+{
+	uint8_t h[MR_LIBVIRT_HDR_SIZE], q[8];
+	enum mr_container kind;
+	uint64_t off;
+	long n;
+
+	n = src->pread(src->ctx, h, sizeof(h), 0);
+	if (n < 0)
+		return (int)n;
+	if (n >= 8 && mr_get_be32(h) == MR_FILE_MAGIC) {
+		*ret_offset = 0;
+		*ret_kind = MR_CONTAINER_NONE;
+		return 0;
+	}
+	if (n < (long)sizeof(h))
+		return -EBADMSG;
+	if (!memcmp(h, MR_LIBVIRT_MAGIC, 16))
+		kind = MR_CONTAINER_LIBVIRT;
+	else if (!memcmp(h, MR_LIBVIRT_MAGIC_PARTIAL, 16))
+		kind = MR_CONTAINER_LIBVIRT_PARTIAL;
+	else
+		return -EBADMSG;
+	/* data_len is in the writer's byte order: little-endian on x86 hosts. */
+	off = MR_LIBVIRT_HDR_SIZE + ((uint64_t)h[20] | (uint64_t)h[21] << 8 |
+				     (uint64_t)h[22] << 16 | (uint64_t)h[23] << 24);
+	n = src->pread(src->ctx, q, sizeof(q), off);
+	if (n != (long)sizeof(q) || mr_get_be32(q) != MR_FILE_MAGIC)
+		return -EBADMSG;
+	*ret_offset = off;
+	*ret_kind = kind;
+	return 0;
 }

@@ -105,6 +105,24 @@ bool mr_image_has_cap(const struct mr_image *img, const char *name);
 /* The block named `name`, or NULL. */
 const struct mr_block_info *mr_image_block(const struct mr_image *img, const char *name);
 
+/* What mr_detect_stream() found in front of the stream. */
+enum mr_container {
+	MR_CONTAINER_NONE,	     /* the file starts with the stream */
+	MR_CONTAINER_LIBVIRT,	     /* a libvirt save image header ("LibvirtQemudSave") */
+	MR_CONTAINER_LIBVIRT_PARTIAL, /* libvirt's header of a save that never finished */
+};
+
+#define MR_LIBVIRT_MAGIC	 "LibvirtQemudSave"
+#define MR_LIBVIRT_MAGIC_PARTIAL "LibvirtQemudPart"
+#define MR_LIBVIRT_HDR_SIZE	 92u /* magic[16], 19 host-endian u32 fields */
+
+/*
+ * Finds where the migration stream starts: offset 0, or after a libvirt save
+ * image header (its XML and cookie follow the fixed header; data_len counts
+ * them). Returns 0 and the offset, or -EBADMSG if neither form is found.
+ */
+int mr_detect_stream(const struct mr_src *src, uint64_t *ret_offset, enum mr_container *ret_kind);
+
 /*
  * Finds a VMDESCRIPTION record that ends exactly at `end` (QEMU writes it
  * last): returns 0 and its record offset and JSON length, or -ENOENT.

@@ -2,7 +2,7 @@
 /* Temporary-file-and-rename output handling for saves. */
 #include "outfile.h"
 #include "engine.h"
-#include "ramsrc.h"
+#include "fdset.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -88,20 +88,35 @@ int snap_outfile_open(struct snap_outfile *o, const char *spec, enum snap_direct
 
 	memset(o, 0, sizeof(*o));
 	o->fd = o->direct_fd = -1;
-	if (snap_spec_is_fd(spec)) {
-		r = snap_open_spec(spec, O_WRONLY, 0, errbuf, errlen);
+	if (snap_io_is_fd_spec(spec)) {
+		/* Descriptors only: no path is ever opened, no temporary file. */
+		r = snap_io_open(spec, O_WRONLY, 0, &o->fd, errbuf, errlen);
 		if (r < 0)
 			return r;
-		o->fd = r;
-		if (direct != SNAP_DIRECT_OFF) {
-			/* A second open of the same file via /proc: an fd cannot gain O_DIRECT alone. */
-			char proc[64];
-
-			snprintf(proc, sizeof(proc), "/proc/self/fd/%d", o->fd);
-			r = open_direct(o, proc, direct, errbuf, errlen);
-			if (r)
+		if (direct == SNAP_DIRECT_OFF)
+			return 0;
+		if (strncmp(spec, "/dev/fdset/", 11)) {
+			/* O_DIRECT belongs to an open file description: one fd cannot be both. */
+			snprintf(o->direct_err, sizeof(o->direct_err),
+				 "%s is one descriptor; O_DIRECT needs a second one in an fd set", spec);
+			if (direct == SNAP_DIRECT_ON) {
+				snprintf(errbuf, errlen, "%s", o->direct_err);
+				r = -EINVAL;
 				goto fail;
+			}
+			o->direct_refused = true;
+			return 0;
 		}
+		r = snap_io_open(spec, O_WRONLY | O_DIRECT, 0, &o->direct_fd, errbuf, errlen);
+		if (r == -EACCES && direct == SNAP_DIRECT_AUTO) {
+			snprintf(o->direct_err, sizeof(o->direct_err),
+				 "the fd set holds no O_WRONLY|O_DIRECT descriptor");
+			o->direct_refused = true;
+			o->direct_fd = -1;
+			return 0;
+		}
+		if (r < 0)
+			goto fail;
 		return 0;
 	}
 

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 /* Parsing and mapping of RAM block sources and destinations. */
 #include "ramsrc.h"
+#include "fdset.h"
 #include "layout.h"
 
 #include <errno.h>
@@ -117,55 +118,6 @@ int snap_ram_spec_parse(const char *arg, struct snap_ram_spec *ret, char *errbuf
 	return 0;
 }
 
-bool snap_spec_is_fd(const char *spec)
-{
-	return !strncmp(spec, "fd:", 3) || !strncmp(spec, "/dev/fdset/", 11);
-}
-
-int snap_open_spec(const char *spec, int flags, unsigned mode, char *errbuf, size_t errlen)
-{
-	int fd;
-
-	if (!strncmp(spec, "fd:", 3)) {
-		char *end;
-		long n;
-
-		errno = 0;
-		n = strtol(spec + 3, &end, 10);
-		if (errno || end == spec + 3 || *end || n < 0 || n > INT_MAX) {
-			snprintf(errbuf, errlen, "'%s': bad descriptor number", spec);
-			return -EINVAL;
-		}
-		/* A private dup, so closing ours never closes the caller's. */
-		fd = fcntl((int)n, F_DUPFD_CLOEXEC, 3);
-		if (fd < 0) {
-			int e = errno;
-
-			snprintf(errbuf, errlen, "descriptor %ld: %s", n, strerror(e));
-			return -e;
-		}
-		int fl = fcntl(fd, F_GETFL);
-		int want = flags & O_ACCMODE, have = fl & O_ACCMODE;
-
-		if (fl < 0 || (want != O_RDONLY && have == O_RDONLY) ||
-		    (want != O_WRONLY && have == O_WRONLY)) {
-			snprintf(errbuf, errlen, "descriptor %ld is not open for %s", n,
-				 want == O_RDONLY ? "reading" : want == O_WRONLY ? "writing"
-									  : "reading and writing");
-			close(fd);
-			return -EBADF;
-		}
-		return fd;
-	}
-	fd = open(spec, flags | O_CLOEXEC, mode);
-	if (fd < 0) {
-		int e = errno;
-
-		snprintf(errbuf, errlen, "%s", strerror(e));
-		return -e;
-	}
-	return fd;
-}
 
 static int fd_size(int fd, uint64_t *ret)
 {
@@ -212,10 +164,9 @@ int snap_ram_map_source(const struct snap_ram_spec *s, struct snap_ram_map *ret,
 	uint64_t size, end;
 	int r;
 
-	r = snap_open_spec(s->where, O_RDONLY, 0, errbuf, errlen);
+	r = snap_io_open(s->where, O_RDONLY, 0, &m.fd, errbuf, errlen);
 	if (r < 0)
 		return r;
-	m.fd = r;
 	r = fd_size(m.fd, &size);
 	if (r < 0) {
 		snprintf(errbuf, errlen, "'%s' is not a regular file, memfd or device", s->where);
@@ -270,10 +221,9 @@ int snap_ram_map_dest(const struct snap_ram_spec *s, uint64_t length, struct sna
 			 (unsigned long long)s->size, (unsigned long long)length);
 		return -EINVAL;
 	}
-	r = snap_open_spec(s->where, O_RDWR | O_CREAT, 0600, errbuf, errlen);
+	r = snap_io_open(s->where, O_RDWR | O_CREAT, 0600, &m.fd, errbuf, errlen);
 	if (r < 0)
 		return r;
-	m.fd = r;
 	m.offset = s->offset;
 	m.length = length;
 	r = fd_size(m.fd, &size);

@@ -56,9 +56,4 @@ int snap_ram_map_dest(const struct snap_ram_spec *s, uint64_t length, struct sna
 /* Unmaps and closes what a map function filled in; a zeroed struct is left alone. */
 void snap_ram_unmap(struct snap_ram_map *m);
 
-/* Opens spec (path, fd:N or /dev/fdset/N) with flags; returns an fd or -errno. */
-int snap_open_spec(const char *spec, int flags, unsigned mode, char *errbuf, size_t errlen);
-/* True if spec names an inherited descriptor rather than a path. */
-bool snap_spec_is_fd(const char *spec);
-
 #endif

@@ -572,6 +572,24 @@ static bool has_marker(const struct mr_src *src, const struct mr_image *img)
 	return false;
 }
 
+int snap_detect_offset(int fd, uint64_t *ret_offset, enum mr_container *ret_kind,
+		       struct snap_err *err)
+{
+	struct mr_src src = {.pread = fd_pread, .ctx = &fd};
+	int r;
+
+	if (err)
+		memset(err, 0, sizeof(*err));
+	r = mr_detect_stream(&src, ret_offset, ret_kind);
+	if (r == -EBADMSG)
+		return fail(err, r,
+			    "not a QEMU migration stream nor a libvirt save image (give --offset N "
+			    "if the stream starts later)");
+	if (r)
+		return fail(err, r, "%s", strerror(-r));
+	return 0;
+}
+
 void snap_file_free(struct snap_file *f)
 {
 	if (!f)

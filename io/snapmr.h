@@ -126,6 +126,13 @@ struct snap_file {
  * snap_file_free().
  */
 int snap_inspect(int fd, uint64_t offset, struct snap_file **ret, struct snap_err *err);
+
+/*
+ * Finds the stream offset of the file behind fd: 0, or after a libvirt save
+ * image header. *ret_kind tells which (enum mr_container).
+ */
+int snap_detect_offset(int fd, uint64_t *ret_offset, enum mr_container *ret_kind,
+		       struct snap_err *err);
 void snap_file_free(struct snap_file *f);
 
 /* One checksum mismatch: pages [first_page, first_page + npages) of a block. */

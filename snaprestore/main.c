@@ -6,6 +6,7 @@
 #include "cli.h"
 #include "config.h"
 #include "engine.h"
+#include "fdset.h"
 #include "ramsrc.h"
 #include "snapmr.h"
 
@@ -21,6 +22,10 @@
 
 #define MAX_BLOCKS 256
 
+/* Statistics of the finished restore or verify, for the --fd-socket result line. */
+static struct snap_stats last_stats;
+static bool have_stats;
+
 static void usage(FILE *f)
 {
 	fprintf(f,
@@ -35,7 +40,12 @@ static void usage(FILE *f)
 		"      --skip NAME           leave block NAME out (repeatable)\n"
 		"  -d, --device-state OUT    write the device state to a file, fd:N or - (stdout)\n"
 		"      --device-state-raw OUT  write the raw stream tail after RAM (QEMU files)\n"
-		"      --offset N            the stream starts at byte N of FILE\n"
+		"      --add-fd fd=F,set=N[,opaque=S]  put inherited descriptor F into fd set N;\n"
+		"                            /dev/fdset/N then works wherever a path does\n"
+		"      --fd-socket PATH|fd:N receive descriptors over a UNIX socket before starting\n"
+		"                            (see docs/fd-passing.md); a JSON result line is sent back\n"
+		"      --offset N            the stream starts at byte N of FILE (default: 0, or\n"
+		"                            after a libvirt save image header, found by itself)\n"
 		"  -i, --info                describe the file instead of restoring\n"
 		"      --verify              check every checksum without restoring; lists each\n"
 		"                            mismatch and exits 1 if there is any\n"
@@ -65,6 +75,8 @@ enum {
 	OPT_JSON,
 	OPT_RAW,
 	OPT_OFFSET,
+	OPT_ADD_FD,
+	OPT_FD_SOCKET,
 	OPT_SKIP,
 	OPT_VERIFY,
 	OPT_NO_VERIFY,
@@ -78,6 +90,8 @@ static const struct option long_opts[] = {
 	{"device-state", required_argument, NULL, 'd'},
 	{"device-state-raw", required_argument, NULL, OPT_RAW},
 	{"offset", required_argument, NULL, OPT_OFFSET},
+	{"add-fd", required_argument, NULL, OPT_ADD_FD},
+	{"fd-socket", required_argument, NULL, OPT_FD_SOCKET},
 	{"info", no_argument, NULL, 'i'},
 	{"verify", no_argument, NULL, OPT_VERIFY},
 	{"no-verify", no_argument, NULL, OPT_NO_VERIFY},
@@ -95,6 +109,7 @@ static const struct option long_opts[] = {
 };
 
 struct args {
+	const char *fd_socket;
 	const char *file;
 	struct snap_ram_spec ram[MAX_BLOCKS];
 	size_t n_ram;
@@ -104,6 +119,7 @@ struct args {
 	const char *devstate;
 	bool devstate_raw;
 	uint64_t offset;
+	bool has_offset;
 	bool info;
 	bool verify;
 	bool force;
@@ -154,11 +170,23 @@ static int parse_args(int argc, char **argv, struct args *a)
 			a->devstate = optarg;
 			a->devstate_raw = c == OPT_RAW;
 			break;
+		case OPT_ADD_FD:
+			if (cli_add_fd(optarg))
+				return 2;
+			break;
+		case OPT_FD_SOCKET:
+			if (a->fd_socket) {
+				cli_err("--fd-socket: give it once");
+				return 2;
+			}
+			a->fd_socket = optarg;
+			break;
 		case OPT_OFFSET:
 			if (snap_parse_size(optarg, &a->offset) || a->offset > (1ull << 62)) {
 				cli_err("--offset: bad size '%s'", optarg);
 				return 2;
 			}
+			a->has_offset = true;
 			break;
 		case 'i':
 			a->info = true;
@@ -435,38 +463,36 @@ static bool skipped(const struct args *a, const char *name)
 
 static int open_input(const struct args *a, int *ret_fd, int *ret_dfd)
 {
-	char ebuf[256];
-	int fd, dfd = -1;
+	char ebuf[512];
+	int fd = -1, dfd = -1, r;
 
-	fd = snap_open_spec(a->file, O_RDONLY, 0, ebuf, sizeof(ebuf));
-	if (fd < 0) {
+	r = snap_io_open(a->file, O_RDONLY, 0, &fd, ebuf, sizeof(ebuf));
+	if (r < 0) {
 		cli_err("%s: %s", a->file, ebuf);
-		return fd;
+		return r;
 	}
-	/* Before the O_DIRECT probe, whose note would be noise for a directory or pipe. */
-	struct stat st;
-
-	if (fstat(fd, &st) == 0 && !S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode)) {
-		cli_err("%s: not a regular file or block device", a->file);
-		close(fd);
-		return -EINVAL;
+	if ((a->info || a->opts.direct == SNAP_DIRECT_OFF)) {
+		*ret_fd = fd;
+		*ret_dfd = -1;
+		return 0;
 	}
-	if (!a->info && a->opts.direct != SNAP_DIRECT_OFF) {
-		char proc[64];
-
-		/* A separate open: O_DIRECT is a property of the open file description. */
-		snprintf(proc, sizeof(proc), "/proc/self/fd/%d", fd);
-		dfd = open(proc, O_RDONLY | O_DIRECT | O_CLOEXEC);
-		if (dfd < 0) {
-			if (a->opts.direct == SNAP_DIRECT_ON) {
-				cli_err("%s: the file system refuses O_DIRECT (%s)", a->file,
-					strerror(errno));
-				close(fd);
-				return -errno;
-			}
-			cli_note("%s: O_DIRECT refused by the file system (%s); reading buffered",
-				 a->file, strerror(errno));
+	/* O_DIRECT is a property of the open file description: a second open. */
+	if (!strncmp(a->file, "fd:", 3)) {
+		r = -EINVAL;
+		snprintf(ebuf, sizeof(ebuf), "%s is one descriptor; O_DIRECT needs a second one in an fd set",
+			 a->file);
+	} else {
+		r = snap_io_open(a->file, O_RDONLY | O_DIRECT, 0, &dfd, ebuf, sizeof(ebuf));
+	}
+	if (r < 0) {
+		if (a->opts.direct == SNAP_DIRECT_ON) {
+			cli_err("%s: O_DIRECT: %s", a->file, ebuf);
+			close(fd);
+			return r;
 		}
+		if (strncmp(a->file, "fd:", 3))
+			cli_note("%s: O_DIRECT unavailable (%s); reading buffered", a->file, ebuf);
+		dfd = -1;
 	}
 	*ret_fd = fd;
 	*ret_dfd = dfd;
@@ -476,11 +502,11 @@ static int open_input(const struct args *a, int *ret_fd, int *ret_dfd)
 static int open_devstate_out(const char *spec)
 {
 	char ebuf[256];
-	int fd;
+	int fd = -1;
 
 	if (!strcmp(spec, "-"))
 		return fcntl(STDOUT_FILENO, F_DUPFD_CLOEXEC, 3);
-	fd = snap_open_spec(spec, O_WRONLY | O_CREAT | O_TRUNC, 0600, ebuf, sizeof(ebuf));
+	snap_io_open(spec, O_WRONLY | O_CREAT | O_TRUNC, 0600, &fd, ebuf, sizeof(ebuf));
 	if (fd < 0)
 		cli_err("device state '%s': %s", spec, ebuf);
 	return fd;
@@ -581,6 +607,8 @@ static int do_restore(struct args *a, int fd, int dfd, const struct snap_file *f
 		cli_note("io_uring is unavailable here; using the '%s' engine", st.engine);
 	if (a->json)
 		cli_print_stats_json(stdout, "completed", &st);
+	last_stats = st;
+	have_stats = true;
 	ret = 0;
 unmap:
 	if (devstate_fd >= 0)
@@ -626,6 +654,8 @@ static int do_verify(struct args *a, int fd, int dfd, const struct snap_file *f)
 	cli_progress_end();
 	if (a->json)
 		cli_print_stats_json(stdout, bad ? "failed" : "completed", &st);
+	last_stats = st;
+	have_stats = true;
 	if (bad) {
 		cli_err("%s: %llu chunk%s of page data fail their checksums", a->file,
 			(unsigned long long)bad, bad == 1 ? "" : "s");
@@ -672,8 +702,27 @@ int main(int argc, char **argv)
 		ret = r < 0 ? 0 : r;
 		goto free_specs;
 	}
+	if (a.fd_socket && cli_fd_socket_start(a.fd_socket))
+		goto free_specs;
 	if (open_input(&a, &fd, &dfd))
 		goto free_specs;
+	if (!a.has_offset) {
+		enum mr_container kind;
+
+		if (snap_detect_offset(fd, &a.offset, &kind, &err)) {
+			cli_err("%s: %s", a.file, err.msg);
+			goto close_fds;
+		}
+		if (kind == MR_CONTAINER_LIBVIRT_PARTIAL && !a.force && !a.info) {
+			cli_err("%s: libvirt marks this save image as unfinished; --force restores it "
+				"anyway",
+				a.file);
+			goto close_fds;
+		}
+		if (kind != MR_CONTAINER_NONE && !a.json)
+			cli_note("%s: libvirt save image; the stream starts at offset %llu", a.file,
+				 (unsigned long long)a.offset);
+	}
 	if (snap_inspect(fd, a.offset, &f, &err)) {
 		cli_err("%s: %s", a.file, err.msg);
 		goto close_fds;
@@ -698,5 +747,7 @@ close_fds:
 free_specs:
 	for (size_t i = 0; i < a.n_ram; i++)
 		snap_ram_spec_clear(&a.ram[i]);
+	cli_fd_socket_finish(ret == 0, ret == 0 && have_stats ? &last_stats : NULL);
+	snap_fdset_clear();
 	return ret;
 }

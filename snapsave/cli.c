@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 /* Messages, progress and JSON output shared by both command-line tools. */
 #include "cli.h"
+#include "fdset.h"
 #include "outfile.h"
 
 #include <errno.h>
@@ -12,17 +13,18 @@
 
 const char *cli_prog = "snapmr";
 static bool progress_shown;
+static char last_error[1024];
+static int fd_sock = -1;
 
 void cli_err(const char *fmt, ...)
 {
 	va_list ap;
 
 	cli_progress_end();
-	fprintf(stderr, "%s: ", cli_prog);
 	va_start(ap, fmt);
-	vfprintf(stderr, fmt, ap);
+	vsnprintf(last_error, sizeof(last_error), fmt, ap);
 	va_end(ap);
-	fputc('\n', stderr);
+	fprintf(stderr, "%s: %s\n", cli_prog, last_error);
 }
 
 void cli_note(const char *fmt, ...)
@@ -152,4 +154,61 @@ void cli_install_signal_cleanup(void)
 	sigaction(SIGTERM, &sa, NULL);
 	sigaction(SIGHUP, &sa, NULL);
 	signal(SIGPIPE, SIG_IGN);
+}
+
+int cli_add_fd(const char *arg)
+{
+	char ebuf[512];
+
+	if (snap_fdset_add_arg(arg, ebuf, sizeof(ebuf)) < 0) {
+		cli_err("--add-fd %s: %s", arg, ebuf);
+		return 2;
+	}
+	return 0;
+}
+
+int cli_fd_socket_start(const char *spec)
+{
+	char ebuf[512];
+	unsigned n;
+
+	if (snap_fdset_connect(spec, &fd_sock, ebuf, sizeof(ebuf)) < 0) {
+		cli_err("--fd-socket %s: %s", spec, ebuf);
+		return 1;
+	}
+	/* The manager sends its descriptors and "start" right away; a minute is generous. */
+	if (snap_fdset_recv(fd_sock, 60000, &n, ebuf, sizeof(ebuf)) < 0) {
+		cli_err("--fd-socket %s: %s", spec, ebuf);
+		close(fd_sock);
+		fd_sock = -1;
+		return 1;
+	}
+	return 0;
+}
+
+void cli_fd_socket_finish(bool ok, const struct snap_stats *st)
+{
+	char *line = NULL;
+	size_t len = 0;
+	FILE *f;
+
+	if (fd_sock < 0)
+		return;
+	f = open_memstream(&line, &len);
+	if (f) {
+		if (ok && st) {
+			cli_print_stats_json(f, "completed", st);
+		} else if (ok) {
+			fprintf(f, "{\"status\": \"completed\"}\n");
+		} else {
+			fprintf(f, "{\"status\": \"failed\", \"error\": ");
+			cli_json_str(f, last_error[0] ? last_error : "failed");
+			fprintf(f, "}\n");
+		}
+		fclose(f);
+		snap_fdset_send_result(fd_sock, line);
+		free(line);
+	}
+	close(fd_sock);
+	fd_sock = -1;
 }

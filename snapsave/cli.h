@@ -31,6 +31,16 @@ void cli_print_stats_json(FILE *f, const char *status, const struct snap_stats *
 /* Installs SIGINT/SIGTERM/SIGHUP handlers that remove the save's temporary file. */
 void cli_install_signal_cleanup(void);
 
+/* --add-fd fd=F,set=N[,opaque=S]: 0, or 2 after printing the error. */
+int cli_add_fd(const char *arg);
+/* --fd-socket PATH|fd:N: receives descriptors until "start"; 0 or 1 after printing. */
+int cli_fd_socket_start(const char *spec);
+/*
+ * Sends the result line to the --fd-socket peer (if any) and closes it:
+ * the statistics on success, the last error message otherwise.
+ */
+void cli_fd_socket_finish(bool ok, const struct snap_stats *st);
+
 /* Formats bytes as "1.5 GiB". */
 const char *cli_human(uint64_t bytes, char *buf, size_t len);
 

@@ -6,6 +6,7 @@
 #include "cli.h"
 #include "config.h"
 #include "engine.h"
+#include "fdset.h"
 #include "outfile.h"
 #include "ramsrc.h"
 #include "snapmr.h"
@@ -35,6 +36,10 @@ static void usage(FILE *f)
 		"      --device-state-raw SRC  a raw QEMU stream tail (from snaprestore\n"
 		"                            --device-state-raw) appended verbatim, so QEMU loads it\n"
 		"  -m, --machine TYPE        machine type in the stream (default pc-q35-10.0)\n"
+		"      --add-fd fd=F,set=N[,opaque=S]  put inherited descriptor F into fd set N;\n"
+		"                            /dev/fdset/N then works wherever a path does\n"
+		"      --fd-socket PATH|fd:N receive descriptors over a UNIX socket before starting\n"
+		"                            (see docs/fd-passing.md); a JSON result line is sent back\n"
 		"      --offset N            start the stream at byte N, keeping the file's first N bytes\n"
 		"  -j, --jobs N              worker threads (default: online CPUs)\n"
 		"      --direct auto|on|off  O_DIRECT for page data (default auto)\n"
@@ -61,6 +66,8 @@ enum {
 	OPT_NOSYNC,
 	OPT_RAW,
 	OPT_OFFSET,
+	OPT_ADD_FD,
+	OPT_FD_SOCKET,
 };
 
 static const struct option long_opts[] = {
@@ -70,6 +77,8 @@ static const struct option long_opts[] = {
 	{"device-state-raw", required_argument, NULL, OPT_RAW},
 	{"machine", required_argument, NULL, 'm'},
 	{"offset", required_argument, NULL, OPT_OFFSET},
+	{"add-fd", required_argument, NULL, OPT_ADD_FD},
+	{"fd-socket", required_argument, NULL, OPT_FD_SOCKET},
 	{"jobs", required_argument, NULL, 'j'},
 	{"direct", required_argument, NULL, OPT_DIRECT},
 	{"io", required_argument, NULL, OPT_IO},
@@ -84,6 +93,7 @@ static const struct option long_opts[] = {
 };
 
 struct args {
+	const char *fd_socket;
 	const char *output;
 	struct snap_ram_spec ram[MAX_BLOCKS];
 	size_t n_ram;
@@ -138,6 +148,17 @@ static int parse_args(int argc, char **argv, struct args *a)
 				return 2;
 			}
 			a->machine = optarg;
+			break;
+		case OPT_ADD_FD:
+			if (cli_add_fd(optarg))
+				return 2;
+			break;
+		case OPT_FD_SOCKET:
+			if (a->fd_socket) {
+				cli_err("--fd-socket: give it once");
+				return 2;
+			}
+			a->fd_socket = optarg;
 			break;
 		case OPT_OFFSET:
 			if (snap_parse_size(optarg, &a->offset) || a->offset > (1ull << 62)) {
@@ -227,11 +248,11 @@ static int parse_args(int argc, char **argv, struct args *a)
 static int open_devstate(const char *spec)
 {
 	char ebuf[256];
-	int fd;
+	int fd = -1;
 
 	if (!strcmp(spec, "-"))
 		return fcntl(STDIN_FILENO, F_DUPFD_CLOEXEC, 3);
-	fd = snap_open_spec(spec, O_RDONLY, 0, ebuf, sizeof(ebuf));
+	snap_io_open(spec, O_RDONLY, 0, &fd, ebuf, sizeof(ebuf));
 	if (fd < 0)
 		cli_err("device state '%s': %s", spec, ebuf);
 	return fd;
@@ -255,6 +276,8 @@ int main(int argc, char **argv)
 		ret = r < 0 ? 0 : r;
 		goto free_specs;
 	}
+	if (a.fd_socket && cli_fd_socket_start(a.fd_socket))
+		goto free_specs;
 
 	for (size_t i = 0; i < a.n_ram; i++) {
 		r = snap_ram_map_source(&a.ram[i], &maps[i], ebuf, sizeof(ebuf));
@@ -280,7 +303,7 @@ int main(int argc, char **argv)
 		cli_err("%s: %s", a.output, ebuf);
 		goto close_devstate;
 	}
-	if (out.direct_refused)
+	if (out.direct_refused && strncmp(a.output, "fd:", 3))
 		cli_note("%s: O_DIRECT refused by the file system (%s); writing buffered", a.output,
 			 out.direct_err);
 
@@ -325,5 +348,7 @@ unmap:
 free_specs:
 	for (size_t i = 0; i < a.n_ram; i++)
 		snap_ram_spec_clear(&a.ram[i]);
+	cli_fd_socket_finish(ret == 0, ret == 0 ? &st : NULL);
+	snap_fdset_clear();
 	return ret;
 }
