@@ -25,8 +25,6 @@
 #include <xxhash.h>
 
 #define UNIT_PAGES    1024u	/* 4 MiB of guest memory per work unit */
-#define DEFAULT_MAXIO (1u << 20)
-#define DEFAULT_DEPTH 16u /* per worker, async engines */
 #define COPY_BUF      (1u << 20)
 
 const char *snap_version(void)
@@ -465,30 +463,11 @@ static int write_pages(struct save_run *s, double t0)
 	char ebuf[256];
 	int r;
 
-	pool->jobs = opts->jobs ? opts->jobs : (unsigned)sysconf(_SC_NPROCESSORS_ONLN);
-	if (pool->jobs < 1)
-		pool->jobs = 1;
-	pool->max_io = opts->max_io ? opts->max_io : DEFAULT_MAXIO;
-	if (pool->max_io < MR_PAGE_SIZE || pool->max_io % MR_PAGE_SIZE)
-		return fail(s->err, -EINVAL, "request size %zu is not a multiple of 4096",
-			    pool->max_io);
-	c->max_pages = pool->max_io / MR_PAGE_SIZE;
-	r = snap_pool_pick_engine(pool, opts->engine, &s->engine_fallback, ebuf, sizeof(ebuf));
+	r = snap_pool_setup(pool, opts, args->fd, args->direct_fd, &c->page_fd, &c->alt_fd,
+			    &s->engine_fallback, ebuf, sizeof(ebuf));
 	if (r)
 		return fail(s->err, r, "%s", ebuf);
-	pool->depth = opts->queue_depth ? opts->queue_depth
-					: (pool->ops->flags & SNAP_IO_F_ASYNC ? DEFAULT_DEPTH : 1);
-	if (args->direct_fd >= 0 && opts->direct != SNAP_DIRECT_OFF) {
-		c->page_fd = args->direct_fd;
-		c->alt_fd = opts->direct == SNAP_DIRECT_AUTO ? args->fd : -1;
-	} else {
-		c->page_fd = args->fd;
-		c->alt_fd = -1;
-	}
-	if ((pool->ops->flags & SNAP_IO_F_DIRECT_ONLY) && c->page_fd == args->fd)
-		return fail(s->err, -EINVAL,
-			    "I/O engine '%s' needs O_DIRECT (use --direct on or another engine)",
-			    pool->ops->name);
+	c->max_pages = pool->max_io / MR_PAGE_SIZE;
 	atomic_store(&pool->progress, s->skipped);
 	r = snap_pool_run(pool, save_worker, c, opts, s->total, t0);
 	if (r == -EINVAL && c->page_fd == args->direct_fd && c->alt_fd < 0)

@@ -26,11 +26,11 @@ void snap_pool_fail(struct snap_pool *pool, int err)
 	atomic_store(&pool->stop, true);
 }
 
-int snap_pool_pick_engine(struct snap_pool *pool, const char *name, bool *ret_fallback,
-			  char *errbuf, size_t errlen)
+int snap_pool_pick_engine(struct snap_pool *pool, const char *name, bool direct,
+			  bool *ret_fallback, char *errbuf, size_t errlen)
 {
 	const char *const *names = snap_io_engine_names();
-	int first_err = 0;
+	bool failed = false;
 
 	*ret_fallback = false;
 	for (size_t i = 0; names[i]; i++) {
@@ -40,12 +40,15 @@ int snap_pool_pick_engine(struct snap_pool *pool, const char *name, bool *ret_fa
 
 		if (name && strcmp(name, names[i]))
 			continue;
+		/* libaio is asynchronous only with O_DIRECT: never the default without it. */
+		if (!name && (ops->flags & SNAP_IO_F_DIRECT_ONLY) && !direct)
+			continue;
 		/* A trial instance: io_uring may be compiled in yet disabled by sysctl. */
 		r = snap_io_engine_new(ops, pool->depth ? pool->depth : 8, NULL, NULL, &e);
 		if (r == 0) {
 			snap_io_engine_free(e);
 			pool->ops = ops;
-			*ret_fallback = i > 0 && !name;
+			*ret_fallback = failed;
 			return 0;
 		}
 		if (name) {
@@ -53,17 +56,43 @@ int snap_pool_pick_engine(struct snap_pool *pool, const char *name, bool *ret_fa
 				 strerror(-r));
 			return r;
 		}
-		if (!first_err) {
-			first_err = r;
-			snprintf(errbuf, errlen, "I/O engine '%s' unavailable (%s)", names[i],
-				 strerror(-r));
-		}
+		failed = true;
 	}
-	if (name) {
-		snprintf(errbuf, errlen, "unknown I/O engine '%s'", name);
+	snprintf(errbuf, errlen, name ? "unknown I/O engine '%s'" : "no I/O engine can start here%s",
+		 name ? name : "");
+	return name ? -EINVAL : -ENOSYS;
+}
+
+int snap_pool_setup(struct snap_pool *pool, const struct snap_opts *opts, int fd, int direct_fd,
+		    int *ret_page_fd, int *ret_alt_fd, bool *ret_fallback, char *errbuf,
+		    size_t errlen)
+{
+	bool direct = direct_fd >= 0 && opts->direct != SNAP_DIRECT_OFF;
+	int r;
+
+	pool->jobs = opts->jobs ? opts->jobs : (unsigned)sysconf(_SC_NPROCESSORS_ONLN);
+	if (pool->jobs < 1)
+		pool->jobs = 1;
+	pool->max_io = opts->max_io ? opts->max_io : SNAP_DEFAULT_MAX_IO;
+	if (pool->max_io < 4096 || pool->max_io % 4096) {
+		snprintf(errbuf, errlen, "request size %zu is not a multiple of 4096", pool->max_io);
 		return -EINVAL;
 	}
-	return first_err ? first_err : -ENOSYS;
+	r = snap_pool_pick_engine(pool, opts->engine, direct, ret_fallback, errbuf, errlen);
+	if (r)
+		return r;
+	pool->depth = opts->queue_depth ? opts->queue_depth
+					: (pool->ops->flags & SNAP_IO_F_ASYNC ? SNAP_DEFAULT_DEPTH : 1);
+	if ((pool->ops->flags & SNAP_IO_F_DIRECT_ONLY) && !direct) {
+		snprintf(errbuf, errlen,
+			 "I/O engine '%s' needs O_DIRECT (use --direct on or another engine)",
+			 pool->ops->name);
+		return -EINVAL;
+	}
+	/* Page data goes through the O_DIRECT fd; auto mode may retry on the buffered one. */
+	*ret_page_fd = direct ? direct_fd : fd;
+	*ret_alt_fd = direct && opts->direct == SNAP_DIRECT_AUTO ? fd : -1;
+	return 0;
 }
 
 struct thread_arg {

@@ -35,12 +35,25 @@ struct snap_pool {
 typedef int (*snap_worker_fn)(struct snap_pool *pool, void *arg, struct snap_io_engine *e);
 
 /*
- * Chooses the engine: `name`, or the first of the compiled-in engines whose
- * init works here. Fills pool->ops; *ret_fallback is true when the preferred
- * default could not be used. errbuf names the problem on failure.
+ * Chooses the engine: `name`, or the first compiled-in engine, in the order
+ * uring, aio, threads, whose init works here (aio only when `direct`, since
+ * libaio is synchronous without O_DIRECT). Fills pool->ops; *ret_fallback is
+ * true when a preferred engine failed to start. errbuf names the problem.
  */
-int snap_pool_pick_engine(struct snap_pool *pool, const char *name, bool *ret_fallback,
-			  char *errbuf, size_t errlen);
+int snap_pool_pick_engine(struct snap_pool *pool, const char *name, bool direct,
+			  bool *ret_fallback, char *errbuf, size_t errlen);
+
+#define SNAP_DEFAULT_MAX_IO (1u << 20) /* bytes per request */
+#define SNAP_DEFAULT_DEPTH  16u	      /* requests in flight per worker, async engines */
+
+/*
+ * Applies opts to the pool (jobs, request size, engine, depth) and chooses
+ * the descriptor for page data: direct_fd when O_DIRECT is wanted and
+ * available, with fd as the fallback in auto mode (*ret_alt_fd, else -1).
+ */
+int snap_pool_setup(struct snap_pool *pool, const struct snap_opts *opts, int fd, int direct_fd,
+		    int *ret_page_fd, int *ret_alt_fd, bool *ret_fallback, char *errbuf,
+		    size_t errlen);
 
 /*
  * Runs fn in pool->jobs threads and reports progress every opts->progress_ms
