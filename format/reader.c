@@ -241,6 +241,10 @@ static int parse_header(struct parser *p)
 		if (!strcmp(name, MR_CAP_SUBSECTION)) {
 			uint32_t count;
 
+			/* A second list would replace the first and desync n_caps. */
+			if (img->caps)
+				return fail(p, -EBADMSG, sub_off, NULL,
+					    "capability list given twice");
 			r = cur_be32(c, &count);
 			if (r)
 				return fail(p, r, sub_off, NULL, "capability list %s", rd_what(r));
@@ -432,8 +436,11 @@ static int parse_ram_words(struct parser *p, uint64_t sec_off, bool start)
 			uint64_t before = remaining;
 
 			r = parse_block(p, &remaining);
-			if (r)
+			if (r) {
+				/* The failed block is not counted, so its bitmap is ours to free. */
+				free(img->blocks[img->n_blocks].bitmap);
 				return r;
+			}
 			if (remaining == before) {
 				/* A zero-length block: allowed, but guard against a loop. */
 				if (img->n_blocks >= 65536)

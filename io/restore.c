@@ -379,6 +379,12 @@ static int devstate_range(const struct mr_image *img, bool raw, uint64_t *off, u
 			  struct snap_err *err)
 {
 	if (raw) {
+		/* Early-setup sections before RAM would be lost from a tail-only copy. */
+		if (img->n_sections && (img->sections[0].type != MR_SEC_START ||
+					strcmp(img->sections[0].idstr, MR_RAM_IDSTR)))
+			return fail(err, -EPROTONOSUPPORT,
+				    "section '%s' at offset 0x%llx precedes RAM; the raw tail holds only what follows RAM",
+				    img->sections[0].idstr, (unsigned long long)img->sections[0].off);
 		*off = img->ram_end;
 		*len = img->stream_end - img->ram_end;
 	} else if (img->has_devstate) {

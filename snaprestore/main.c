@@ -35,7 +35,8 @@ static void usage(FILE *f)
 		"\n"
 		"  -r, --ram NAME=DEST       restore block NAME into DEST: a file (created or resized\n"
 		"                            to the block length; /dev/shm, hugetlbfs) or fd:N\n"
-		"  -a, --all DIR             restore every block not given with --ram into DIR,\n"
+		"  -a, --all DIR             restore every block not given with --ram into DIR\n"
+		"                            (created if missing),\n"
 		"                            one file per block (name percent-encoded: '/' -> %%2F)\n"
 		"      --skip NAME           leave block NAME out (repeatable)\n"
 		"  -d, --device-state OUT    write the device state to a file, fd:N or - (stdout)\n"
@@ -535,6 +536,10 @@ static int do_restore(struct args *a, int fd, int dfd, const struct snap_file *f
 			cli_err("%s: --skip: block '%s' is not in the file", a->file, a->skip[i]);
 			return 1;
 		}
+	if (a->all_dir && mkdir(a->all_dir, 0700) < 0 && errno != EEXIST) {
+		cli_err("--all %s: %s", a->all_dir, strerror(errno));
+		return 1;
+	}
 	if (img->n_blocks > MAX_BLOCKS) {
 		cli_err("%s: more than %d blocks", a->file, MAX_BLOCKS);
 		return 1;
