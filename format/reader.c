@@ -53,6 +53,12 @@ static int fail(struct parser *p, int code, uint64_t off, const char *block, con
 	return code;
 }
 
+/* Like fail(), for a device section named `name` rather than a RAM block. */
+#define fail_sec(p, code, off, name, ...)                                                          \
+	(fail((p), (code), (off), NULL, __VA_ARGS__),                                             \
+	 (p)->err ? snprintf((p)->err->section, sizeof((p)->err->section), "%s", (name)) : 0,      \
+	 (code))
+
 /* Reads exactly n bytes at the cursor; -ENODATA if the source ends first. */
 static int cur_read(struct cur *c, void *dst, size_t n)
 {
@@ -162,8 +168,10 @@ static struct mr_section_info *add_section(struct parser *p)
 		size_t cap = p->cap_sections ? p->cap_sections * 2 : 64;
 		struct mr_section_info *s;
 
-		if (cap > MAX_SECTIONS)
+		if (img->n_sections >= MAX_SECTIONS)
 			return NULL;
+		if (cap > MAX_SECTIONS)
+			cap = MAX_SECTIONS;
 		s = realloc(img->sections, cap * sizeof(*s));
 		if (!s)
 			return NULL;
@@ -464,9 +472,9 @@ static int parse_footer(struct parser *p, uint32_t id, const char *what)
 	if (!r)
 		r = cur_be32(c, &fid);
 	if (r)
-		return fail(p, r, off, what, "section footer %s", rd_what(r));
+		return fail_sec(p, r, off, what, "section footer %s", rd_what(r));
 	if (t != MR_SEC_FOOTER || fid != id)
-		return fail(p, -EBADMSG, off, what,
+		return fail_sec(p, -EBADMSG, off, what,
 			    "bad section footer (0x%02x id %u, expected 0x7e id %u)", t, fid, id);
 	return 0;
 }
@@ -532,7 +540,10 @@ static int parse_sections(struct parser *p)
 		}
 		s = add_section(p);
 		if (!s)
-			return fail(p, -ENOMEM, off, NULL, "too many sections");
+			return fail(p, p->cap_sections >= MAX_SECTIONS ? -EBADMSG : -ENOMEM, off, NULL,
+				    p->cap_sections >= MAX_SECTIONS ? "more than %u sections"
+								   : "out of memory (%u sections)",
+				    MAX_SECTIONS);
 		s->type = t;
 		s->off = off;
 		switch (t) {
@@ -558,6 +569,9 @@ static int parse_sections(struct parser *p)
 				if (!mr_image_has_cap(img, "mapped-ram"))
 					return fail(p, -EPROTONOSUPPORT, off, NULL,
 						    "not a mapped-ram stream (capability missing)");
+				if (mr_image_has_cap(img, "x-ignore-shared"))
+					return fail(p, -EPROTONOSUPPORT, off, NULL,
+						    "x-ignore-shared with mapped-ram is not supported (QEMU 10.0 cannot save it either)");
 				ram_seen = true;
 				img->ram_id = s->id;
 				r = parse_ram_words(p, off, true);
@@ -569,16 +583,16 @@ static int parse_sections(struct parser *p)
 				uint64_t len;
 
 				if (img->has_devstate)
-					return fail(p, -EBADMSG, off, s->idstr,
+					return fail_sec(p, -EBADMSG, off, s->idstr,
 						    "second device-state section");
 				r = cur_be64(c, &len);
 				if (r)
-					return fail(p, r, off, s->idstr, "length %s", rd_what(r));
+					return fail_sec(p, r, off, s->idstr, "length %s", rd_what(r));
 				img->has_devstate = true;
 				img->devstate_off = c->off;
 				img->devstate_len = len;
 				if (cur_skip(c, len))
-					return fail(p, -EOVERFLOW, off, s->idstr,
+					return fail_sec(p, -EOVERFLOW, off, s->idstr,
 						    "device state of 0x%llx bytes extends past the end of the stream",
 						    (unsigned long long)len);
 			} else if (t == MR_SEC_FULL) {
@@ -586,23 +600,23 @@ static int parse_sections(struct parser *p)
 
 				r = load_vmdesc(p);
 				if (r == -ENOMEM)
-					return fail(p, r, off, s->idstr, "out of memory");
+					return fail_sec(p, r, off, s->idstr, "out of memory");
 				if (r)
-					return fail(p, -EPROTONOSUPPORT, off, s->idstr,
+					return fail_sec(p, -EPROTONOSUPPORT, off, s->idstr,
 						    "cannot size device section (no usable VM description: %s)",
 						    strerror(-r));
 				r = mr_vmdesc_section_size(p->vmdesc, s->idstr, s->instance,
 							   section_nth(img, s), &body);
 				if (r)
-					return fail(p, -EPROTONOSUPPORT, off, s->idstr,
+					return fail_sec(p, -EPROTONOSUPPORT, off, s->idstr,
 						    "device section instance %u is not in the VM description",
 						    s->instance);
 				if (cur_skip(c, body))
-					return fail(p, -ENODATA, off, s->idstr,
+					return fail_sec(p, -ENODATA, off, s->idstr,
 						    "device section of 0x%llx bytes is truncated",
 						    (unsigned long long)body);
 			} else {
-				return fail(p, -EPROTONOSUPPORT, off, s->idstr,
+				return fail_sec(p, -EPROTONOSUPPORT, off, s->idstr,
 					    "cannot walk iterative section '%s' (id %u)", s->idstr,
 					    s->id);
 			}

@@ -31,7 +31,8 @@ struct mr_src {
 /* Where decoding failed, for the caller's one-line message. */
 struct mr_err {
 	uint64_t off;	 /* file offset of the offending record */
-	char block[256]; /* RAM block or section name, "" if none */
+	char block[256];   /* RAM block name, "" if none */
+	char section[256]; /* device section name, "" if none */
 	char msg[192];	 /* what is wrong, lower case, no trailing period */
 };
 
@@ -50,7 +51,7 @@ struct mr_block_info {
 struct mr_section_info {
 	uint8_t type; /* enum mr_sec_type */
 	uint32_t id;
-	char idstr[MR_NAME_MAX + 1]; /* "" for PART/END/COMMAND/EOF */
+	char idstr[MR_NAME_MAX + 1]; /* "ram" for RAM PART/END, "" for COMMAND */
 	uint32_t instance;
 	uint32_t version;
 	uint16_t command; /* COMMAND only */

@@ -82,7 +82,7 @@ static int open_direct(struct snap_outfile *o, const char *path, enum snap_direc
 int snap_outfile_open(struct snap_outfile *o, const char *spec, enum snap_direct direct,
 		      uint64_t offset, char *errbuf, size_t errlen)
 {
-	char *dir_copy = NULL, *base_copy = NULL;
+	char *dir_copy = NULL, *base_copy = NULL, *real = NULL;
 	struct stat st;
 	int r;
 
@@ -120,6 +120,29 @@ int snap_outfile_open(struct snap_outfile *o, const char *spec, enum snap_direct
 		return 0;
 	}
 
+	/*
+	 * Write next to what the path names: through a symlink to its target
+	 * (as QEMU's open would), and never over a device, FIFO or directory.
+	 */
+	if (lstat(spec, &st) == 0) {
+		if (S_ISLNK(st.st_mode)) {
+			real = realpath(spec, NULL);
+			if (real && (stat(real, &st) < 0 || !S_ISREG(st.st_mode))) {
+				free(real);
+				real = NULL;
+			}
+		}
+		if (!real && !S_ISREG(st.st_mode) && !S_ISLNK(st.st_mode)) {
+			r = S_ISDIR(st.st_mode) ? -EISDIR : -EINVAL;
+			snprintf(errbuf, errlen, "%s",
+				 S_ISDIR(st.st_mode)
+					 ? "is a directory"
+					 : "exists and is not a regular file (pass a device as fd:N)");
+			return r;
+		}
+		if (real)
+			spec = real;
+	}
 	dir_copy = strdup(spec);
 	base_copy = strdup(spec);
 	if (!dir_copy || !base_copy) {
@@ -132,11 +155,6 @@ int snap_outfile_open(struct snap_outfile *o, const char *spec, enum snap_direct
 	if (stat(dir, &st) < 0 || !S_ISDIR(st.st_mode)) {
 		r = stat(dir, &st) < 0 ? -errno : -ENOTDIR;
 		snprintf(errbuf, errlen, "output directory '%s': %s", dir, strerror(-r));
-		goto fail;
-	}
-	if (stat(spec, &st) == 0 && S_ISDIR(st.st_mode)) {
-		r = -EISDIR;
-		snprintf(errbuf, errlen, "is a directory");
 		goto fail;
 	}
 	if (asprintf(&o->tmp_path, "%s/.%s.snapmr-XXXXXX", dir, base) < 0) {
@@ -173,11 +191,13 @@ int snap_outfile_open(struct snap_outfile *o, const char *spec, enum snap_direct
 		goto fail;
 	free(dir_copy);
 	free(base_copy);
+	free(real);
 	return 0;
 
 fail:
 	free(dir_copy);
 	free(base_copy);
+	free(real);
 	snap_outfile_abort(o);
 	return r;
 }

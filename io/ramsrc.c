@@ -4,6 +4,7 @@
 #include "fdset.h"
 #include "layout.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -21,10 +22,17 @@ int snap_parse_size(const char *s, uint64_t *ret)
 	char *end;
 	unsigned shift = 0;
 
-	if (!s || !*s || *s == '-' || *s == '+' || *s == ' ')
+	if (!s || !isdigit((unsigned char)*s))
 		return -EINVAL;
 	errno = 0;
-	v = strtoull(s, &end, 0);
+	/* Decimal, or hex after "0x": a leading zero does not mean octal. */
+	if (s[0] == '0' && (s[1] == 'x' || s[1] == 'X')) {
+		if (!isxdigit((unsigned char)s[2]))
+			return -EINVAL;
+		v = strtoull(s + 2, &end, 16);
+	} else {
+		v = strtoull(s, &end, 10);
+	}
 	if (errno == ERANGE)
 		return -ERANGE;
 	if (end == s)
@@ -74,7 +82,8 @@ int snap_ram_spec_parse(const char *arg, struct snap_ram_spec *ret, char *errbuf
 		return -ENOMEM;
 	/* Options follow the last path component; a comma in a path is not supported. */
 	opt = strtok_r(rest, ",", &save);
-	if (!opt || !*opt) {
+	/* strtok_r skips leading commas: in "NAME=,size=N" the source is empty. */
+	if (!opt || opt != rest) {
 		snprintf(errbuf, errlen, "block '%s': empty source", s.name);
 		free(rest);
 		return -EINVAL;
@@ -238,7 +247,7 @@ int snap_ram_map_dest(const struct snap_ram_spec *s, uint64_t length, struct sna
 	}
 	/* Nothing beyond the old end of file can hold data: it reads as zero. */
 	m.zeroed = size <= m.offset;
-	if (size != end) {
+	if (size < end) {
 		struct stat st;
 
 		if (fstat(m.fd, &st) < 0 || !S_ISREG(st.st_mode)) {
@@ -247,7 +256,7 @@ int snap_ram_map_dest(const struct snap_ram_spec *s, uint64_t length, struct sna
 				 s->where, (unsigned long long)size, (unsigned long long)end);
 			goto close_fd;
 		}
-		/* Resized to the block length, as QEMU's backend would be. */
+		/* Grown to hold the block, never cut: the file may hold other blocks past it. */
 		if (ftruncate(m.fd, (off_t)end) < 0) {
 			r = -errno;
 			snprintf(errbuf, errlen, "cannot resize '%s' to %llu bytes: %s", s->where,

@@ -655,7 +655,19 @@ int snap_inspect(int fd, uint64_t offset, struct snap_file **ret, struct snap_er
 		if (me.block[0])
 			return fail(err, r, "offset 0x%llx: block '%s': %s",
 				    (unsigned long long)me.off, me.block, me.msg);
+		if (me.section[0])
+			return fail(err, r, "offset 0x%llx: section '%s': %s",
+				    (unsigned long long)me.off, me.section, me.msg);
 		return fail(err, r, "offset 0x%llx: %s", (unsigned long long)me.off, me.msg);
+	}
+	if (f->trailer && f->img->stream_end != f->trailer->stream_end) {
+		snprintf(f->trailer_msg, sizeof(f->trailer_msg),
+			 "the checksum table starts at 0x%llx but the stream ends at 0x%llx",
+			 (unsigned long long)f->trailer->stream_end,
+			 (unsigned long long)f->img->stream_end);
+		mr_trailer_free(f->trailer);
+		f->trailer = NULL;
+		f->trailer_status = -EBADMSG;
 	}
 	f->marker = has_marker(&src, f->img);
 	*ret = f;

@@ -326,6 +326,10 @@ static int check_args(const struct snap_save_args *a, struct snap_err *err)
 
 		if (!n || n > MR_NAME_MAX)
 			return fail(err, -EINVAL, "block %zu: name must have 1 to 255 bytes", i);
+		for (size_t k = 0; k < n; k++)
+			if ((unsigned char)b->name[k] < 0x20 || b->name[k] == 0x7f)
+				return fail(err, -EINVAL, "block %zu: name contains control characters",
+					    i);
 		if (!b->length || b->length % MR_PAGE_SIZE)
 			return fail(err, -EINVAL,
 				    "block '%s': length %llu is not a non-zero multiple of 4096",

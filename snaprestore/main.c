@@ -31,10 +31,12 @@ static void usage(FILE *f)
 	fprintf(f,
 		"Usage: snaprestore FILE [--ram NAME=DEST[,offset=N]]... [--all DIR] [options]\n"
 		"       snaprestore --info [--json] FILE\n"
+		"       snaprestore --verify FILE\n"
 		"Restore guest RAM and device state from a QEMU mapped-ram migration file.\n"
 		"\n"
-		"  -r, --ram NAME=DEST       restore block NAME into DEST: a file (created or resized\n"
-		"                            to the block length; /dev/shm, hugetlbfs) or fd:N\n"
+		"  -r, --ram NAME=DEST       restore block NAME into DEST: a file (created, or grown\n"
+		"                            to the block length; /dev/shm, hugetlbfs), fd:N or\n"
+		"                            /dev/fdset/N; offset=N places the block inside it\n"
 		"  -a, --all DIR             restore every block not given with --ram into DIR\n"
 		"                            (created if missing),\n"
 		"                            one file per block (name percent-encoded: '/' -> %%2F)\n"
@@ -536,6 +538,12 @@ static int do_restore(struct args *a, int fd, int dfd, const struct snap_file *f
 			cli_err("%s: --skip: block '%s' is not in the file", a->file, a->skip[i]);
 			return 1;
 		}
+	if (a->devstate && !a->devstate_raw && !img->has_devstate) {
+		cli_err("%s: no snapmr device-state section (a QEMU file keeps its device state in "
+			"the raw stream tail: use --device-state-raw)",
+			a->file);
+		return 1;
+	}
 	if (a->all_dir && mkdir(a->all_dir, 0700) < 0 && errno != EEXIST) {
 		cli_err("--all %s: %s", a->all_dir, strerror(errno));
 		return 1;
@@ -572,7 +580,7 @@ static int do_restore(struct args *a, int fd, int dfd, const struct snap_file *f
 			goto unmap;
 		}
 		if (snap_ram_map_dest(spec, b->length, &maps[n], ebuf, sizeof(ebuf))) {
-			cli_err("block '%s': %s: %s", b->name, spec->where, ebuf);
+			cli_err("block '%s': %s", b->name, ebuf);
 			goto unmap;
 		}
 		blocks[n] = (struct snap_block){.name = b->name,
@@ -603,13 +611,15 @@ static int do_restore(struct args *a, int fd, int dfd, const struct snap_file *f
 		goto unmap;
 	}
 	cli_progress_end();
-	if (devstate_fd >= 0 && devstate_fd != STDOUT_FILENO && fsync(devstate_fd) < 0 &&
-	    errno != EINVAL && errno != EROFS) {
+	/* Pipes and terminals cannot be synced (EINVAL); files must be. */
+	if (devstate_fd >= 0 && fsync(devstate_fd) < 0 && errno != EINVAL && errno != EROFS) {
 		cli_err("device state '%s': %s", a->devstate, strerror(errno));
 		goto unmap;
 	}
 	if (st.engine_fallback)
-		cli_note("io_uring is unavailable here; using the '%s' engine", st.engine);
+		cli_note("the preferred I/O engine cannot start here; using '%s'", st.engine);
+	if (st.direct_fell_back)
+		cli_note("O_DIRECT was refused for some reads; they went through the page cache");
 	if (a->json)
 		cli_print_stats_json(stdout, "completed", &st);
 	last_stats = st;

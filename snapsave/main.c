@@ -28,7 +28,7 @@ static void usage(FILE *f)
 		"Save guest RAM and device state into a QEMU mapped-ram migration file.\n"
 		"\n"
 		"  -o, --output FILE         output file (written to a temporary name, then renamed);\n"
-		"                            fd:N writes to an inherited descriptor in place\n"
+		"                            fd:N or /dev/fdset/N write to a descriptor in place\n"
 		"  -r, --ram NAME=SOURCE     a RAM block: NAME is its RAMBlock id (e.g. pc.ram, ram0),\n"
 		"                            SOURCE a file (/dev/shm, hugetlbfs, any mmap-able file)\n"
 		"                            or fd:N; size=N and offset=N select part of it\n"
@@ -282,7 +282,7 @@ int main(int argc, char **argv)
 	for (size_t i = 0; i < a.n_ram; i++) {
 		r = snap_ram_map_source(&a.ram[i], &maps[i], ebuf, sizeof(ebuf));
 		if (r) {
-			cli_err("block '%s': %s: %s", a.ram[i].name, a.ram[i].where, ebuf);
+			cli_err("block '%s': %s", a.ram[i].name, ebuf);
 			goto unmap;
 		}
 		blocks[i] = (struct snap_block){.name = a.ram[i].name,
@@ -304,8 +304,7 @@ int main(int argc, char **argv)
 		goto close_devstate;
 	}
 	if (out.direct_refused && strncmp(a.output, "fd:", 3))
-		cli_note("%s: O_DIRECT refused by the file system (%s); writing buffered", a.output,
-			 out.direct_err);
+		cli_note("%s: O_DIRECT unavailable (%s); writing buffered", a.output, out.direct_err);
 
 	sa = (struct snap_save_args){
 		.fd = out.fd,
@@ -332,7 +331,7 @@ int main(int argc, char **argv)
 	}
 	snap_outfile_abort(&out);
 	if (st.engine_fallback)
-		cli_note("io_uring is unavailable here; using the '%s' engine", st.engine);
+		cli_note("the preferred I/O engine cannot start here; using '%s'", st.engine);
 	if (st.direct_fell_back)
 		cli_note("O_DIRECT was refused for some writes; they went through the page cache");
 	if (a.json)
