@@ -21,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <xxhash.h>
 
@@ -74,17 +75,25 @@ static int fail(struct snap_err *err, int code, const char *fmt, ...)
 	return code;
 }
 
-/* True if the 4 KiB page at p is all zero; reads 64 bytes per step. */
+typedef uint64_t v16 __attribute__((vector_size(16), aligned(16)));
+
+/*
+ * True if the 4 KiB page at p (page aligned) is all zero. Most data pages
+ * differ in their first bytes; zero pages are read 256 bytes per check in
+ * 16-byte vectors, which keeps the scan at memory speed.
+ */
 static bool page_is_zero(const uint8_t *p)
 {
-	const uint64_t *w = (const uint64_t *)(const void *)p;
+	const v16 *v = (const v16 *)(const void *)p;
 
-	/* Most non-zero pages differ early: check the start before the sweep. */
-	if (w[0] | w[1])
+	if (((const uint64_t *)(const void *)p)[0])
 		return false;
-	for (size_t i = 0; i < MR_PAGE_SIZE / 8; i += 8) {
-		if (w[i] | w[i + 1] | w[i + 2] | w[i + 3] | w[i + 4] | w[i + 5] | w[i + 6] |
-		    w[i + 7])
+	for (size_t i = 0; i < MR_PAGE_SIZE / 16; i += 16) {
+		v16 acc = v[i] | v[i + 1] | v[i + 2] | v[i + 3] | v[i + 4] | v[i + 5] | v[i + 6] |
+			  v[i + 7] | v[i + 8] | v[i + 9] | v[i + 10] | v[i + 11] | v[i + 12] |
+			  v[i + 13] | v[i + 14] | v[i + 15];
+
+		if (acc[0] | acc[1])
 			return false;
 	}
 	return true;
@@ -139,6 +148,12 @@ static int save_unit(struct save_ctx *c, struct snap_io_engine *e, const struct 
 	const uint8_t *base = sb->b->addr;
 	uint64_t run = UINT64_MAX, normal = 0, w0 = u->first / 64;
 	int r;
+
+#ifdef MADV_POPULATE_READ
+	/* Map the unit's pages in one call rather than a fault per 16 pages. */
+	madvise((void *)(base + u->first * MR_PAGE_SIZE), (u->end - u->first) * MR_PAGE_SIZE,
+		MADV_POPULATE_READ);
+#endif
 
 	for (uint64_t pg = u->first; pg < u->end; pg++) {
 		if (page_is_zero(base + pg * MR_PAGE_SIZE)) {
