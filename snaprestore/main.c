@@ -19,6 +19,7 @@
 #include <unistd.h>
 #include <signal.h>
 #include <sys/stat.h>
+#include <xxhash.h>
 
 #define MAX_BLOCKS 256
 
@@ -39,7 +40,8 @@ static void usage(FILE *f)
 		"                            /dev/fdset/N; offset=N places the block inside it\n"
 		"  -a, --all DIR             restore every block not given with --ram into DIR\n"
 		"                            (created if missing),\n"
-		"                            one file per block (name percent-encoded: '/' -> %%2F)\n"
+		"                            one file per block (name percent-encoded: '/' -> %%2F;\n"
+		"                            past 255 bytes, a prefix and '~' + a hash of the name)\n"
 		"      --skip NAME           leave block NAME out (repeatable)\n"
 		"  -d, --device-state OUT    write the device state to a file, fd:N or - (stdout)\n"
 		"      --device-state-raw OUT  write the raw stream tail after RAM (QEMU files)\n"
@@ -310,6 +312,13 @@ static void encode_name(const char *name, char *out, size_t len)
 		}
 	}
 	out[o] = 0;
+	/*
+	 * Past NAME_MAX, keep a readable prefix and make it unique with a hash of
+	 * the whole name ('~' never appears in an encoded name).
+	 */
+	if (o > 255)
+		snprintf(out + 200, len - 200, "~%016llx",
+			 (unsigned long long)XXH3_64bits(name, strlen(name)));
 }
 
 static const char *integrity(const struct snap_file *f)
@@ -473,6 +482,14 @@ static int open_input(const struct args *a, int *ret_fd, int *ret_dfd)
 	if (r < 0) {
 		cli_err("%s: %s", a->file, ebuf);
 		return r;
+	}
+	/* Before the O_DIRECT probe, whose note would be noise for a directory or pipe. */
+	struct stat st;
+
+	if (fstat(fd, &st) == 0 && !S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode)) {
+		cli_err("%s: not a regular file or block device", a->file);
+		close(fd);
+		return -EINVAL;
 	}
 	if ((a->info || a->opts.direct == SNAP_DIRECT_OFF)) {
 		*ret_fd = fd;

@@ -1,0 +1,260 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: MIT
+# No partial file at the final path: failed saves (bad block source, a
+# device-state source that errors, ENOSPC on a small tmpfs, SIGTERM/SIGINT/
+# SIGHUP mid-save) leave neither an output nor a .NAME.snapmr-* temp file,
+# and a good file already at the final path stays intact.
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import *  # noqa: E402,F401,F403
+
+
+class Env:
+    pass
+
+
+def setup():
+    e = Env()
+    e.shm = scratch("shm")
+    e.disk = scratch("disk")
+    e.small = make_block("pc.ram", e.shm, pattern("mixed", 2 * MiB, 1), "small")
+    return e
+
+
+def good_file(e, d, name="vm.snap"):
+    """A finished save at d/name; returns (path, sha256)."""
+    path = os.path.join(d, name)
+    ok(snapsave("-o", path, "--ram", "pc.ram=" + e.small.src, "--no-sync"), "good save")
+    return path, sha256(path)
+
+
+def check_clean(d, final, before_hash, what):
+    left = temp_leftovers(d)
+    check(not left, "%s: temp files left in %s: %r" % (what, d, left))
+    if before_hash is None:
+        check(not os.path.exists(final), "%s: %s exists after a failed save" % (what, final))
+    else:
+        check(os.path.exists(final), "%s: the earlier good %s is gone" % (what, final))
+        check(sha256(final) == before_hash, "%s: the earlier good %s was changed" % (what, final))
+
+
+def failed_saves(e):
+    for keep in (False, True):
+        d = os.path.join(e.disk, "keep" if keep else "fresh")
+        os.makedirs(d)
+        final, h = good_file(e, d) if keep else (os.path.join(d, "vm.snap"), None)
+        tag = "over a good file" if keep else "to a new path"
+        missing = os.path.join(e.shm, "missing.ram")
+        R = "pc.ram=" + e.small.src
+        r = snapsave("-o", final, "--ram", R, "--ram", "vga.vram=" + missing)
+        expect_error(r, 1, "vga.vram", missing, what="missing second block source " + tag)
+        check_clean(d, final, h, "missing block source " + tag)
+
+        # a device-state source that fails while being read (a directory: EISDIR)
+        r = snapsave("-o", final, "--ram", R, "-d", e.shm)
+        expect_error(r, 1, final, "device state", what="device state read error " + tag)
+        check_clean(d, final, h, "device state read error " + tag)
+
+        # a write-only descriptor as device state
+        wfd = os.open(os.path.join(e.shm, "wo"), os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            r = _run_with_fd([SNAPSAVE, "-o", final, "--ram", R, "-d", "fd:%d" % wfd], wfd)
+        finally:
+            os.close(wfd)
+        expect_error(r, 1, "device state", "fd:%d" % wfd, what="write-only device-state fd " + tag)
+        check_clean(d, final, h, "write-only device-state fd " + tag)
+
+        # usage error
+        r = snapsave("-o", final, "--ram", R, "-j", "0")
+        expect_error(r, 2, "--jobs", what="usage error " + tag)
+        check_clean(d, final, h, "usage error " + tag)
+
+
+def _run_with_fd(argv, fd):
+    t0 = time.monotonic()
+    p = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                       stdin=subprocess.DEVNULL, pass_fds=(fd,), timeout=120)
+    res = Result(argv, p.returncode, p.stdout, p.stderr.decode("utf-8", "replace"),
+                 time.monotonic() - t0)
+    if res.rc < 0:
+        fail("killed by signal %d\n  %s" % (-res.rc, res.describe()))
+    return res
+
+
+def mount_small_tmpfs(e, size="8m"):
+    if os.geteuid() != 0:
+        raise Skip("mounting a small tmpfs for ENOSPC needs root (euid %d)" % os.geteuid())
+    d = os.path.join(e.disk, "full-%d" % len(os.listdir(e.disk)))
+    os.makedirs(d)
+    r = run(["mount", "-t", "tmpfs", "-o", "size=%s" % size, "tmpfs", d])
+    if r.rc != 0:
+        raise Skip("cannot mount a tmpfs (%s)" % r.err.strip())
+    return d
+
+
+def umount(d):
+    run(["umount", d])
+
+
+def enospc(e):
+    big = make_block("pc.ram", e.shm, pattern("random", 64 * MiB, 2), "big64")
+    d = mount_small_tmpfs(e)
+    try:
+        final = os.path.join(d, "vm.snap")
+        for opts in ([], ["--direct", "off", "-j", "1"], ["--no-sync", "-j", "8"]):
+            r = snapsave("-o", final, "--ram", "pc.ram=" + big.src, *opts)
+            expect_error(r, 1, final, "No space left", what="ENOSPC %s" % " ".join(opts))
+            check_clean(d, final, None, "ENOSPC %s" % " ".join(opts))
+            check(not os.listdir(d), "ENOSPC left %r" % os.listdir(d))
+        # a good file already there survives a save that runs out of space
+        final, h = good_file(e, d)
+        r = snapsave("-o", final, "--ram", "pc.ram=" + big.src)
+        expect_error(r, 1, final, "No space left", what="ENOSPC over a good file")
+        check_clean(d, final, h, "ENOSPC over a good file")
+        check(os.listdir(d) == ["vm.snap"], "ENOSPC over a good file left %r" % os.listdir(d))
+        os.unlink(final)
+        # running out while copying a large device state
+        dev = os.path.join(e.shm, "bigdev")
+        write_bytes(dev, os.urandom(16 * MiB))
+        r = snapsave("-o", final, "--ram", "pc.ram=" + e.small.src, "-d", dev)
+        expect_error(r, 1, final, "No space left", what="ENOSPC in the device state")
+        check_clean(d, final, None, "ENOSPC in the device state")
+        r = snapsave("-o", final, "--ram", "pc.ram=" + e.small.src, "-d", "-",
+                     input=os.urandom(16 * MiB))
+        expect_error(r, 1, final, "No space left", what="ENOSPC in device state from stdin")
+        check_clean(d, final, None, "ENOSPC in device state from stdin")
+        check(not os.listdir(d), "ENOSPC left %r" % os.listdir(d))
+    finally:
+        umount(d)
+    os.unlink(big.src)
+
+
+def wait_for_temp(d, p, min_alloc=0, timeout=30):
+    """Waits until a temp file exists in d (and has min_alloc bytes allocated);
+    returns its name, or None if the process ended first."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if p.poll() is not None:
+            return None
+        for n in temp_leftovers(d):
+            try:
+                if allocated(os.path.join(d, n)) >= min_alloc:
+                    return n
+            except FileNotFoundError:
+                pass
+        time.sleep(0.002)
+    p.kill()
+    fail("no temp file appeared in %s within %ds" % (d, timeout))
+
+
+def signal_while_blocked(e, sig):
+    # the save is stuck reading device state from a pipe we keep open: a
+    # deterministic "in the middle of a save"
+    for keep in (False, True):
+        d = os.path.join(e.disk, "sig-%s-%d" % (sig.name, keep))
+        os.makedirs(d)
+        final, h = good_file(e, d) if keep else (os.path.join(d, "vm.snap"), None)
+        p = subprocess.Popen([SNAPSAVE, "-o", final, "--ram", "pc.ram=" + e.small.src, "-d", "-"],
+                             stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            p.stdin.write(os.urandom(1000))
+            p.stdin.flush()
+            tmp = wait_for_temp(d, p)
+            if tmp is None:
+                fail("%s: snapsave ended early: %s" % (sig.name, p.stderr.read()))
+            check(tmp.startswith(".vm.snap.snapmr-"), "temp file name %r" % tmp)
+            time.sleep(0.1)
+            p.send_signal(sig)
+            rc = p.wait(timeout=30)
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+            p.stdin.close()
+            p.stderr.close()
+        check(rc == -sig or rc in (1, 128 + sig),
+              "%s while blocked: exit status %d, expected death by the signal" % (sig.name, rc))
+        check_clean(d, final, h, "%s while blocked on device state%s" % (
+            sig.name, " over a good file" if keep else ""))
+
+
+def sigterm_large(e):
+    # a real large save to disk, killed while pages are being written
+    big = make_block("pc.ram", e.shm, pattern("random", 768 * MiB, 3), "big768")
+    tries = 0
+    try:
+        for keep in (False, True):
+            d = os.path.join(e.disk, "large-%d" % keep)
+            os.makedirs(d)
+            final, h = good_file(e, d) if keep else (os.path.join(d, "vm.snap"), None)
+            while True:
+                tries += 1
+                p = subprocess.Popen([SNAPSAVE, "-o", final, "--ram", "pc.ram=" + big.src,
+                                      "-j", "1", "--max-io-size", "64K"],
+                                     stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                tmp = wait_for_temp(d, p, min_alloc=8 * MiB)
+                if tmp is not None:
+                    p.send_signal(signal.SIGTERM)
+                rc = p.wait(timeout=120)
+                err = p.stderr.read().decode()
+                p.stderr.close()
+                if tmp is None:
+                    # finished before we could catch it: try again (rarely)
+                    check(rc == 0, "large save failed: %s" % err)
+                    check(tries < 4, "the save always finished before SIGTERM")
+                    os.unlink(final)
+                    if keep:
+                        final, h = good_file(e, d)
+                    continue
+                break
+            check(rc == -signal.SIGTERM,
+                  "SIGTERM during a large save: exit status %d (%s)" % (rc, err.strip()))
+            check_clean(d, final, h, "SIGTERM during a large save%s" % (
+                " over a good file" if keep else ""))
+    finally:
+        os.unlink(big.src)
+
+
+def sigkill(e):
+    # SIGKILL cannot be caught: the temp file stays, but the final path is
+    # still never a partial file
+    d = os.path.join(e.disk, "kill")
+    os.makedirs(d)
+    final, h = good_file(e, d)
+    p = subprocess.Popen([SNAPSAVE, "-o", final, "--ram", "pc.ram=" + e.small.src, "-d", "-"],
+                         stdin=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    tmp = wait_for_temp(d, p)
+    check(tmp is not None, "snapsave ended early")
+    p.kill()
+    p.wait()
+    p.stdin.close()
+    check(sha256(final) == h, "SIGKILL changed the file at the final path")
+    # the leftover is recognisably unfinished
+    left = temp_leftovers(d)
+    for n in left:
+        r = snaprestore(os.path.join(d, n), "--all", e.shm)
+        check(r.rc != 0, "the temp file of a killed save restores as if complete")
+        os.unlink(os.path.join(d, n))
+
+
+def main():
+    require_binaries()
+    e = setup()
+    t = Cases("atomic")
+    t.case("failed saves leave nothing behind", failed_saves, e)
+    t.case("ENOSPC on an 8 MiB tmpfs", enospc, e)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        t.case("%s while blocked on device state" % sig.name, signal_while_blocked, e, sig)
+    t.case("SIGTERM during a large save", sigterm_large, e)
+    t.case("SIGKILL keeps the final path intact", sigkill, e)
+    t.finish()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,138 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: MIT
+# Round trips across -j 1/2/8, --direct on/off/auto and --io threads/uring/aio
+# (both for saving and restoring), request sizes and queue depths, plus
+# --direct on against tmpfs: it works or fails with a clear message.
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import *  # noqa: E402,F401,F403
+
+ENGINES = ["threads", "uring", "aio"]
+JOBS = [1, 2, 8]
+
+
+def blocks_for(src_dir):
+    # several blocks so that -j 8 has work to share; sizes not multiples of 1 MiB
+    return [
+        make_block("pc.ram", src_dir, pattern("mixed", 24 * MiB + 12 * KiB, 11)),
+        make_block("/rom@etc/acpi/tables", src_dir, pattern("random", 128 * KiB, 12)),
+        make_block("0000:00:01.0/vga.vram", src_dir, pattern("mixed", 16 * MiB, 13)),
+    ]
+
+
+def matrix_case(blocks, out_dir, dest_dir, engine, jobs, direct):
+    opts = ["-j", str(jobs), "--direct", direct, "--io", engine]
+    out = os.path.join(out_dir, "m-%s-%d-%s.snap" % (engine, jobs, direct))
+    st, rst = roundtrip(blocks, out, dest_dir, save_opts=opts, restore_opts=opts,
+                        what="%s -j%d --direct %s" % (engine, jobs, direct))
+    for label, s in (("save", st), ("restore", rst)):
+        check(s.get("engine") == engine,
+              "%s --json: engine %r, expected %r" % (label, s.get("engine"), engine))
+        check(s.get("jobs") == jobs,
+              "%s --json: jobs %r, expected %d" % (label, s.get("jobs"), jobs))
+        if direct == "on":
+            check(s.get("direct-io") is True, "%s --json: direct-io %r with --direct on" % (
+                label, s.get("direct-io")))
+        if direct == "off":
+            check(s.get("direct-io") is False, "%s --json: direct-io %r with --direct off" % (
+                label, s.get("direct-io")))
+    os.unlink(out)
+
+
+def aio_needs_direct(blocks, out_dir):
+    out = os.path.join(out_dir, "aio-off.snap")
+    r = snapsave("-o", out, "--ram", "pc.ram=" + blocks[0].src, "--io", "aio",
+                 "--direct", "off")
+    if r.rc == 0:
+        # acceptable only if it really worked
+        os.unlink(out)
+        return
+    check(r.rc in (1, 2), "aio --direct off: exit %d\n  %s" % (r.rc, r.describe()))
+    line = expect_error(r, r.rc, "aio", what="aio --direct off")
+    check("O_DIRECT" in line or "direct" in line,
+          "aio --direct off: message does not say O_DIRECT is needed: %s" % line)
+    check(not os.path.exists(out) and not temp_leftovers(out_dir),
+          "aio --direct off left files: %r" % os.listdir(out_dir))
+
+
+def shm_direct_on(blocks, shm_out, dest_dir):
+    out = os.path.join(shm_out, "direct-on.snap")
+    args = ["-o", out, "--json", "--direct", "on", "--no-sync"]
+    for b in blocks:
+        args += ["--ram", "%s=%s" % (b.name, b.src)]
+    r = snapsave(*args)
+    if r.rc == 0:
+        note("     --direct on to tmpfs works here (kernel tmpfs supports O_DIRECT)")
+        check_save_stats(parse_json(r, "save"), blocks, "--direct on to tmpfs")
+        restore_blocks(out, blocks, dest_dir, "--direct", "on", what="restore --direct on tmpfs")
+        os.unlink(out)
+    else:
+        expect_error(r, 1, out, "O_DIRECT", what="--direct on to tmpfs")
+        check(not os.path.exists(out) and not temp_leftovers(shm_out),
+              "failed --direct on left files: %r" % os.listdir(shm_out))
+
+
+def auto_direct(blocks, out_dir, shm_out, dest_dir):
+    # default --direct auto: works everywhere, with or without O_DIRECT
+    for d in (out_dir, shm_out):
+        out = os.path.join(d, "auto.snap")
+        extra = ["--no-sync"] if d == shm_out else []
+        roundtrip(blocks, out, dest_dir, save_opts=extra, what="--direct auto in %s" % d)
+        os.unlink(out)
+
+
+def io_sizes(blocks, out_dir, dest_dir, engine, mio, qd):
+    opts = ["--io", engine, "--max-io-size", mio, "--queue-depth", str(qd), "-j", "2"]
+    if engine == "aio":
+        opts += ["--direct", "on"]
+    out = os.path.join(out_dir, "io-%s-%s.snap" % (engine, mio))
+    roundtrip(blocks, out, dest_dir, save_opts=opts, restore_opts=opts,
+              what="%s --max-io-size %s --queue-depth %d" % (engine, mio, qd))
+    os.unlink(out)
+
+
+def main():
+    require_binaries()
+    src_dir = scratch("shm")
+    dest_dir = scratch("shm")
+    shm_out = scratch("shm")
+    out_dir = scratch("disk")
+    no_direct = None if direct_supported(out_dir) else \
+        "O_DIRECT is refused in %s (set SNAPMR_TEST_DISK to a disk directory)" % out_dir
+    blocks = blocks_for(src_dir)
+    t = Cases("options")
+    for engine in ENGINES:
+        why = engine_available(engine, out_dir) if not (engine == "aio" and no_direct) \
+            else no_direct
+        for jobs in JOBS:
+            for direct in ("on", "off"):
+                label = "--io %s -j %d --direct %s" % (engine, jobs, direct)
+                if engine == "aio" and direct == "off":
+                    continue
+                reason = why or (no_direct if direct == "on" else None)
+                if reason:
+                    t.skip(label, reason)
+                    continue
+                t.case(label, matrix_case, blocks, out_dir, dest_dir, engine, jobs, direct)
+    if not no_direct and engine_available("aio", out_dir) is None:
+        t.case("--io aio --direct off is refused clearly", aio_needs_direct, blocks, out_dir)
+    t.case("--direct auto on disk and tmpfs", auto_direct, blocks, out_dir, shm_out, dest_dir)
+    t.case("--direct on to tmpfs works or fails clearly", shm_direct_on, blocks, shm_out,
+           dest_dir)
+    for engine in ENGINES:
+        for mio, qd in (("4K", 1), ("64K", 32), ("8M", 4)):
+            label = "--io %s --max-io-size %s --queue-depth %d" % (engine, mio, qd)
+            why = no_direct if engine == "aio" and no_direct else \
+                engine_available(engine, out_dir)
+            if why:
+                t.skip(label, why)
+                continue
+            t.case(label, io_sizes, blocks, out_dir, dest_dir, engine, mio, qd)
+    t.finish()
+
+
+if __name__ == "__main__":
+    main()
