@@ -94,6 +94,38 @@ def io_sizes(blocks, out_dir, dest_dir, engine, mio, qd):
     os.unlink(out)
 
 
+def engine_fallback(blocks, out_dir, dest_dir, no_direct):
+    """The test hook SNAPMR_FAIL_ENGINE_INIT makes engines refuse to start, as
+    io_uring does when disabled by sysctl: the default choice falls back with a
+    one-line note, an explicitly named engine fails clearly."""
+    env = dict(os.environ)
+    out = os.path.join(out_dir, "fallback.snap")
+    src = ["--ram", "%s=%s" % (blocks[0].name, blocks[0].src)]
+    cases = [("uring", "aio" if not no_direct else "threads"), ("uring,aio", "threads")]
+    for hook, expect in cases:
+        env["SNAPMR_FAIL_ENGINE_INIT"] = hook
+        r = ok(snapsave("-o", out, "--json", *src, env=env), "save with %s failing" % hook)
+        st = parse_json(r, "save")
+        check(st.get("engine") == expect, "with %s failing, save used %r, expected %r" %
+              (hook, st.get("engine"), expect))
+        lines = error_lines(r)
+        check(len(lines) == 1 and "note:" in lines[0] and expect in lines[0],
+              "with %s failing, expected one note naming %r, got %r" % (hook, expect, lines))
+        dest = os.path.join(dest_dir, "fallback.ram")
+        r = ok(snaprestore(out, "--ram", "%s=%s" % (blocks[0].name, dest), "--json", env=env),
+               "restore with %s failing" % hook)
+        check(parse_json(r, "restore").get("engine") == expect,
+              "restore with %s failing did not use %s" % (hook, expect))
+        compare_files(blocks[0].src, dest, "restore with %s failing" % hook)
+        os.unlink(dest)
+        os.unlink(out)
+    env["SNAPMR_FAIL_ENGINE_INIT"] = "uring"
+    r = snapsave("-o", out, "--io", "uring", *src, env=env)
+    expect_error(r, 1, "uring", what="--io uring while io_uring cannot start")
+    check(not os.path.exists(out) and not temp_leftovers(out_dir),
+          "failed --io uring left files: %r" % os.listdir(out_dir))
+
+
 def main():
     require_binaries()
     src_dir = scratch("shm")
@@ -119,6 +151,8 @@ def main():
                 t.case(label, matrix_case, blocks, out_dir, dest_dir, engine, jobs, direct)
     if not no_direct and engine_available("aio", out_dir) is None:
         t.case("--io aio --direct off is refused clearly", aio_needs_direct, blocks, out_dir)
+    t.case("engine fallback when io_uring/libaio cannot start", engine_fallback, blocks, out_dir,
+           dest_dir, no_direct)
     t.case("--direct auto on disk and tmpfs", auto_direct, blocks, out_dir, shm_out, dest_dir)
     t.case("--direct on to tmpfs works or fails clearly", shm_direct_on, blocks, shm_out,
            dest_dir)
