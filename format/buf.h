@@ -17,7 +17,10 @@ struct mr_buf {
 	int err; /* 0 or -ENOMEM, sticky */
 };
 
-#define MR_BUF_INIT {NULL, 0, 0, 0}
+#define MR_BUF_INIT           \
+	{                     \
+		NULL, 0, 0, 0 \
+	}
 
 void mr_buf_free(struct mr_buf *b);
 void mr_buf_reset(struct mr_buf *b);

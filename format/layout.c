@@ -57,7 +57,8 @@ uint64_t mr_bitmap_count(const uint64_t *map, uint64_t nbits)
 	for (uint64_t i = 0; i < full; i++)
 		n += (uint64_t)__builtin_popcountll(map[i]);
 	if (nbits & 63)
-		n += (uint64_t)__builtin_popcountll(map[full] & (((uint64_t)1 << (nbits & 63)) - 1));
+		n += (uint64_t)__builtin_popcountll(map[full] &
+						    (((uint64_t)1 << (nbits & 63)) - 1));
 	return n;
 }
 

@@ -11,11 +11,11 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define MR_PAGE_SIZE	 4096u
-#define MR_PAGE_SHIFT	 12
-#define MR_PAGES_ALIGN	 0x100000u /* QEMU's writer rounds pages_offset up to 1 MiB */
-#define MR_RAM_HDR_SIZE	 28u
-#define MR_NAME_MAX	 255u
+#define MR_PAGE_SIZE	4096u
+#define MR_PAGE_SHIFT	12
+#define MR_PAGES_ALIGN	0x100000u /* QEMU's writer rounds pages_offset up to 1 MiB */
+#define MR_RAM_HDR_SIZE 28u
+#define MR_NAME_MAX	255u
 
 /* Where one block's pieces sit in the file; all offsets absolute. */
 struct mr_block_layout {

@@ -54,9 +54,9 @@ static int fail(struct parser *p, int code, uint64_t off, const char *block, con
 }
 
 /* Like fail(), for a device section named `name` rather than a RAM block. */
-#define fail_sec(p, code, off, name, ...)                                                          \
-	(fail((p), (code), (off), NULL, __VA_ARGS__),                                             \
-	 (p)->err ? snprintf((p)->err->section, sizeof((p)->err->section), "%s", (name)) : 0,      \
+#define fail_sec(p, code, off, name, ...)                                                     \
+	(fail((p), (code), (off), NULL, __VA_ARGS__),                                         \
+	 (p)->err ? snprintf((p)->err->section, sizeof((p)->err->section), "%s", (name)) : 0, \
 	 (code))
 
 /* Reads exactly n bytes at the cursor; -ENODATA if the source ends first. */
@@ -275,8 +275,7 @@ static int parse_header(struct parser *p)
 		} else if (!strcmp(name, MR_PAGEBITS_SUBSEC)) {
 			r = cur_be32(c, &img->target_page_bits);
 			if (r)
-				return fail(p, r, sub_off, NULL, "target-page-bits %s",
-					    rd_what(r));
+				return fail(p, r, sub_off, NULL, "target-page-bits %s", rd_what(r));
 			if (img->target_page_bits != MR_PAGE_SHIFT)
 				return fail(p, -EPROTONOSUPPORT, sub_off, NULL,
 					    "target page size 2^%u is not supported (only 4 KiB)",
@@ -291,6 +290,44 @@ static int parse_header(struct parser *p)
 				    "unknown configuration subsection '%s'", name);
 		}
 	}
+}
+
+static int cmp_block_name(const void *a, const void *b)
+{
+	const struct mr_block_info *const *x = a, *const *y = b;
+	int c = strcmp((*x)->name, (*y)->name);
+
+	/* Equal names stay in file order, so the later entry is the one reported. */
+	return c ? c : ((*x)->entry_off > (*y)->entry_off) - ((*x)->entry_off < (*y)->entry_off);
+}
+
+/*
+ * Rejects a block name listed twice. Sorting keeps this O(n log n): a
+ * pairwise check let a hostile file of 65536 blocks cost seconds of strcmp.
+ */
+static int check_unique_blocks(struct parser *p)
+{
+	struct mr_image *img = p->img;
+	const struct mr_block_info **idx;
+	int r = 0;
+
+	if (img->n_blocks < 2)
+		return 0;
+	idx = calloc(img->n_blocks, sizeof(*idx));
+	if (!idx)
+		return fail(p, -ENOMEM, img->blocks[0].entry_off, NULL, "out of memory");
+	for (size_t i = 0; i < img->n_blocks; i++)
+		idx[i] = &img->blocks[i];
+	qsort(idx, img->n_blocks, sizeof(*idx), cmp_block_name);
+	for (size_t i = 1; i < img->n_blocks; i++) {
+		if (!strcmp(idx[i - 1]->name, idx[i]->name)) {
+			r = fail(p, -EBADMSG, idx[i]->entry_off, idx[i]->name,
+				 "RAM block listed twice");
+			break;
+		}
+	}
+	free(idx);
+	return r;
 }
 
 static int parse_block(struct parser *p, uint64_t *remaining)
@@ -313,10 +350,6 @@ static int parse_block(struct parser *p, uint64_t *remaining)
 		if ((uint8_t)b->name[i] < 0x20 || b->name[i] == 0x7f)
 			return fail(p, -EBADMSG, b->entry_off, NULL,
 				    "RAM block name contains control characters");
-	for (size_t i = 0; i < img->n_blocks; i++)
-		if (!strcmp(img->blocks[i].name, b->name))
-			return fail(p, -EBADMSG, b->entry_off, b->name,
-				    "RAM block listed twice");
 	r = cur_be64(c, &b->length);
 	if (r)
 		return fail(p, r, b->entry_off, b->name, "block length %s", rd_what(r));
@@ -349,14 +382,11 @@ static int parse_block(struct parser *p, uint64_t *remaining)
 	if (b->hdr.pages_offset < c->off)
 		return fail(p, -EBADMSG, b->hdr_off + 20, b->name,
 			    "page region offset 0x%llx lies before the header end 0x%llx",
-			    (unsigned long long)b->hdr.pages_offset,
-			    (unsigned long long)c->off);
-	if (__builtin_add_overflow(b->hdr.pages_offset, b->length, &end) ||
-	    end > p->c.src->size)
+			    (unsigned long long)b->hdr.pages_offset, (unsigned long long)c->off);
+	if (__builtin_add_overflow(b->hdr.pages_offset, b->length, &end) || end > p->c.src->size)
 		return fail(p, -EOVERFLOW, b->hdr_off + 20, b->name,
 			    "page region 0x%llx+0x%llx extends past the end of the stream (0x%llx)",
-			    (unsigned long long)b->hdr.pages_offset,
-			    (unsigned long long)b->length,
+			    (unsigned long long)b->hdr.pages_offset, (unsigned long long)b->length,
 			    (unsigned long long)p->c.src->size);
 	b->num_pages = b->length / MR_PAGE_SIZE;
 	b->bitmap_size = mr_bitmap_bytes(b->num_pages);
@@ -365,8 +395,7 @@ static int parse_block(struct parser *p, uint64_t *remaining)
 		return fail(p, -EOVERFLOW, b->hdr_off + 12, b->name,
 			    "bitmap 0x%llx+0x%llx extends past the end of the stream (0x%llx)",
 			    (unsigned long long)b->hdr.bitmap_offset,
-			    (unsigned long long)b->bitmap_size,
-			    (unsigned long long)p->c.src->size);
+			    (unsigned long long)b->bitmap_size, (unsigned long long)p->c.src->size);
 
 	if (!(p->flags & MR_PARSE_NO_BITMAPS) && b->bitmap_size) {
 		uint8_t *raw = malloc(b->bitmap_size);
@@ -383,8 +412,7 @@ static int parse_block(struct parser *p, uint64_t *remaining)
 		if (n < 0 || (uint64_t)n != b->bitmap_size) {
 			free(raw);
 			r = n < 0 ? (int)n : -ENODATA;
-			return fail(p, r, b->hdr.bitmap_offset, b->name, "bitmap %s",
-				    rd_what(r));
+			return fail(p, r, b->hdr.bitmap_offset, b->name, "bitmap %s", rd_what(r));
 		}
 		mr_bitmap_from_file(raw, b->bitmap_size / 8, b->bitmap);
 		free(raw);
@@ -416,8 +444,8 @@ static int parse_ram_words(struct parser *p, uint64_t sec_off, bool start)
 		flags = w & MR_RAM_FLAG_MASK;
 		if (flags & MR_RAM_EOS) {
 			if (flags != MR_RAM_EOS)
-				return fail(p, -EBADMSG, w_off, NULL,
-					    "unexpected RAM flags 0x%llx", (unsigned long long)flags);
+				return fail(p, -EBADMSG, w_off, NULL, "unexpected RAM flags 0x%llx",
+					    (unsigned long long)flags);
 			return 0;
 		}
 		if (flags != MR_RAM_MEM_SIZE || !start || mem_size_seen)
@@ -445,7 +473,8 @@ static int parse_ram_words(struct parser *p, uint64_t sec_off, bool start)
 
 			r = parse_block(p, &remaining);
 			if (r) {
-				/* The failed block is not counted, so its bitmap is ours to free. */
+				/* The failed block is not counted, so its bitmap is ours to free.
+				 */
 				free(img->blocks[img->n_blocks].bitmap);
 				return r;
 			}
@@ -456,6 +485,9 @@ static int parse_ram_words(struct parser *p, uint64_t sec_off, bool start)
 						    "too many RAM blocks");
 			}
 		}
+		r = check_unique_blocks(p);
+		if (r)
+			return r;
 		img->ram_end = c->off;
 		(void)sec_off;
 	}
@@ -475,7 +507,8 @@ static int parse_footer(struct parser *p, uint32_t id, const char *what)
 		return fail_sec(p, r, off, what, "section footer %s", rd_what(r));
 	if (t != MR_SEC_FOOTER || fid != id)
 		return fail_sec(p, -EBADMSG, off, what,
-			    "bad section footer (0x%02x id %u, expected 0x7e id %u)", t, fid, id);
+				"bad section footer (0x%02x id %u, expected 0x7e id %u)", t, fid,
+				id);
 	return 0;
 }
 
@@ -540,9 +573,10 @@ static int parse_sections(struct parser *p)
 		}
 		s = add_section(p);
 		if (!s)
-			return fail(p, p->cap_sections >= MAX_SECTIONS ? -EBADMSG : -ENOMEM, off, NULL,
+			return fail(p, p->cap_sections >= MAX_SECTIONS ? -EBADMSG : -ENOMEM, off,
+				    NULL,
 				    p->cap_sections >= MAX_SECTIONS ? "more than %u sections"
-								   : "out of memory (%u sections)",
+								    : "out of memory (%u sections)",
 				    MAX_SECTIONS);
 		s->type = t;
 		s->off = off;
@@ -571,7 +605,8 @@ static int parse_sections(struct parser *p)
 						    "not a mapped-ram stream (capability missing)");
 				if (mr_image_has_cap(img, "x-ignore-shared"))
 					return fail(p, -EPROTONOSUPPORT, off, NULL,
-						    "x-ignore-shared with mapped-ram is not supported (QEMU 10.0 cannot save it either)");
+						    "x-ignore-shared with mapped-ram is not "
+						    "supported (QEMU 10.0 cannot save it either)");
 				ram_seen = true;
 				img->ram_id = s->id;
 				r = parse_ram_words(p, off, true);
@@ -584,17 +619,19 @@ static int parse_sections(struct parser *p)
 
 				if (img->has_devstate)
 					return fail_sec(p, -EBADMSG, off, s->idstr,
-						    "second device-state section");
+							"second device-state section");
 				r = cur_be64(c, &len);
 				if (r)
-					return fail_sec(p, r, off, s->idstr, "length %s", rd_what(r));
+					return fail_sec(p, r, off, s->idstr, "length %s",
+							rd_what(r));
 				img->has_devstate = true;
 				img->devstate_off = c->off;
 				img->devstate_len = len;
 				if (cur_skip(c, len))
 					return fail_sec(p, -EOVERFLOW, off, s->idstr,
-						    "device state of 0x%llx bytes extends past the end of the stream",
-						    (unsigned long long)len);
+							"device state of 0x%llx bytes extends past "
+							"the end of the stream",
+							(unsigned long long)len);
 			} else if (t == MR_SEC_FULL) {
 				uint64_t body;
 
@@ -603,22 +640,25 @@ static int parse_sections(struct parser *p)
 					return fail_sec(p, r, off, s->idstr, "out of memory");
 				if (r)
 					return fail_sec(p, -EPROTONOSUPPORT, off, s->idstr,
-						    "cannot size device section (no usable VM description: %s)",
-						    strerror(-r));
+							"cannot size device section (no usable VM "
+							"description: %s)",
+							strerror(-r));
 				r = mr_vmdesc_section_size(p->vmdesc, s->idstr, s->instance,
 							   section_nth(img, s), &body);
 				if (r)
 					return fail_sec(p, -EPROTONOSUPPORT, off, s->idstr,
-						    "device section instance %u is not in the VM description",
-						    s->instance);
+							"device section instance %u is not in the "
+							"VM description",
+							s->instance);
 				if (cur_skip(c, body))
-					return fail_sec(p, -ENODATA, off, s->idstr,
-						    "device section of 0x%llx bytes is truncated",
-						    (unsigned long long)body);
+					return fail_sec(
+						p, -ENODATA, off, s->idstr,
+						"device section of 0x%llx bytes is truncated",
+						(unsigned long long)body);
 			} else {
 				return fail_sec(p, -EPROTONOSUPPORT, off, s->idstr,
-					    "cannot walk iterative section '%s' (id %u)", s->idstr,
-					    s->id);
+						"cannot walk iterative section '%s' (id %u)",
+						s->idstr, s->id);
 			}
 			r = parse_footer(p, s->id, s->idstr);
 			if (r)
@@ -653,8 +693,7 @@ static int parse_sections(struct parser *p)
 				return fail(p, r, off, NULL, "command record %s", rd_what(r));
 			break;
 		}
-		default:
-			return fail(p, -EBADMSG, off, NULL, "unknown section type 0x%02x", t);
+		default: return fail(p, -EBADMSG, off, NULL, "unknown section type 0x%02x", t);
 		}
 		s->size = c->off - off;
 	}
@@ -705,7 +744,8 @@ int mr_image_parse(const struct mr_src *src, uint64_t base, unsigned flags,
 	p->img->base = base;
 	p->img->file_size = src->size;
 	if (base >= src->size)
-		r = fail(p, -ENODATA, base, NULL, "stream offset is at or past the end of the file");
+		r = fail(p, -ENODATA, base, NULL,
+			 "stream offset is at or past the end of the file");
 	else
 		r = parse_header(p);
 	if (!r)

@@ -30,10 +30,10 @@ struct mr_src {
 
 /* Where decoding failed, for the caller's one-line message. */
 struct mr_err {
-	uint64_t off;	 /* file offset of the offending record */
+	uint64_t off;	   /* file offset of the offending record */
 	char block[256];   /* RAM block name, "" if none */
 	char section[256]; /* device section name, "" if none */
-	char msg[192];	 /* what is wrong, lower case, no trailing period */
+	char msg[192];	   /* what is wrong, lower case, no trailing period */
 };
 
 struct mr_block_info {
@@ -78,7 +78,7 @@ struct mr_image {
 	struct mr_section_info *sections; /* every section after configuration */
 	size_t n_sections;
 
-	bool has_devstate; /* snapmr's own device-state section */
+	bool has_devstate;     /* snapmr's own device-state section */
 	uint64_t devstate_off; /* first data byte */
 	uint64_t devstate_len;
 
@@ -108,8 +108,8 @@ const struct mr_block_info *mr_image_block(const struct mr_image *img, const cha
 
 /* What mr_detect_stream() found in front of the stream. */
 enum mr_container {
-	MR_CONTAINER_NONE,	     /* the file starts with the stream */
-	MR_CONTAINER_LIBVIRT,	     /* a libvirt save image header ("LibvirtQemudSave") */
+	MR_CONTAINER_NONE,	      /* the file starts with the stream */
+	MR_CONTAINER_LIBVIRT,	      /* a libvirt save image header ("LibvirtQemudSave") */
 	MR_CONTAINER_LIBVIRT_PARTIAL, /* libvirt's header of a save that never finished */
 };
 

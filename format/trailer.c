@@ -204,7 +204,7 @@ int mr_trailer_builder_add_block(struct mr_trailer_builder *b, const char *name,
 	if (n > SIZE_MAX / sizeof(uint64_t))
 		return -ENOMEM;
 	blk = &b->blocks[b->n_blocks];
-	*blk = (struct tb_block){0};
+	*blk = (struct tb_block){ 0 };
 	memcpy(blk->name, name, len + 1);
 	blk->length = length;
 	blk->bitmap_offset = bitmap_offset;
@@ -230,7 +230,7 @@ void mr_trailer_builder_set_chunk(struct mr_trailer_builder *b, size_t block, ui
 }
 
 bool mr_trailer_builder_chunk_is_set(const struct mr_trailer_builder *b, size_t block,
-				      uint64_t chunk)
+				     uint64_t chunk)
 {
 	assert(block < b->n_blocks && chunk < b->blocks[block].n_chunks);
 	return b->blocks[block].have[chunk];
@@ -395,8 +395,11 @@ static int cmp_block_name(const void *a, const void *b)
 	return strcmp((*x)->name, (*y)->name);
 }
 
-/* Rejects duplicate names; sorts a temporary index so hostile tables stay O(n log n). */
-static int check_unique(const struct mr_trailer *t, struct mr_err *err)
+/*
+ * Rejects duplicate names. The sorted index stays in t->by_name so that
+ * lookups are O(log n) too: hostile tables of many blocks stay fast.
+ */
+static int check_unique(struct mr_trailer *t, struct mr_err *err)
 {
 	const struct mr_trailer_block **idx;
 	int r = 0;
@@ -419,11 +422,12 @@ static int check_unique(const struct mr_trailer *t, struct mr_err *err)
 
 			r = fail(err, -EBADMSG, d->record_off, d->name,
 				 "duplicate block name in trailer");
-			break;
+			free(idx);
+			return r;
 		}
 	}
-	free(idx);
-	return r;
+	t->by_name = idx;
+	return 0;
 }
 
 static int parse_block(struct cur *c, const struct mr_trailer *t, struct mr_trailer_block *blk,
@@ -495,7 +499,7 @@ static int parse_block(struct cur *c, const struct mr_trailer *t, struct mr_trai
 static int parse_table(const uint8_t *tab, struct mr_trailer *t, struct mr_err *err)
 {
 	uint64_t toff = t->table_offset;
-	struct cur c = {tab, (size_t)t->table_length, toff};
+	struct cur c = { tab, (size_t)t->table_length, toff };
 	const uint8_t *p;
 	uint32_t n_blocks;
 	int r;
@@ -522,9 +526,10 @@ static int parse_table(const uint8_t *tab, struct mr_trailer *t, struct mr_err *
 		return fail(err, -EBADMSG, toff + 16, NULL, "trailer chunk size %u not allowed",
 			    t->chunk_size);
 	if (!range_in(t->devstate_offset, t->devstate_length, t->stream_base, t->stream_end))
-		return fail(
-		    err, -EOVERFLOW, toff + 24, NULL, "device state %#llx+%#llx outside the stream",
-		    (unsigned long long)t->devstate_offset, (unsigned long long)t->devstate_length);
+		return fail(err, -EOVERFLOW, toff + 24, NULL,
+			    "device state %#llx+%#llx outside the stream",
+			    (unsigned long long)t->devstate_offset,
+			    (unsigned long long)t->devstate_length);
 	if (n_blocks > c.left / REC_MIN)
 		return fail(err, -ENODATA, toff + 20, NULL,
 			    "%u trailer block records do not fit the table", n_blocks);
@@ -639,11 +644,28 @@ void mr_trailer_free(struct mr_trailer *t)
 	for (size_t i = 0; i < t->n_blocks; i++)
 		free(t->blocks[i].chunk_hashes);
 	free(t->blocks);
+	free(t->by_name);
 	free(t);
 }
 
 const struct mr_trailer_block *mr_trailer_find_block(const struct mr_trailer *t, const char *name)
 {
+	if (t->by_name) {
+		size_t lo = 0, hi = t->n_blocks;
+
+		while (lo < hi) {
+			size_t mid = lo + (hi - lo) / 2;
+			int c = strcmp(t->by_name[mid]->name, name);
+
+			if (!c)
+				return t->by_name[mid];
+			if (c < 0)
+				lo = mid + 1;
+			else
+				hi = mid;
+		}
+		return NULL;
+	}
 	for (size_t i = 0; i < t->n_blocks; i++)
 		if (!strcmp(t->blocks[i].name, name))
 			return &t->blocks[i];

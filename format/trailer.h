@@ -167,7 +167,7 @@ void mr_trailer_builder_set_chunk(struct mr_trailer_builder *b, size_t block, ui
 				  uint64_t hash);
 /* True once chunk `chunk` of block `block` has been set. */
 bool mr_trailer_builder_chunk_is_set(const struct mr_trailer_builder *b, size_t block,
-				      uint64_t chunk);
+				     uint64_t chunk);
 /* Records the hash of a block's bitmap (mr_trailer_bitmap_hash()). */
 void mr_trailer_builder_set_bitmap_hash(struct mr_trailer_builder *b, size_t block, uint64_t hash);
 /* Records the device-state range and its XXH3-64. */
@@ -209,6 +209,8 @@ struct mr_trailer {
 	uint64_t devstate_hash;
 	struct mr_trailer_block *blocks;
 	size_t n_blocks;
+	/* The blocks sorted by name, for mr_trailer_find_block(); NULL if fewer than 2. */
+	const struct mr_trailer_block **by_name;
 };
 
 /*
@@ -221,7 +223,7 @@ int mr_trailer_parse(const struct mr_src *src, uint64_t file_size, struct mr_tra
 		     struct mr_err *err);
 void mr_trailer_free(struct mr_trailer *t);
 
-/* The block named name, or NULL. Valid as long as t. */
+/* The block named name, or NULL; a binary search. Valid as long as t. */
 const struct mr_trailer_block *mr_trailer_find_block(const struct mr_trailer *t, const char *name);
 
 #endif

@@ -16,7 +16,7 @@ static int threads_init(struct snap_io_engine *e)
 
 static int threads_queue(struct snap_io_engine *e, struct snap_io_req *r)
 {
-	struct iovec iov = {.iov_base = r->buf, .iov_len = r->len};
+	struct iovec iov = { .iov_base = r->buf, .iov_len = r->len };
 	ssize_t n;
 
 	(void)e;

@@ -49,7 +49,8 @@ struct snap_io_ops {
 	/* Submits what queue() collected. Optional. -errno. */
 	int (*commit)(struct snap_io_engine *e);
 	/* Waits for at least `min` completions, stores up to `max` in done[]; count or -errno. */
-	int (*reap)(struct snap_io_engine *e, unsigned min, struct snap_io_req **done, unsigned max);
+	int (*reap)(struct snap_io_engine *e, unsigned min, struct snap_io_req **done,
+		    unsigned max);
 	/* Frees e->priv; must accept a half-initialised engine. */
 	void (*cleanup)(struct snap_io_engine *e);
 };

@@ -61,7 +61,7 @@ struct msg {
 
 static struct msg msg_init(char *buf, size_t size)
 {
-	struct msg m = {.buf = size ? buf : NULL, .size = buf ? size : 0};
+	struct msg m = { .buf = size ? buf : NULL, .size = buf ? size : 0 };
 
 	if (m.buf)
 		m.buf[0] = '\0';
@@ -170,14 +170,10 @@ static bool fd_registered(int fd, int64_t *ret_set)
 static const char *accmode_name(int fl)
 {
 	switch (fl & O_ACCMODE) {
-	case O_RDONLY:
-		return "O_RDONLY";
-	case O_WRONLY:
-		return "O_WRONLY";
-	case O_RDWR:
-		return "O_RDWR";
-	default:
-		return "O_ACCMODE";
+	case O_RDONLY: return "O_RDONLY";
+	case O_WRONLY: return "O_WRONLY";
+	case O_RDWR: return "O_RDWR";
+	default: return "O_ACCMODE";
 	}
 }
 
@@ -300,7 +296,7 @@ static int add_locked(int64_t set_id, int fd, const char *opaque, int64_t *ret_s
 	}
 	if (set_id < 0)
 		set_id = lowest_free_id(NULL, 0);
-	reg[reg_n++] = (struct entry){.set_id = set_id, .fd = fd, .opaque = op};
+	reg[reg_n++] = (struct entry){ .set_id = set_id, .fd = fd, .opaque = op };
 	if (ret_set_id)
 		*ret_set_id = set_id;
 	return 0;
@@ -366,9 +362,9 @@ int snap_fdset_query(struct snap_fdset_entry **ret_entries, size_t *ret_n)
 			if (reg[i].set_id != ids[s])
 				continue;
 			v[k] = (struct snap_fdset_entry){
-			    .set_id = reg[i].set_id,
-			    .fd = reg[i].fd,
-			    .flags = fcntl(reg[i].fd, F_GETFL),
+				.set_id = reg[i].set_id,
+				.fd = reg[i].fd,
+				.flags = fcntl(reg[i].fd, F_GETFL),
 			};
 			if (reg[i].opaque) {
 				size_t l = strlen(reg[i].opaque) + 1;
@@ -717,8 +713,8 @@ int snap_io_open(const char *spec, int flags, mode_t mode, int *ret_fd, char *er
 
 		seterr(errbuf, errlen, "%s: %s%s", spec, strerror(e),
 		       (flags & O_DIRECT) && e == EINVAL
-			   ? " (the file system may not support O_DIRECT)"
-			   : "");
+			       ? " (the file system may not support O_DIRECT)"
+			       : "");
 		return -e;
 	}
 	*ret_fd = fd;
@@ -729,7 +725,7 @@ int snap_io_open(const char *spec, int flags, mode_t mode, int *ret_fd, char *er
 
 int snap_fdset_connect(const char *spec, int *ret_sock, char *errbuf, size_t errlen)
 {
-	struct sockaddr_un sa = {.sun_family = AF_UNIX};
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
 	_cleanup_close_ int s = -1;
 	int r;
 
@@ -805,7 +801,7 @@ static int64_t now_ms(void)
 static int wait_fd(int fd, short events, int64_t deadline)
 {
 	for (;;) {
-		struct pollfd p = {.fd = fd, .events = events};
+		struct pollfd p = { .fd = fd, .events = events };
 		int t = -1, r;
 
 		if (deadline >= 0) {
@@ -916,7 +912,7 @@ static int recv_byte(struct session *s, char *ret_c)
 		struct cmsghdr align;
 		char buf[CMSG_SPACE(sizeof(int) * CMSG_FDS)];
 	} ctl;
-	struct iovec iov = {.iov_base = ret_c, .iov_len = 1};
+	struct iovec iov = { .iov_base = ret_c, .iov_len = 1 };
 	struct msghdr mh;
 	bool foreign = false;
 	ssize_t n;
@@ -924,10 +920,10 @@ static int recv_byte(struct session *s, char *ret_c)
 
 	for (;;) {
 		mh = (struct msghdr){
-		    .msg_iov = &iov,
-		    .msg_iovlen = 1,
-		    .msg_control = ctl.buf,
-		    .msg_controllen = sizeof(ctl.buf),
+			.msg_iov = &iov,
+			.msg_iovlen = 1,
+			.msg_control = ctl.buf,
+			.msg_controllen = sizeof(ctl.buf),
 		};
 		n = recvmsg(s->sock, &mh, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
 		if (n >= 0)
@@ -1327,7 +1323,7 @@ static int jtop(struct jp *j, const char *key, unsigned *seen)
 
 static int parse_json(struct session *s)
 {
-	struct jp j = {.p = s->line, .s = s};
+	struct jp j = { .p = s->line, .s = s };
 	unsigned seen = 0;
 	int r;
 
@@ -1423,7 +1419,7 @@ static int handle_add_fd(struct session *s, bool json)
 	if (r < 0)
 		return r;
 	e = &s->pending[s->n_pending];
-	*e = (struct entry){.set_id = s->set_id, .fd = -1};
+	*e = (struct entry){ .set_id = s->set_id, .fd = -1 };
 	if (s->has_opaque && *s->opaque) {
 		e->opaque = strdup(s->opaque);
 		if (!e->opaque) {

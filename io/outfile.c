@@ -33,7 +33,8 @@ static int copy_prefix(const char *path, int out, uint64_t offset, char *errbuf,
 	if (in < 0) {
 		int e = errno;
 
-		snprintf(errbuf, errlen, "--offset %llu needs an existing file holding the prefix: %s",
+		snprintf(errbuf, errlen,
+			 "--offset %llu needs an existing file holding the prefix: %s",
 			 (unsigned long long)offset, strerror(e));
 		return -e;
 	}
@@ -98,7 +99,8 @@ int snap_outfile_open(struct snap_outfile *o, const char *spec, enum snap_direct
 		if (strncmp(spec, "/dev/fdset/", 11)) {
 			/* O_DIRECT belongs to an open file description: one fd cannot be both. */
 			snprintf(o->direct_err, sizeof(o->direct_err),
-				 "%s is one descriptor; O_DIRECT needs a second one in an fd set", spec);
+				 "%s is one descriptor; O_DIRECT needs a second one in an fd set",
+				 spec);
 			if (direct == SNAP_DIRECT_ON) {
 				snprintf(errbuf, errlen, "%s", o->direct_err);
 				r = -EINVAL;
@@ -135,9 +137,9 @@ int snap_outfile_open(struct snap_outfile *o, const char *spec, enum snap_direct
 		if (!real && !S_ISREG(st.st_mode) && !S_ISLNK(st.st_mode)) {
 			r = S_ISDIR(st.st_mode) ? -EISDIR : -EINVAL;
 			snprintf(errbuf, errlen, "%s",
-				 S_ISDIR(st.st_mode)
-					 ? "is a directory"
-					 : "exists and is not a regular file (pass a device as fd:N)");
+				 S_ISDIR(st.st_mode) ? "is a directory"
+						     : "exists and is not a regular file (pass a "
+						       "device as fd:N)");
 			return r;
 		}
 		if (real)

@@ -15,10 +15,10 @@
 #include <stdint.h>
 
 struct snap_outfile {
-	char *final_path; /* NULL for a descriptor output */
-	char *tmp_path;	  /* owned; unlinked on abort */
-	int fd;		  /* buffered, O_WRONLY */
-	int direct_fd;	  /* O_DIRECT, or -1 */
+	char *final_path;    /* NULL for a descriptor output */
+	char *tmp_path;	     /* owned; unlinked on abort */
+	int fd;		     /* buffered, O_WRONLY */
+	int direct_fd;	     /* O_DIRECT, or -1 */
 	bool direct_refused; /* auto mode: the file system refused O_DIRECT */
 	char direct_err[128];
 };

@@ -38,10 +38,26 @@ int snap_parse_size(const char *s, uint64_t *ret)
 	if (end == s)
 		return -EINVAL;
 	switch (*end) {
-	case 'k': case 'K': shift = 10; end++; break;
-	case 'm': case 'M': shift = 20; end++; break;
-	case 'g': case 'G': shift = 30; end++; break;
-	case 't': case 'T': shift = 40; end++; break;
+	case 'k':
+	case 'K':
+		shift = 10;
+		end++;
+		break;
+	case 'm':
+	case 'M':
+		shift = 20;
+		end++;
+		break;
+	case 'g':
+	case 'G':
+		shift = 30;
+		end++;
+		break;
+	case 't':
+	case 'T':
+		shift = 40;
+		end++;
+		break;
 	default: break;
 	}
 	if (shift && (!strcasecmp(end, "iB")))
@@ -64,7 +80,7 @@ void snap_ram_spec_clear(struct snap_ram_spec *s)
 
 int snap_ram_spec_parse(const char *arg, struct snap_ram_spec *ret, char *errbuf, size_t errlen)
 {
-	struct snap_ram_spec s = {0};
+	struct snap_ram_spec s = { 0 };
 	const char *eq = strchr(arg, '=');
 	char *rest, *opt, *save = NULL;
 
@@ -103,8 +119,9 @@ int snap_ram_spec_parse(const char *arg, struct snap_ram_spec *ret, char *errbuf
 			dst = &s.offset;
 		}
 		if (!dst || snap_parse_size(strchr(opt, '=') + 1, dst)) {
-			snprintf(errbuf, errlen, "block '%s': bad option '%s' (size=BYTES, offset=BYTES)",
-				 s.name, opt);
+			snprintf(errbuf, errlen,
+				 "block '%s': bad option '%s' (size=BYTES, offset=BYTES)", s.name,
+				 opt);
 			free(rest);
 			free(s.where);
 			return -EINVAL;
@@ -118,15 +135,14 @@ int snap_ram_spec_parse(const char *arg, struct snap_ram_spec *ret, char *errbuf
 		return -EINVAL;
 	}
 	if (s.offset % MR_PAGE_SIZE) {
-		snprintf(errbuf, errlen, "block '%s': offset %llu is not a multiple of 4096", s.name,
-			 (unsigned long long)s.offset);
+		snprintf(errbuf, errlen, "block '%s': offset %llu is not a multiple of 4096",
+			 s.name, (unsigned long long)s.offset);
 		free(s.where);
 		return -EINVAL;
 	}
 	*ret = s;
 	return 0;
 }
-
 
 static int fd_size(int fd, uint64_t *ret)
 {
@@ -157,8 +173,7 @@ static int map(struct snap_ram_map *m, int prot, char *errbuf, size_t errlen)
 		int e = errno;
 
 		snprintf(errbuf, errlen, "cannot map %llu bytes at offset %llu: %s",
-			 (unsigned long long)m->length, (unsigned long long)m->offset,
-			 strerror(e));
+			 (unsigned long long)m->length, (unsigned long long)m->offset, strerror(e));
 		return -e;
 	}
 	m->addr = m->map_base = p;
@@ -169,7 +184,7 @@ static int map(struct snap_ram_map *m, int prot, char *errbuf, size_t errlen)
 int snap_ram_map_source(const struct snap_ram_spec *s, struct snap_ram_map *ret, char *errbuf,
 			size_t errlen)
 {
-	struct snap_ram_map m = {.fd = -1};
+	struct snap_ram_map m = { .fd = -1 };
 	uint64_t size, end;
 	int r;
 
@@ -188,8 +203,7 @@ int snap_ram_map_source(const struct snap_ram_spec *s, struct snap_ram_map *ret,
 		if (s->offset > size) {
 			r = -EINVAL;
 			snprintf(errbuf, errlen, "offset %llu is past the end of '%s' (%llu bytes)",
-				 (unsigned long long)s->offset, s->where,
-				 (unsigned long long)size);
+				 (unsigned long long)s->offset, s->where, (unsigned long long)size);
 			goto close_fd;
 		}
 		m.length = size - s->offset;
@@ -221,7 +235,7 @@ close_fd:
 int snap_ram_map_dest(const struct snap_ram_spec *s, uint64_t length, struct snap_ram_map *ret,
 		      char *errbuf, size_t errlen)
 {
-	struct snap_ram_map m = {.fd = -1};
+	struct snap_ram_map m = { .fd = -1 };
 	uint64_t size, end;
 	int r;
 
@@ -242,7 +256,8 @@ int snap_ram_map_dest(const struct snap_ram_spec *s, uint64_t length, struct sna
 	}
 	if (__builtin_add_overflow(m.offset, length, &end) || end > INT64_MAX) {
 		r = -EOVERFLOW;
-		snprintf(errbuf, errlen, "offset %llu + length overflows", (unsigned long long)m.offset);
+		snprintf(errbuf, errlen, "offset %llu + length overflows",
+			 (unsigned long long)m.offset);
 		goto close_fd;
 	}
 	/* Nothing beyond the old end of file can hold data: it reads as zero. */

@@ -12,7 +12,7 @@
 
 struct snap_ram_spec {
 	char name[256];
-	char *where; /* path, fd:N or /dev/fdset/N; owned */
+	char *where;	 /* path, fd:N or /dev/fdset/N; owned */
 	uint64_t size;	 /* 0 = the source's size (save) or the block length (restore) */
 	uint64_t offset; /* where the block starts in the source */
 	bool has_size;

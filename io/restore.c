@@ -22,9 +22,9 @@
 #include <sys/stat.h>
 #include <xxhash.h>
 
-#define UNIT_PAGES    1024u /* 4 MiB per work unit; a multiple of every chunk size <= 4 MiB */
-#define COPY_BUF      (1u << 20)
-#define MAX_REPORTED  1000u /* mismatches kept for the report; more are only counted */
+#define UNIT_PAGES   1024u /* 4 MiB per work unit; a multiple of every chunk size <= 4 MiB */
+#define COPY_BUF     (1u << 20)
+#define MAX_REPORTED 1000u /* mismatches kept for the report; more are only counted */
 
 struct runit {
 	uint32_t blk;
@@ -37,8 +37,8 @@ struct runit {
 
 struct rblock {
 	const struct mr_block_info *info;
-	const struct snap_block *dst;		/* NULL when verifying */
-	const struct mr_trailer_block *sums;	/* NULL when not checking */
+	const struct snap_block *dst;	     /* NULL when verifying */
+	const struct mr_trailer_block *sums; /* NULL when not checking */
 };
 
 struct rctx {
@@ -106,8 +106,9 @@ static void record_bad(struct rctx *c, const struct rblock *rb, uint64_t first, 
 	atomic_fetch_add(&c->n_bad, 1);
 	pthread_mutex_lock(&c->lock);
 	if (c->n_bad_kept < MAX_REPORTED)
-		c->bad[c->n_bad_kept++] = (struct snap_mismatch){
-			rb->info->name, first, n, rb->info->hdr.pages_offset + first * MR_PAGE_SIZE};
+		c->bad[c->n_bad_kept++] =
+			(struct snap_mismatch){ rb->info->name, first, n,
+						rb->info->hdr.pages_offset + first * MR_PAGE_SIZE };
 	pthread_mutex_unlock(&c->lock);
 	/* A restore stops at the first bad chunk; a verify reports them all. */
 	if (!c->verify_only)
@@ -199,8 +200,9 @@ static int read_worker(struct snap_pool *pool, void *arg, struct snap_io_engine 
 			break;
 		struct runit *u = &c->units[i];
 
-		u->data = scratch ? scratch
-				  : (uint8_t *)c->blocks[u->blk].dst->addr + u->first * MR_PAGE_SIZE;
+		u->data =
+			scratch ? scratch
+				: (uint8_t *)c->blocks[u->blk].dst->addr + u->first * MR_PAGE_SIZE;
 		r = read_unit(c, e, u);
 		/* The scratch buffer is reused: wait for this unit's reads. */
 		if (!r && scratch)
@@ -231,8 +233,10 @@ static int add_units(struct rctx *c, size_t *cap, uint32_t blk, uint64_t pages)
 			c->units = nu;
 			*cap = ncap;
 		}
-		c->units[c->n_units++] = (struct runit){
-			.blk = blk, .first = pg, .end = pages - pg < UNIT_PAGES ? pages : pg + UNIT_PAGES};
+		c->units[c->n_units++] =
+			(struct runit){ .blk = blk,
+					.first = pg,
+					.end = pages - pg < UNIT_PAGES ? pages : pg + UNIT_PAGES };
 	}
 	return 0;
 }
@@ -244,11 +248,13 @@ static int match_sums(const struct snap_file *f, const struct mr_block_info *bi,
 	const struct mr_trailer_block *tb = mr_trailer_find_block(f->trailer, bi->name);
 
 	if (!tb)
-		return fail(err, -EBADMSG, "block '%s' is missing from the checksum table", bi->name);
+		return fail(err, -EBADMSG, "block '%s' is missing from the checksum table",
+			    bi->name);
 	if (tb->length != bi->length || tb->pages_offset != bi->hdr.pages_offset ||
 	    tb->bitmap_offset != bi->hdr.bitmap_offset)
 		return fail(err, -EBADMSG,
-			    "block '%s': the checksum table does not match the stream header at offset 0x%llx",
+			    "block '%s': the checksum table does not match the stream header at "
+			    "offset 0x%llx",
 			    bi->name, (unsigned long long)bi->hdr_off);
 	if (mr_trailer_bitmap_hash(bi->bitmap, bi->num_pages) != tb->bitmap_hash)
 		return fail(err, -EBADMSG, "block '%s': bitmap at offset 0x%llx fails its checksum",
@@ -334,7 +340,8 @@ static int run_reads(struct rctx *c, struct snap_pool *pool, int fd, int direct_
 	if (r == -ENODATA)
 		return fail(err, r, "page data is truncated (file shorter than its page regions)");
 	if (r == -EINVAL && c->page_fd == direct_fd && c->alt_fd < 0)
-		return fail(err, r, "the file system refused an O_DIRECT read (try --direct auto or off)");
+		return fail(err, r,
+			    "the file system refused an O_DIRECT read (try --direct auto or off)");
 	if (r)
 		return fail(err, r, "reading page data: %s", strerror(-r));
 	return 0;
@@ -383,8 +390,10 @@ static int devstate_range(const struct mr_image *img, bool raw, uint64_t *off, u
 		if (img->n_sections && (img->sections[0].type != MR_SEC_START ||
 					strcmp(img->sections[0].idstr, MR_RAM_IDSTR)))
 			return fail(err, -EPROTONOSUPPORT,
-				    "section '%s' at offset 0x%llx precedes RAM; the raw tail holds only what follows RAM",
-				    img->sections[0].idstr, (unsigned long long)img->sections[0].off);
+				    "section '%s' at offset 0x%llx precedes RAM; the raw tail "
+				    "holds only what follows RAM",
+				    img->sections[0].idstr,
+				    (unsigned long long)img->sections[0].off);
 		*off = img->ram_end;
 		*len = img->stream_end - img->ram_end;
 	} else if (img->has_devstate) {
@@ -392,7 +401,8 @@ static int devstate_range(const struct mr_image *img, bool raw, uint64_t *off, u
 		*len = img->devstate_len;
 	} else {
 		return fail(err, -ENOENT,
-			    "the file has no snapmr device-state section (a QEMU file keeps device state in its raw stream tail)");
+			    "the file has no snapmr device-state section (a QEMU file keeps device "
+			    "state in its raw stream tail)");
 	}
 	return 0;
 }
@@ -404,8 +414,8 @@ int snap_restore(const struct snap_restore_args *args, const struct snap_opts *o
 	const struct snap_file *f = args->file;
 	const struct mr_image *img = f->img;
 	bool check = f->trailer && !(opts && opts->no_verify);
-	struct snap_pool pool = {0};
-	struct snap_stats st = {0};
+	struct snap_pool pool = { 0 };
+	struct snap_stats st = { 0 };
 	struct rctx c;
 	size_t units_cap = 0;
 	uint64_t total = 0;
@@ -447,7 +457,7 @@ int snap_restore(const struct snap_restore_args *args, const struct snap_opts *o
 			if (r)
 				goto out;
 		}
-		c.blocks[i] = (struct rblock){bi, d, sums};
+		c.blocks[i] = (struct rblock){ bi, d, sums };
 		total += bi->length;
 		if (add_units(&c, &units_cap, (uint32_t)i, bi->num_pages)) {
 			r = fail(err, -ENOMEM, "out of memory");
@@ -468,8 +478,8 @@ int snap_restore(const struct snap_restore_args *args, const struct snap_opts *o
 		if (r)
 			goto out;
 		/* The trailer sums the snapmr section, or the tail for a raw-tail save. */
-		if (check && off == f->trailer->devstate_offset && len == f->trailer->devstate_length &&
-		    h != f->trailer->devstate_hash) {
+		if (check && off == f->trailer->devstate_offset &&
+		    len == f->trailer->devstate_length && h != f->trailer->devstate_hash) {
 			r = fail(err, -EBADMSG, "device state at offset 0x%llx fails its checksum",
 				 (unsigned long long)off);
 			goto out;
@@ -485,13 +495,13 @@ out:
 }
 
 int snap_verify(int fd, int direct_fd, const struct snap_file *f, const struct snap_opts *opts,
-		snap_mismatch_fn mismatch, void *arg, uint64_t *ret_bad, struct snap_stats *ret_stats,
-		struct snap_err *err)
+		snap_mismatch_fn mismatch, void *arg, uint64_t *ret_bad,
+		struct snap_stats *ret_stats, struct snap_err *err)
 {
 	static const struct snap_opts no_opts;
 	const struct mr_image *img = f->img;
-	struct snap_pool pool = {0};
-	struct snap_stats st = {0};
+	struct snap_pool pool = { 0 };
+	struct snap_stats st = { 0 };
 	struct rctx c;
 	size_t units_cap = 0;
 	uint64_t total = 0, h;
@@ -523,7 +533,7 @@ int snap_verify(int fd, int direct_fd, const struct snap_file *f, const struct s
 		r = match_sums(f, bi, &sums, err);
 		if (r)
 			goto out;
-		c.blocks[i] = (struct rblock){bi, NULL, sums};
+		c.blocks[i] = (struct rblock){ bi, NULL, sums };
 		total += bi->length;
 		if (add_units(&c, &units_cap, (uint32_t)i, bi->num_pages)) {
 			r = fail(err, -ENOMEM, "out of memory");
@@ -579,7 +589,7 @@ static bool has_marker(const struct mr_src *src, const struct mr_image *img)
 int snap_detect_offset(int fd, uint64_t *ret_offset, enum mr_container *ret_kind,
 		       struct snap_err *err)
 {
-	struct mr_src src = {.pread = fd_pread, .ctx = &fd};
+	struct mr_src src = { .pread = fd_pread, .ctx = &fd };
 	int r;
 
 	if (err)
@@ -605,7 +615,7 @@ void snap_file_free(struct snap_file *f)
 
 int snap_inspect(int fd, uint64_t offset, struct snap_file **ret, struct snap_err *err)
 {
-	struct mr_src src = {.pread = fd_pread, .ctx = &fd};
+	struct mr_src src = { .pread = fd_pread, .ctx = &fd };
 	struct snap_file *f;
 	struct mr_err me;
 	struct stat st;

@@ -25,8 +25,8 @@
 #include <sys/stat.h>
 #include <xxhash.h>
 
-#define UNIT_PAGES    1024u	/* 4 MiB of guest memory per work unit */
-#define COPY_BUF      (1u << 20)
+#define UNIT_PAGES 1024u /* 4 MiB of guest memory per work unit */
+#define COPY_BUF   (1u << 20)
 
 const char *snap_version(void)
 {
@@ -143,7 +143,7 @@ static void hash_unit(struct save_ctx *c, struct save_block *sb, const struct un
 static int save_unit(struct save_ctx *c, struct snap_io_engine *e, const struct unit *u,
 		     uint64_t *ret_normal)
 {
-	uint64_t local[UNIT_PAGES / 64 + 1] = {0};
+	uint64_t local[UNIT_PAGES / 64 + 1] = { 0 };
 	struct save_block *sb = &c->blocks[u->block];
 	const uint8_t *base = sb->b->addr;
 	uint64_t run = UINT64_MAX, normal = 0, w0 = u->first / 64;
@@ -199,7 +199,8 @@ static int save_worker(struct snap_pool *pool, void *arg, struct snap_io_engine 
 		if (r)
 			return r;
 		atomic_fetch_add(&c->normal_pages, normal);
-		atomic_fetch_add(&pool->progress, (c->units[i].end - c->units[i].first) * MR_PAGE_SIZE);
+		atomic_fetch_add(&pool->progress,
+				 (c->units[i].end - c->units[i].first) * MR_PAGE_SIZE);
 	}
 	return 0;
 }
@@ -221,7 +222,7 @@ static int add_unit(struct save_ctx *c, size_t *cap, uint32_t block, uint64_t fi
 			c->units = u;
 			*cap = ncap;
 		}
-		c->units[c->n_units++] = (struct unit){block, first, stop};
+		c->units[c->n_units++] = (struct unit){ block, first, stop };
 		first = stop;
 	}
 	return 0;
@@ -343,8 +344,8 @@ static int check_args(const struct snap_save_args *a, struct snap_err *err)
 			return fail(err, -EINVAL, "block %zu: name must have 1 to 255 bytes", i);
 		for (size_t k = 0; k < n; k++)
 			if ((unsigned char)b->name[k] < 0x20 || b->name[k] == 0x7f)
-				return fail(err, -EINVAL, "block %zu: name contains control characters",
-					    i);
+				return fail(err, -EINVAL,
+					    "block %zu: name contains control characters", i);
 		if (!b->length || b->length % MR_PAGE_SIZE)
 			return fail(err, -EINVAL,
 				    "block '%s': length %llu is not a non-zero multiple of 4096",
@@ -380,8 +381,7 @@ struct save_run {
 	bool engine_fallback;
 };
 
-static int write_at(struct save_run *s, const void *buf, size_t len, uint64_t off,
-		    const char *what)
+static int write_at(struct save_run *s, const void *buf, size_t len, uint64_t off, const char *what)
 {
 	int r = snap_pwrite_all(s->args->fd, buf, len, off);
 
@@ -399,7 +399,7 @@ static int write_at(struct save_run *s, const void *buf, size_t len, uint64_t of
  */
 static int write_head(struct save_run *s)
 {
-	static const char *const caps[] = {"mapped-ram"};
+	static const char *const caps[] = { "mapped-ram" };
 	const struct snap_save_args *args = s->args;
 	const char *machine = args->machine ? args->machine : MR_DEFAULT_MACHINE;
 	struct save_ctx *c = &s->c;
@@ -430,12 +430,12 @@ static int write_head(struct save_run *s)
 			return fail(s->err, -ENOMEM, "out of memory for the bitmap of '%s'",
 				    sb->b->name);
 		r = mr_trailer_builder_add_block(c->tb, sb->b->name, sb->b->length,
-						 sb->l.bitmap_off, sb->l.pages_off, &(size_t){0});
+						 sb->l.bitmap_off, sb->l.pages_off, &(size_t){ 0 });
 		if (r)
 			return fail(s->err, r, "block '%s': cannot be described in the trailer",
 				    sb->b->name);
-		h = (struct mr_ram_header){MR_RAM_HDR_VERSION, MR_PAGE_SIZE, sb->l.bitmap_off,
-					   sb->l.pages_off};
+		h = (struct mr_ram_header){ MR_RAM_HDR_VERSION, MR_PAGE_SIZE, sb->l.bitmap_off,
+					    sb->l.pages_off };
 		mr_encode_block_entry(&s->b, sb->b->name, sb->b->length, &h);
 		if (s->b.err)
 			return fail(s->err, s->b.err, "out of memory");
@@ -518,11 +518,12 @@ static int write_bitmaps(struct save_run *s)
 			mr_trailer_chunk_pages(sb->b->length, cs, ch, &first, &n);
 			mr_trailer_builder_set_chunk(
 				c->tb, i, ch,
-				mr_trailer_chunk_hash((const uint8_t *)sb->b->addr + first * MR_PAGE_SIZE,
+				mr_trailer_chunk_hash((const uint8_t *)sb->b->addr +
+							      first * MR_PAGE_SIZE,
 						      sb->bitmap, first, n));
 		}
-		mr_trailer_builder_set_bitmap_hash(c->tb, i,
-						   mr_trailer_bitmap_hash(sb->bitmap, sb->num_pages));
+		mr_trailer_builder_set_bitmap_hash(
+			c->tb, i, mr_trailer_bitmap_hash(sb->bitmap, sb->num_pages));
 		raw = malloc(sb->l.bitmap_size ? sb->l.bitmap_size : 1);
 		if (!raw)
 			return fail(s->err, -ENOMEM, "out of memory");
@@ -641,8 +642,8 @@ int snap_save(const struct snap_save_args *args, const struct snap_opts *opts,
 	      struct snap_stats *ret_stats, struct snap_err *err)
 {
 	static const struct snap_opts no_opts;
-	struct save_run s = {.args = args, .opts = opts ? opts : &no_opts, .err = err};
-	struct snap_stats st = {0};
+	struct save_run s = { .args = args, .opts = opts ? opts : &no_opts, .err = err };
+	struct snap_stats st = { 0 };
 	struct snap_err dummy;
 	struct stat fst;
 	double t0 = snap_now();
@@ -672,7 +673,8 @@ int snap_save(const struct snap_save_args *args, const struct snap_opts *opts,
 				    r == -ENODATA ? "shorter than 13 bytes" : strerror(-r));
 		if (mr_get_be64(s.tail_head) != MR_RAM_EOS || s.tail_head[8] != MR_SEC_FOOTER)
 			return fail(s.err, -EBADMSG,
-				    "the raw device-state tail does not start with the RAM EOS word and footer");
+				    "the raw device-state tail does not start with the RAM EOS "
+				    "word and footer");
 		s.ram_id = mr_get_be32(s.tail_head + 9);
 		if (s.ram_id == 0)
 			return fail(s.err, -EBADMSG, "the raw tail names RAM section id 0");

@@ -86,13 +86,14 @@ struct snap_block {
 enum snap_devstate_kind {
 	SNAP_DEVSTATE_NONE,    /* an empty device-state section */
 	SNAP_DEVSTATE_SECTION, /* opaque blob read from fd until EOF, stored as its own section */
-	SNAP_DEVSTATE_RAW,     /* a raw QEMU stream tail (starting with the RAM EOS word) appended verbatim */
+	SNAP_DEVSTATE_RAW,     /* a raw QEMU stream tail (starting with the RAM EOS word) appended
+				  verbatim */
 };
 
 struct snap_save_args {
-	int fd;		  /* output, opened for writing, seekable, buffered */
-	int direct_fd;	  /* second open of the same file with O_DIRECT, or -1 */
-	uint64_t offset;  /* stream start in the file (QEMU's ,offset=N) */
+	int fd;		     /* output, opened for writing, seekable, buffered */
+	int direct_fd;	     /* second open of the same file with O_DIRECT, or -1 */
+	uint64_t offset;     /* stream start in the file (QEMU's ,offset=N) */
 	const char *machine; /* machine type for the configuration section; NULL = "pc-q35-10.0" */
 	const struct snap_block *blocks;
 	size_t n_blocks;
@@ -152,7 +153,7 @@ struct snap_restore_args {
 	/* Destinations, matched by name; blocks of the file without one are left out. */
 	const struct snap_block *blocks;
 	size_t n_blocks;
-	int devstate_fd; /* receives the device state (section or raw tail), or -1 */
+	int devstate_fd;   /* receives the device state (section or raw tail), or -1 */
 	bool devstate_raw; /* write the raw stream tail instead of the section body */
 };
 
@@ -173,8 +174,8 @@ int snap_restore(const struct snap_restore_args *args, const struct snap_opts *o
  * or another -errno.
  */
 int snap_verify(int fd, int direct_fd, const struct snap_file *file, const struct snap_opts *opts,
-		snap_mismatch_fn mismatch, void *arg, uint64_t *ret_bad, struct snap_stats *ret_stats,
-		struct snap_err *err);
+		snap_mismatch_fn mismatch, void *arg, uint64_t *ret_bad,
+		struct snap_stats *ret_stats, struct snap_err *err);
 
 /* Version string of the library. */
 const char *snap_version(void);

@@ -26,8 +26,8 @@ void snap_pool_fail(struct snap_pool *pool, int err)
 	atomic_store(&pool->stop, true);
 }
 
-int snap_pool_pick_engine(struct snap_pool *pool, const char *name, bool direct,
-			  bool *ret_fallback, char *errbuf, size_t errlen)
+int snap_pool_pick_engine(struct snap_pool *pool, const char *name, bool direct, bool *ret_fallback,
+			  char *errbuf, size_t errlen)
 {
 	const char *const *names = snap_io_engine_names();
 	bool failed = false;
@@ -58,7 +58,8 @@ int snap_pool_pick_engine(struct snap_pool *pool, const char *name, bool direct,
 		}
 		failed = true;
 	}
-	snprintf(errbuf, errlen, name ? "unknown I/O engine '%s'" : "no I/O engine can start here%s",
+	snprintf(errbuf, errlen,
+		 name ? "unknown I/O engine '%s'" : "no I/O engine can start here%s",
 		 name ? name : "");
 	return name ? -EINVAL : -ENOSYS;
 }
@@ -75,14 +76,16 @@ int snap_pool_setup(struct snap_pool *pool, const struct snap_opts *opts, int fd
 		pool->jobs = 1;
 	pool->max_io = opts->max_io ? opts->max_io : SNAP_DEFAULT_MAX_IO;
 	if (pool->max_io < 4096 || pool->max_io % 4096) {
-		snprintf(errbuf, errlen, "request size %zu is not a multiple of 4096", pool->max_io);
+		snprintf(errbuf, errlen, "request size %zu is not a multiple of 4096",
+			 pool->max_io);
 		return -EINVAL;
 	}
 	r = snap_pool_pick_engine(pool, opts->engine, direct, ret_fallback, errbuf, errlen);
 	if (r)
 		return r;
-	pool->depth = opts->queue_depth ? opts->queue_depth
-					: (pool->ops->flags & SNAP_IO_F_ASYNC ? SNAP_DEFAULT_DEPTH : 1);
+	pool->depth = opts->queue_depth
+			      ? opts->queue_depth
+			      : (pool->ops->flags & SNAP_IO_F_ASYNC ? SNAP_DEFAULT_DEPTH : 1);
 	if ((pool->ops->flags & SNAP_IO_F_DIRECT_ONLY) && !direct) {
 		snprintf(errbuf, errlen,
 			 "I/O engine '%s' needs O_DIRECT (use --direct on or another engine)",
@@ -129,7 +132,7 @@ static void *thread_main(void *p)
 int snap_pool_run(struct snap_pool *pool, snap_worker_fn fn, void *arg,
 		  const struct snap_opts *opts, uint64_t total, double t0)
 {
-	struct thread_arg ta = {pool, fn, arg};
+	struct thread_arg ta = { pool, fn, arg };
 	pthread_t *th;
 	unsigned started = 0;
 	unsigned interval = opts && opts->progress_ms ? opts->progress_ms : 500;

@@ -24,7 +24,7 @@ struct snap_pool {
 	atomic_uint_fast64_t requests;
 	atomic_bool fell_back;
 	atomic_int err;
-	atomic_bool stop; /* set on the first error so others quit early */
+	atomic_bool stop;     /* set on the first error so others quit early */
 	atomic_uint finished; /* workers that have returned */
 };
 
@@ -40,11 +40,11 @@ typedef int (*snap_worker_fn)(struct snap_pool *pool, void *arg, struct snap_io_
  * libaio is synchronous without O_DIRECT). Fills pool->ops; *ret_fallback is
  * true when a preferred engine failed to start. errbuf names the problem.
  */
-int snap_pool_pick_engine(struct snap_pool *pool, const char *name, bool direct,
-			  bool *ret_fallback, char *errbuf, size_t errlen);
+int snap_pool_pick_engine(struct snap_pool *pool, const char *name, bool direct, bool *ret_fallback,
+			  char *errbuf, size_t errlen);
 
 #define SNAP_DEFAULT_MAX_IO (1u << 20) /* bytes per request */
-#define SNAP_DEFAULT_DEPTH  16u	      /* requests in flight per worker, async engines */
+#define SNAP_DEFAULT_DEPTH  16u	       /* requests in flight per worker, async engines */
 
 /*
  * Applies opts to the pool (jobs, request size, engine, depth) and chooses

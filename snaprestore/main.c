@@ -35,20 +35,25 @@ static void usage(FILE *f)
 		"       snaprestore --verify FILE\n"
 		"Restore guest RAM and device state from a QEMU mapped-ram migration file.\n"
 		"\n"
-		"  -r, --ram NAME=DEST       restore block NAME into DEST: a file (created, or grown\n"
+		"  -r, --ram NAME=DEST       restore block NAME into DEST: a file (created, or "
+		"grown\n"
 		"                            to the block length; /dev/shm, hugetlbfs), fd:N or\n"
 		"                            /dev/fdset/N; offset=N places the block inside it\n"
 		"  -a, --all DIR             restore every block not given with --ram into DIR\n"
 		"                            (created if missing),\n"
-		"                            one file per block (name percent-encoded: '/' -> %%2F;\n"
-		"                            past 255 bytes, a prefix and '~' + a hash of the name)\n"
+		"                            one file per block (name percent-encoded: '/' -> "
+		"%%2F;\n"
+		"                            past 255 bytes, a prefix and '~' + a hash of the "
+		"name)\n"
 		"      --skip NAME           leave block NAME out (repeatable)\n"
 		"  -d, --device-state OUT    write the device state to a file, fd:N or - (stdout)\n"
 		"      --device-state-raw OUT  write the raw stream tail after RAM (QEMU files)\n"
 		"      --add-fd fd=F,set=N[,opaque=S]  put inherited descriptor F into fd set N;\n"
 		"                            /dev/fdset/N then works wherever a path does\n"
-		"      --fd-socket PATH|fd:N receive descriptors over a UNIX socket before starting\n"
-		"                            (see docs/fd-passing.md); a JSON result line is sent back\n"
+		"      --fd-socket PATH|fd:N receive descriptors over a UNIX socket before "
+		"starting\n"
+		"                            (see docs/fd-passing.md); a JSON result line is sent "
+		"back\n"
 		"      --offset N            the stream starts at byte N of FILE (default: 0, or\n"
 		"                            after a libvirt save image header, found by itself)\n"
 		"  -i, --info                describe the file instead of restoring\n"
@@ -59,7 +64,8 @@ static void usage(FILE *f)
 		"                            whose checksum table is damaged (unverified)\n"
 		"  -j, --jobs N              worker threads (default: online CPUs)\n"
 		"      --direct auto|on|off  O_DIRECT for page data (default auto)\n"
-		"      --io ENGINE           I/O engine: threads, uring, aio (default: best available)\n"
+		"      --io ENGINE           I/O engine: threads, uring, aio (default: best "
+		"available)\n"
 		"      --queue-depth N       requests in flight per worker (async engines)\n"
 		"      --max-io-size SIZE    bytes per request (default 1M)\n"
 		"      --progress            show progress on stderr\n"
@@ -89,28 +95,28 @@ enum {
 };
 
 static const struct option long_opts[] = {
-	{"ram", required_argument, NULL, 'r'},
-	{"all", required_argument, NULL, 'a'},
-	{"skip", required_argument, NULL, OPT_SKIP},
-	{"device-state", required_argument, NULL, 'd'},
-	{"device-state-raw", required_argument, NULL, OPT_RAW},
-	{"offset", required_argument, NULL, OPT_OFFSET},
-	{"add-fd", required_argument, NULL, OPT_ADD_FD},
-	{"fd-socket", required_argument, NULL, OPT_FD_SOCKET},
-	{"info", no_argument, NULL, 'i'},
-	{"verify", no_argument, NULL, OPT_VERIFY},
-	{"no-verify", no_argument, NULL, OPT_NO_VERIFY},
-	{"force", no_argument, NULL, OPT_FORCE},
-	{"jobs", required_argument, NULL, 'j'},
-	{"direct", required_argument, NULL, OPT_DIRECT},
-	{"io", required_argument, NULL, OPT_IO},
-	{"queue-depth", required_argument, NULL, OPT_QD},
-	{"max-io-size", required_argument, NULL, OPT_MAXIO},
-	{"progress", no_argument, NULL, OPT_PROGRESS},
-	{"json", no_argument, NULL, OPT_JSON},
-	{"help", no_argument, NULL, 'h'},
-	{"version", no_argument, NULL, 'V'},
-	{NULL, 0, NULL, 0},
+	{ "ram", required_argument, NULL, 'r' },
+	{ "all", required_argument, NULL, 'a' },
+	{ "skip", required_argument, NULL, OPT_SKIP },
+	{ "device-state", required_argument, NULL, 'd' },
+	{ "device-state-raw", required_argument, NULL, OPT_RAW },
+	{ "offset", required_argument, NULL, OPT_OFFSET },
+	{ "add-fd", required_argument, NULL, OPT_ADD_FD },
+	{ "fd-socket", required_argument, NULL, OPT_FD_SOCKET },
+	{ "info", no_argument, NULL, 'i' },
+	{ "verify", no_argument, NULL, OPT_VERIFY },
+	{ "no-verify", no_argument, NULL, OPT_NO_VERIFY },
+	{ "force", no_argument, NULL, OPT_FORCE },
+	{ "jobs", required_argument, NULL, 'j' },
+	{ "direct", required_argument, NULL, OPT_DIRECT },
+	{ "io", required_argument, NULL, OPT_IO },
+	{ "queue-depth", required_argument, NULL, OPT_QD },
+	{ "max-io-size", required_argument, NULL, OPT_MAXIO },
+	{ "progress", no_argument, NULL, OPT_PROGRESS },
+	{ "json", no_argument, NULL, OPT_JSON },
+	{ "help", no_argument, NULL, 'h' },
+	{ "version", no_argument, NULL, 'V' },
+	{ NULL, 0, NULL, 0 },
 };
 
 struct args {
@@ -156,9 +162,7 @@ static int parse_args(int argc, char **argv, struct args *a)
 					return 2;
 				}
 			break;
-		case 'a':
-			a->all_dir = optarg;
-			break;
+		case 'a': a->all_dir = optarg; break;
 		case OPT_SKIP:
 			if (a->n_skip == MAX_BLOCKS) {
 				cli_err("--skip: at most %d blocks", MAX_BLOCKS);
@@ -169,7 +173,8 @@ static int parse_args(int argc, char **argv, struct args *a)
 		case 'd':
 		case OPT_RAW:
 			if (a->devstate) {
-				cli_err("--device-state and --device-state-raw: give one of them once");
+				cli_err("--device-state and --device-state-raw: give one of them "
+					"once");
 				return 2;
 			}
 			a->devstate = optarg;
@@ -193,21 +198,14 @@ static int parse_args(int argc, char **argv, struct args *a)
 			}
 			a->has_offset = true;
 			break;
-		case 'i':
-			a->info = true;
-			break;
-		case OPT_VERIFY:
-			a->verify = true;
-			break;
-		case OPT_NO_VERIFY:
-			a->opts.no_verify = true;
-			break;
-		case OPT_FORCE:
-			a->force = true;
-			break;
+		case 'i': a->info = true; break;
+		case OPT_VERIFY: a->verify = true; break;
+		case OPT_NO_VERIFY: a->opts.no_verify = true; break;
+		case OPT_FORCE: a->force = true; break;
 		case 'j':
 			if (cli_parse_uint(optarg, 1, 1024, &a->opts.jobs)) {
-				cli_err("--jobs: expected a number from 1 to 1024, got '%s'", optarg);
+				cli_err("--jobs: expected a number from 1 to 1024, got '%s'",
+					optarg);
 				return 2;
 			}
 			break;
@@ -235,34 +233,29 @@ static int parse_args(int argc, char **argv, struct args *a)
 			uint64_t v;
 
 			if (snap_parse_size(optarg, &v) || v < 4096 || v % 4096 || v > (1u << 30)) {
-				cli_err("--max-io-size: expected a multiple of 4096 up to 1G, got '%s'",
+				cli_err("--max-io-size: expected a multiple of 4096 up to 1G, got "
+					"'%s'",
 					optarg);
 				return 2;
 			}
 			a->opts.max_io = (size_t)v;
 			break;
 		}
-		case OPT_PROGRESS:
-			a->opts.progress = cli_progress;
-			break;
-		case OPT_JSON:
-			a->json = true;
-			break;
-		case 'h':
-			usage(stdout);
-			return -1;
-		case 'V':
-			printf("snaprestore %s\n", SNAPMR_VERSION);
-			return -1;
+		case OPT_PROGRESS: a->opts.progress = cli_progress; break;
+		case OPT_JSON: a->json = true; break;
+		case 'h': usage(stdout); return -1;
+		case 'V': printf("snaprestore %s\n", SNAPMR_VERSION); return -1;
 		case ':':
-			cli_err("option '%s' needs an argument (see 'snaprestore --help')", argv[optind - 1]);
+			cli_err("option '%s' needs an argument (see 'snaprestore --help')",
+				argv[optind - 1]);
 			return 2;
 		default:
 			/* A short option in a cluster has no argv slot of its own. */
 			if (optopt > 0 && optopt < 256 && strncmp(argv[optind - 1], "--", 2))
 				cli_err("invalid option '-%c' (see 'snaprestore --help')", optopt);
 			else
-				cli_err("invalid option '%s' (see 'snaprestore --help')", argv[optind - 1]);
+				cli_err("invalid option '%s' (see 'snaprestore --help')",
+					argv[optind - 1]);
 			return 2;
 		}
 	}
@@ -302,7 +295,8 @@ static void encode_name(const char *name, char *out, size_t len)
 	for (const unsigned char *p = (const unsigned char *)name; *p && o + 4 < len; p++) {
 		bool plain = (*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') ||
 			     (*p >= '0' && *p <= '9') || *p == '-' || *p == '_' || *p == '@' ||
-			     *p == ':' || *p == '+' || (*p == '.' && p != (const unsigned char *)name);
+			     *p == ':' || *p == '+' ||
+			     (*p == '.' && p != (const unsigned char *)name);
 
 		if (plain) {
 			out[o++] = (char)*p;
@@ -359,17 +353,18 @@ static void print_info_text(const char *file, const struct snap_file *f)
 	}
 	if (img->has_devstate)
 		printf("device state:  %llu bytes (snapmr section at %#llx)\n",
-		       (unsigned long long)img->devstate_len, (unsigned long long)img->devstate_off);
+		       (unsigned long long)img->devstate_len,
+		       (unsigned long long)img->devstate_off);
 	printf("stream tail:   %llu bytes after RAM (from %#llx)\n",
 	       (unsigned long long)(img->stream_end - img->ram_end),
 	       (unsigned long long)img->ram_end);
 	printf("sections:      %zu", img->n_sections);
 	printf(", EOF at %#llx", (unsigned long long)img->eof_off);
 	if (img->has_vmdesc)
-		printf(", VM description %llu bytes at %#llx",
-		       (unsigned long long)img->vmdesc_len, (unsigned long long)img->vmdesc_off);
-	printf("\nfile size:     %s logical, %s allocated\n", cli_human(f->file_size, h1, sizeof(h1)),
-	       cli_human(f->allocated, h2, sizeof(h2)));
+		printf(", VM description %llu bytes at %#llx", (unsigned long long)img->vmdesc_len,
+		       (unsigned long long)img->vmdesc_off);
+	printf("\nfile size:     %s logical, %s allocated\n",
+	       cli_human(f->file_size, h1, sizeof(h1)), cli_human(f->allocated, h2, sizeof(h2)));
 	printf("integrity:     %s", integrity(f));
 	if (f->trailer)
 		printf(" (%u-byte chunks, table at %#llx)", f->trailer->chunk_size,
@@ -417,8 +412,7 @@ static void print_info_json(const char *file, const struct snap_file *f)
 		       "\"pages-offset\": %llu}",
 		       (unsigned long long)b->length, (unsigned long long)b->num_pages,
 		       (unsigned long long)b->present, (unsigned long long)b->hdr_off,
-		       (unsigned long long)b->hdr.bitmap_offset,
-		       (unsigned long long)b->bitmap_size,
+		       (unsigned long long)b->hdr.bitmap_offset, (unsigned long long)b->bitmap_size,
 		       (unsigned long long)b->hdr.pages_offset);
 	}
 	printf("], \"device-state\": ");
@@ -455,7 +449,7 @@ static void print_info_json(const char *file, const struct snap_file *f)
 	printf(", \"file-size\": %llu, \"allocated\": %llu, \"integrity\": {\"status\": \"%s\", "
 	       "\"detail\": ",
 	       (unsigned long long)f->file_size, (unsigned long long)f->allocated,
-	       f->trailer ? "complete"
+	       f->trailer		      ? "complete"
 	       : f->trailer_status == -ENOENT ? (f->marker ? "incomplete" : "none")
 					      : "damaged");
 	cli_json_str(stdout, integrity(f));
@@ -499,8 +493,8 @@ static int open_input(const struct args *a, int *ret_fd, int *ret_dfd)
 	/* O_DIRECT is a property of the open file description: a second open. */
 	if (!strncmp(a->file, "fd:", 3)) {
 		r = -EINVAL;
-		snprintf(ebuf, sizeof(ebuf), "%s is one descriptor; O_DIRECT needs a second one in an fd set",
-			 a->file);
+		snprintf(ebuf, sizeof(ebuf),
+			 "%s is one descriptor; O_DIRECT needs a second one in an fd set", a->file);
 	} else {
 		r = snap_io_open(a->file, O_RDONLY | O_DIRECT, 0, &dfd, ebuf, sizeof(ebuf));
 	}
@@ -535,11 +529,11 @@ static int open_devstate_out(const char *spec)
 static int do_restore(struct args *a, int fd, int dfd, const struct snap_file *f)
 {
 	const struct mr_image *img = f->img;
-	struct snap_ram_map maps[MAX_BLOCKS] = {0};
+	struct snap_ram_map maps[MAX_BLOCKS] = { 0 };
 	struct snap_block blocks[MAX_BLOCKS];
-	struct snap_ram_spec all_specs[MAX_BLOCKS] = {0};
+	struct snap_ram_spec all_specs[MAX_BLOCKS] = { 0 };
 	size_t n = 0;
-	struct snap_restore_args ra = {0};
+	struct snap_restore_args ra = { 0 };
 	struct snap_stats st;
 	struct snap_err err;
 	char ebuf[512];
@@ -600,12 +594,12 @@ static int do_restore(struct args *a, int fd, int dfd, const struct snap_file *f
 			cli_err("block '%s': %s", b->name, ebuf);
 			goto unmap;
 		}
-		blocks[n] = (struct snap_block){.name = b->name,
-						.addr = maps[n].addr,
-						.length = b->length,
-						.fd = maps[n].fd,
-						.fd_off = maps[n].offset,
-						.zeroed = maps[n].zeroed};
+		blocks[n] = (struct snap_block){ .name = b->name,
+						 .addr = maps[n].addr,
+						 .length = b->length,
+						 .fd = maps[n].fd,
+						 .fd_off = maps[n].offset,
+						 .zeroed = maps[n].zeroed };
 		n++;
 	}
 	if (a->devstate) {
@@ -658,7 +652,8 @@ static void print_mismatch(void *arg, const struct snap_mismatch *m)
 
 	printf("%s: block '%s': pages %llu-%llu (file offset 0x%llx): checksum mismatch\n", file,
 	       m->block, (unsigned long long)m->first_page,
-	       (unsigned long long)(m->first_page + m->npages - 1), (unsigned long long)m->file_off);
+	       (unsigned long long)(m->first_page + m->npages - 1),
+	       (unsigned long long)m->file_off);
 }
 
 static int do_verify(struct args *a, int fd, int dfd, const struct snap_file *f)
@@ -669,11 +664,13 @@ static int do_verify(struct args *a, int fd, int dfd, const struct snap_file *f)
 
 	if (!f->trailer) {
 		if (f->trailer_status == -ENOENT && !f->marker)
-			cli_err("%s: cannot verify page data: no checksums (not written by snapsave); "
+			cli_err("%s: cannot verify page data: no checksums (not written by "
+				"snapsave); "
 				"the stream structure is valid",
 				a->file);
 		else if (f->trailer_status == -ENOENT)
-			cli_err("%s: incomplete: the save never wrote its completion record", a->file);
+			cli_err("%s: incomplete: the save never wrote its completion record",
+				a->file);
 		else
 			cli_err("%s: checksum table: %s", a->file, f->trailer_msg);
 		return 1;
@@ -702,7 +699,8 @@ static int check_integrity(const struct args *a, const struct snap_file *f)
 	if (f->trailer)
 		return 0;
 	if (f->trailer_status == -ENOENT && !f->marker) {
-		cli_note("%s: no checksums (not written by snapsave): restoring unverified", a->file);
+		cli_note("%s: no checksums (not written by snapsave): restoring unverified",
+			 a->file);
 		return 0;
 	}
 	if (a->force) {
@@ -722,7 +720,7 @@ static int check_integrity(const struct args *a, const struct snap_file *f)
 
 int main(int argc, char **argv)
 {
-	struct args a = {0};
+	struct args a = { 0 };
 	struct snap_file *f = NULL;
 	struct snap_err err;
 	int fd = -1, dfd = -1, ret = 1, r;
@@ -746,7 +744,8 @@ int main(int argc, char **argv)
 			goto close_fds;
 		}
 		if (kind == MR_CONTAINER_LIBVIRT_PARTIAL && !a.force && !a.info) {
-			cli_err("%s: libvirt marks this save image as unfinished; --force restores it "
+			cli_err("%s: libvirt marks this save image as unfinished; --force restores "
+				"it "
 				"anyway",
 				a.file);
 			goto close_fds;

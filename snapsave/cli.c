@@ -69,7 +69,7 @@ int cli_parse_uint(const char *s, unsigned min, unsigned max, unsigned *ret)
 
 const char *cli_human(uint64_t bytes, char *buf, size_t len)
 {
-	static const char *const units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+	static const char *const units[] = { "B", "KiB", "MiB", "GiB", "TiB" };
 	double v = (double)bytes;
 	unsigned u = 0;
 
@@ -146,7 +146,7 @@ static void on_signal(int sig)
 
 void cli_install_signal_cleanup(void)
 {
-	struct sigaction sa = {0};
+	struct sigaction sa = { 0 };
 
 	sa.sa_handler = on_signal;
 	sigemptyset(&sa.sa_mask);

@@ -27,23 +27,31 @@ static void usage(FILE *f)
 		"Usage: snapsave -o FILE --ram NAME=SOURCE[,size=N][,offset=N]... [options]\n"
 		"Save guest RAM and device state into a QEMU mapped-ram migration file.\n"
 		"\n"
-		"  -o, --output FILE         output file (written to a temporary name, then renamed);\n"
+		"  -o, --output FILE         output file (written to a temporary name, then "
+		"renamed);\n"
 		"                            fd:N or /dev/fdset/N write to a descriptor in place\n"
-		"  -r, --ram NAME=SOURCE     a RAM block: NAME is its RAMBlock id (e.g. pc.ram, ram0),\n"
-		"                            SOURCE a file (/dev/shm, hugetlbfs, any mmap-able file)\n"
+		"  -r, --ram NAME=SOURCE     a RAM block: NAME is its RAMBlock id (e.g. pc.ram, "
+		"ram0),\n"
+		"                            SOURCE a file (/dev/shm, hugetlbfs, any mmap-able "
+		"file)\n"
 		"                            or fd:N; size=N and offset=N select part of it\n"
 		"  -d, --device-state SRC    opaque device state from a file, fd:N or - (stdin)\n"
 		"      --device-state-raw SRC  a raw QEMU stream tail (from snaprestore\n"
-		"                            --device-state-raw) appended verbatim, so QEMU loads it\n"
+		"                            --device-state-raw) appended verbatim, so QEMU loads "
+		"it\n"
 		"  -m, --machine TYPE        machine type in the stream (default pc-q35-10.0)\n"
 		"      --add-fd fd=F,set=N[,opaque=S]  put inherited descriptor F into fd set N;\n"
 		"                            /dev/fdset/N then works wherever a path does\n"
-		"      --fd-socket PATH|fd:N receive descriptors over a UNIX socket before starting\n"
-		"                            (see docs/fd-passing.md); a JSON result line is sent back\n"
-		"      --offset N            start the stream at byte N, keeping the file's first N bytes\n"
+		"      --fd-socket PATH|fd:N receive descriptors over a UNIX socket before "
+		"starting\n"
+		"                            (see docs/fd-passing.md); a JSON result line is sent "
+		"back\n"
+		"      --offset N            start the stream at byte N, keeping the file's first "
+		"N bytes\n"
 		"  -j, --jobs N              worker threads (default: online CPUs)\n"
 		"      --direct auto|on|off  O_DIRECT for page data (default auto)\n"
-		"      --io ENGINE           I/O engine: threads, uring, aio (default: best available)\n"
+		"      --io ENGINE           I/O engine: threads, uring, aio (default: best "
+		"available)\n"
 		"      --queue-depth N       requests in flight per worker (async engines)\n"
 		"      --max-io-size SIZE    bytes per request (default 1M)\n"
 		"      --progress            show progress on stderr\n"
@@ -71,25 +79,25 @@ enum {
 };
 
 static const struct option long_opts[] = {
-	{"output", required_argument, NULL, 'o'},
-	{"ram", required_argument, NULL, 'r'},
-	{"device-state", required_argument, NULL, 'd'},
-	{"device-state-raw", required_argument, NULL, OPT_RAW},
-	{"machine", required_argument, NULL, 'm'},
-	{"offset", required_argument, NULL, OPT_OFFSET},
-	{"add-fd", required_argument, NULL, OPT_ADD_FD},
-	{"fd-socket", required_argument, NULL, OPT_FD_SOCKET},
-	{"jobs", required_argument, NULL, 'j'},
-	{"direct", required_argument, NULL, OPT_DIRECT},
-	{"io", required_argument, NULL, OPT_IO},
-	{"queue-depth", required_argument, NULL, OPT_QD},
-	{"max-io-size", required_argument, NULL, OPT_MAXIO},
-	{"progress", no_argument, NULL, OPT_PROGRESS},
-	{"json", no_argument, NULL, OPT_JSON},
-	{"no-sync", no_argument, NULL, OPT_NOSYNC},
-	{"help", no_argument, NULL, 'h'},
-	{"version", no_argument, NULL, 'V'},
-	{NULL, 0, NULL, 0},
+	{ "output", required_argument, NULL, 'o' },
+	{ "ram", required_argument, NULL, 'r' },
+	{ "device-state", required_argument, NULL, 'd' },
+	{ "device-state-raw", required_argument, NULL, OPT_RAW },
+	{ "machine", required_argument, NULL, 'm' },
+	{ "offset", required_argument, NULL, OPT_OFFSET },
+	{ "add-fd", required_argument, NULL, OPT_ADD_FD },
+	{ "fd-socket", required_argument, NULL, OPT_FD_SOCKET },
+	{ "jobs", required_argument, NULL, 'j' },
+	{ "direct", required_argument, NULL, OPT_DIRECT },
+	{ "io", required_argument, NULL, OPT_IO },
+	{ "queue-depth", required_argument, NULL, OPT_QD },
+	{ "max-io-size", required_argument, NULL, OPT_MAXIO },
+	{ "progress", no_argument, NULL, OPT_PROGRESS },
+	{ "json", no_argument, NULL, OPT_JSON },
+	{ "no-sync", no_argument, NULL, OPT_NOSYNC },
+	{ "help", no_argument, NULL, 'h' },
+	{ "version", no_argument, NULL, 'V' },
+	{ NULL, 0, NULL, 0 },
 };
 
 struct args {
@@ -113,9 +121,7 @@ static int parse_args(int argc, char **argv, struct args *a)
 	opterr = 0; /* getopt would name argv[0] and take two lines */
 	while ((c = getopt_long(argc, argv, ":o:r:d:m:j:hV", long_opts, NULL)) != -1) {
 		switch (c) {
-		case 'o':
-			a->output = optarg;
-			break;
+		case 'o': a->output = optarg; break;
 		case 'r':
 			if (a->n_ram == MAX_BLOCKS) {
 				cli_err("--ram: at most %d blocks", MAX_BLOCKS);
@@ -136,7 +142,8 @@ static int parse_args(int argc, char **argv, struct args *a)
 		case 'd':
 		case OPT_RAW:
 			if (a->devstate) {
-				cli_err("--device-state and --device-state-raw: give one of them once");
+				cli_err("--device-state and --device-state-raw: give one of them "
+					"once");
 				return 2;
 			}
 			a->devstate = optarg;
@@ -168,7 +175,8 @@ static int parse_args(int argc, char **argv, struct args *a)
 			break;
 		case 'j':
 			if (cli_parse_uint(optarg, 1, 1024, &a->opts.jobs)) {
-				cli_err("--jobs: expected a number from 1 to 1024, got '%s'", optarg);
+				cli_err("--jobs: expected a number from 1 to 1024, got '%s'",
+					optarg);
 				return 2;
 			}
 			break;
@@ -178,9 +186,7 @@ static int parse_args(int argc, char **argv, struct args *a)
 				return 2;
 			}
 			break;
-		case OPT_IO:
-			a->opts.engine = optarg;
-			break;
+		case OPT_IO: a->opts.engine = optarg; break;
 		case OPT_QD:
 			if (cli_parse_uint(optarg, 1, 4096, &a->opts.queue_depth)) {
 				cli_err("--queue-depth: expected a number from 1 to 4096, got '%s'",
@@ -192,37 +198,30 @@ static int parse_args(int argc, char **argv, struct args *a)
 			uint64_t v;
 
 			if (snap_parse_size(optarg, &v) || v < 4096 || v % 4096 || v > (1u << 30)) {
-				cli_err("--max-io-size: expected a multiple of 4096 up to 1G, got '%s'",
+				cli_err("--max-io-size: expected a multiple of 4096 up to 1G, got "
+					"'%s'",
 					optarg);
 				return 2;
 			}
 			a->opts.max_io = (size_t)v;
 			break;
 		}
-		case OPT_PROGRESS:
-			a->opts.progress = cli_progress;
-			break;
-		case OPT_JSON:
-			a->json = true;
-			break;
-		case OPT_NOSYNC:
-			a->opts.no_sync = true;
-			break;
-		case 'h':
-			usage(stdout);
-			return -1;
-		case 'V':
-			printf("snapsave %s\n", SNAPMR_VERSION);
-			return -1;
+		case OPT_PROGRESS: a->opts.progress = cli_progress; break;
+		case OPT_JSON: a->json = true; break;
+		case OPT_NOSYNC: a->opts.no_sync = true; break;
+		case 'h': usage(stdout); return -1;
+		case 'V': printf("snapsave %s\n", SNAPMR_VERSION); return -1;
 		case ':':
-			cli_err("option '%s' needs an argument (see 'snapsave --help')", argv[optind - 1]);
+			cli_err("option '%s' needs an argument (see 'snapsave --help')",
+				argv[optind - 1]);
 			return 2;
 		default:
 			/* A short option in a cluster has no argv slot of its own. */
 			if (optopt > 0 && optopt < 256 && strncmp(argv[optind - 1], "--", 2))
 				cli_err("invalid option '-%c' (see 'snapsave --help')", optopt);
 			else
-				cli_err("invalid option '%s' (see 'snapsave --help')", argv[optind - 1]);
+				cli_err("invalid option '%s' (see 'snapsave --help')",
+					argv[optind - 1]);
 			return 2;
 		}
 	}
@@ -260,11 +259,11 @@ static int open_devstate(const char *spec)
 
 int main(int argc, char **argv)
 {
-	struct args a = {0};
-	struct snap_ram_map maps[MAX_BLOCKS] = {0};
+	struct args a = { 0 };
+	struct snap_ram_map maps[MAX_BLOCKS] = { 0 };
 	struct snap_block blocks[MAX_BLOCKS];
 	struct snap_outfile out;
-	struct snap_save_args sa = {0};
+	struct snap_save_args sa = { 0 };
 	struct snap_stats st;
 	struct snap_err err;
 	char ebuf[512];
@@ -285,11 +284,11 @@ int main(int argc, char **argv)
 			cli_err("block '%s': %s", a.ram[i].name, ebuf);
 			goto unmap;
 		}
-		blocks[i] = (struct snap_block){.name = a.ram[i].name,
-						.addr = maps[i].addr,
-						.length = maps[i].length,
-						.fd = maps[i].fd,
-						.fd_off = maps[i].offset};
+		blocks[i] = (struct snap_block){ .name = a.ram[i].name,
+						 .addr = maps[i].addr,
+						 .length = maps[i].length,
+						 .fd = maps[i].fd,
+						 .fd_off = maps[i].offset };
 	}
 	if (a.devstate) {
 		devstate_fd = open_devstate(a.devstate);
@@ -304,7 +303,8 @@ int main(int argc, char **argv)
 		goto close_devstate;
 	}
 	if (out.direct_refused && strncmp(a.output, "fd:", 3))
-		cli_note("%s: O_DIRECT unavailable (%s); writing buffered", a.output, out.direct_err);
+		cli_note("%s: O_DIRECT unavailable (%s); writing buffered", a.output,
+			 out.direct_err);
 
 	sa = (struct snap_save_args){
 		.fd = out.fd,
@@ -313,7 +313,7 @@ int main(int argc, char **argv)
 		.machine = a.machine,
 		.blocks = blocks,
 		.n_blocks = a.n_ram,
-		.devstate = !a.devstate ? SNAP_DEVSTATE_NONE
+		.devstate = !a.devstate	     ? SNAP_DEVSTATE_NONE
 			    : a.devstate_raw ? SNAP_DEVSTATE_RAW
 					     : SNAP_DEVSTATE_SECTION,
 		.devstate_fd = devstate_fd,

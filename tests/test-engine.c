@@ -113,7 +113,7 @@ static size_t make_chunks(struct chunk *c, size_t size, size_t unit, uint64_t se
 		if (len > size - off)
 			len = size - off;
 		assert_true(n < MAX_CHUNKS);
-		c[n++] = (struct chunk){.off = off, .len = len};
+		c[n++] = (struct chunk){ .off = off, .len = len };
 		off += len;
 	}
 	for (size_t i = n - 1; i > 0; i--) {
@@ -214,7 +214,7 @@ static void roundtrip(const struct snap_io_ops *ops, int fd, unsigned depth, siz
 static void test_roundtrip_buffered(void **state)
 {
 	const struct snap_io_ops *ops = *state;
-	static const unsigned depths[] = {1, 3, 16, 64};
+	static const unsigned depths[] = { 1, 3, 16, 64 };
 
 	for (size_t i = 0; i < sizeof(depths) / sizeof(depths[0]); i++) {
 		int fd = open_test_file(NULL);
@@ -252,7 +252,7 @@ static void require_direct(int direct_fd)
 static void test_roundtrip_direct(void **state)
 {
 	const struct snap_io_ops *ops = *state;
-	static const unsigned depths[] = {1, 8, 32};
+	static const unsigned depths[] = { 1, 8, 32 };
 
 	for (size_t i = 0; i < sizeof(depths) / sizeof(depths[0]); i++) {
 		int direct_fd, fd = open_test_file(&direct_fd);
@@ -437,9 +437,9 @@ static int group_setup(void **state)
 int main(void)
 {
 	static const struct CMUnitTest tests[] = {
-	    cmocka_unit_test(test_roundtrip_buffered), cmocka_unit_test(test_roundtrip_direct),
-	    cmocka_unit_test(test_read_past_eof),      cmocka_unit_test(test_direct_fallback),
-	    cmocka_unit_test(test_errors_sticky),      cmocka_unit_test(test_init_hook),
+		cmocka_unit_test(test_roundtrip_buffered), cmocka_unit_test(test_roundtrip_direct),
+		cmocka_unit_test(test_read_past_eof),	   cmocka_unit_test(test_direct_fallback),
+		cmocka_unit_test(test_errors_sticky),	   cmocka_unit_test(test_init_hook),
 	};
 	const char *const *names = snap_io_engine_names();
 	int failed = 0;

@@ -167,26 +167,26 @@ struct bad_arg {
 };
 
 static const struct bad_arg bad_args[] = {
-    {"", -EINVAL, "empty parameter"},
-    {"fd=%d", -EINVAL, "set=N is required"},
-    {"set=1", -EINVAL, "fd=N is required"},
-    {"fd=%d,set=1,", -EINVAL, "empty parameter"},
-    {"fd=%d,,set=1", -EINVAL, "fd must be a decimal number"}, /* ",," kept "set=1" in fd */
-    {"fd,set=1", -EINVAL, "parameter 'fd' needs a value"},
-    {"fd=%d,set=1,foo=bar", -EINVAL, "unknown parameter 'foo'"},
-    {"fd=%d,fd=%d,set=1", -EINVAL, "parameter 'fd' given twice"},
-    {"fd=%d,set=1,set=2", -EINVAL, "parameter 'set' given twice"},
-    {"fd=%d,set=1,opaque=a,opaque=b", -EINVAL, "parameter 'opaque' given twice"},
-    {"fd=x,set=1", -EINVAL, "fd must be a decimal number, not 'x'"},
-    {"fd=0x3,set=1", -EINVAL, "fd must be a decimal number"},
-    {"fd= %d,set=1", -EINVAL, "fd must be a decimal number"},
-    {"fd=99999999999,set=1", -EINVAL, "fd must be a decimal number"},
-    {"fd=%d,set=-1", -EINVAL, "set must be a non-negative decimal number, not '-1'"},
-    {"fd=%d,set=1x", -EINVAL, "set must be"},
-    {"fd=%d,set=99999999999999999999", -EINVAL, "set must be"},
-    {"fd=%d,set=", -EINVAL, "set must be"},
-    {"fd=2,set=1", -EINVAL, "fd 2 is a standard stream"},
-    {"fd=%d,set=1,opaque=a\nb", -EINVAL, "control characters"},
+	{ "", -EINVAL, "empty parameter" },
+	{ "fd=%d", -EINVAL, "set=N is required" },
+	{ "set=1", -EINVAL, "fd=N is required" },
+	{ "fd=%d,set=1,", -EINVAL, "empty parameter" },
+	{ "fd=%d,,set=1", -EINVAL, "fd must be a decimal number" }, /* ",," kept "set=1" in fd */
+	{ "fd,set=1", -EINVAL, "parameter 'fd' needs a value" },
+	{ "fd=%d,set=1,foo=bar", -EINVAL, "unknown parameter 'foo'" },
+	{ "fd=%d,fd=%d,set=1", -EINVAL, "parameter 'fd' given twice" },
+	{ "fd=%d,set=1,set=2", -EINVAL, "parameter 'set' given twice" },
+	{ "fd=%d,set=1,opaque=a,opaque=b", -EINVAL, "parameter 'opaque' given twice" },
+	{ "fd=x,set=1", -EINVAL, "fd must be a decimal number, not 'x'" },
+	{ "fd=0x3,set=1", -EINVAL, "fd must be a decimal number" },
+	{ "fd= %d,set=1", -EINVAL, "fd must be a decimal number" },
+	{ "fd=99999999999,set=1", -EINVAL, "fd must be a decimal number" },
+	{ "fd=%d,set=-1", -EINVAL, "set must be a non-negative decimal number, not '-1'" },
+	{ "fd=%d,set=1x", -EINVAL, "set must be" },
+	{ "fd=%d,set=99999999999999999999", -EINVAL, "set must be" },
+	{ "fd=%d,set=", -EINVAL, "set must be" },
+	{ "fd=2,set=1", -EINVAL, "fd 2 is a standard stream" },
+	{ "fd=%d,set=1,opaque=a\nb", -EINVAL, "control characters" },
 };
 
 static void test_add_arg_bad(void **state)
@@ -278,7 +278,7 @@ static void test_select_newest_first(void **state)
 	close(fd);
 	/* O_CREAT plays no part in matching. */
 	assert_int_equal(
-	    snap_io_open("/dev/fdset/1", O_WRONLY | O_CREAT, 0600, &fd, err, sizeof(err)), 0);
+		snap_io_open("/dev/fdset/1", O_WRONLY | O_CREAT, 0600, &fd, err, sizeof(err)), 0);
 	assert_int_equal(ino_of(fd), ino_of(c));
 	close(fd);
 	assert_int_equal(snap_io_open("/dev/fdset/1", O_RDONLY, 0, &fd, err, sizeof(err)), 0);
@@ -353,7 +353,8 @@ static void test_direct_match(void **state)
 	buf = tmp_open(&t, O_WRONLY);
 	assert_int_equal(snap_fdset_add_fd(3, buf, "only-buffered", NULL, err, sizeof(err)), 0);
 	assert_int_equal(
-	    snap_io_open("/dev/fdset/3", O_WRONLY | O_DIRECT, 0, &fd, err, sizeof(err)), -EACCES);
+		snap_io_open("/dev/fdset/3", O_WRONLY | O_DIRECT, 0, &fd, err, sizeof(err)),
+		-EACCES);
 	assert_non_null(strstr(err, "has no descriptor open O_WRONLY|O_DIRECT"));
 	assert_non_null(strstr(err, "an O_DIRECT descriptor needs its own open() of the file"));
 	/* Set 4 has only an O_DIRECT one. */
@@ -394,7 +395,7 @@ static void test_flags_applied(void **state)
 	assert_false(fcntl(w, F_GETFL) & O_APPEND); /* shared open file description */
 	close(fd);
 	assert_int_equal(
-	    snap_io_open("/dev/fdset/1", O_WRONLY | O_NONBLOCK, 0, &fd, err, sizeof(err)), 0);
+		snap_io_open("/dev/fdset/1", O_WRONLY | O_NONBLOCK, 0, &fd, err, sizeof(err)), 0);
 	assert_true(fcntl(fd, F_GETFL) & O_NONBLOCK);
 	close(fd);
 
@@ -431,7 +432,8 @@ static void test_no_match_message(void **state)
 	assert_int_equal(snap_fdset_add_fd(1, c, "rw", NULL, err, sizeof(err)), 0);
 
 	assert_int_equal(
-	    snap_io_open("/dev/fdset/1", O_WRONLY | O_DIRECT, 0, &fd, err, sizeof(err)), -EACCES);
+		snap_io_open("/dev/fdset/1", O_WRONLY | O_DIRECT, 0, &fd, err, sizeof(err)),
+		-EACCES);
 	assert_int_equal(fd, -7);
 	assert_non_null(strstr(err,
 			       "fd set 1 has no descriptor open O_WRONLY|O_DIRECT (access mode "
@@ -452,8 +454,8 @@ static void test_no_match_message(void **state)
 	close(fd);
 
 	/* Malformed set paths are never opened as paths. */
-	static const char *const bad[] = {"/dev/fdset/", "/dev/fdset/x", "/dev/fdset/1/2",
-					  "/dev/fdset/-1", "/dev/fdset/1 "};
+	static const char *const bad[] = { "/dev/fdset/", "/dev/fdset/x", "/dev/fdset/1/2",
+					   "/dev/fdset/-1", "/dev/fdset/1 " };
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
 		assert_int_equal(snap_io_open(bad[i], O_RDONLY, 0, &fd, err, sizeof(err)), -EINVAL);
 		assert_non_null(strstr(err, "expected /dev/fdset/N"));
@@ -505,8 +507,8 @@ static void test_fd_spec(void **state)
 	snprintf(want, sizeof(want), "fd %d is not open", closed);
 	assert_string_equal(err, want);
 
-	static const char *const bad[] = {"fd:",   "fd:x",  "fd:-1",
-					  "fd:3x", "fd: 3", "fd:99999999999"};
+	static const char *const bad[] = { "fd:",   "fd:x",  "fd:-1",
+					   "fd:3x", "fd: 3", "fd:99999999999" };
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
 		assert_int_equal(snap_io_open(bad[i], O_RDONLY, 0, &fd, err, sizeof(err)), -EINVAL);
 		assert_non_null(strstr(err, "expected fd:N"));
@@ -537,8 +539,8 @@ static int send_with_fds(int sock, const char *data, size_t len, int fd, int n_f
 		struct cmsghdr align;
 		char buf[CMSG_SPACE(sizeof(int) * 32)];
 	} ctl;
-	struct iovec iov = {.iov_base = (void *)data, .iov_len = len};
-	struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1};
+	struct iovec iov = { .iov_base = (void *)data, .iov_len = len };
+	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1 };
 
 	if (n_fds > 32)
 		return -EINVAL;
@@ -611,11 +613,11 @@ static void *manager_main(void *arg)
 		const char *line;
 		int fd;
 	} steps[] = {
-	    {"add-fd set=1 opaque=out-buffered\n", m->fd_a},
-	    {"add-fd opaque=in set=1\n", m->fd_b},
-	    {"add-fd\n", m->fd_b},
-	    {json_add, m->fd_a},
-	    {"start\n", -1},
+		{ "add-fd set=1 opaque=out-buffered\n", m->fd_a },
+		{ "add-fd opaque=in set=1\n", m->fd_b },
+		{ "add-fd\n", m->fd_b },
+		{ json_add, m->fd_a },
+		{ "start\n", -1 },
 	};
 
 	for (size_t i = 0; i < sizeof(steps) / sizeof(steps[0]); i++) {
@@ -641,7 +643,7 @@ static void *manager_main(void *arg)
 static void test_recv_lockstep(void **state)
 {
 	struct snap_fdset_entry *v;
-	struct manager m = {0};
+	struct manager m = { 0 };
 	struct tmp ta, tb;
 	pthread_t th;
 	char err[512];
@@ -717,159 +719,163 @@ struct recv_case {
 };
 
 static const struct recv_case recv_cases[] = {
-    {
-	.name = "no fd",
-	.steps = {{"add-fd set=1\n", 0}},
-	.err = -EPROTO,
-	.substr = "add-fd came with 0 descriptors; send exactly one",
-    },
-    {
-	.name = "two fds",
-	.steps = {{"add-fd set=1\n", 2}},
-	.err = -EPROTO,
-	.substr = "add-fd came with 2 descriptors",
-    },
-    {
-	.name = "fd on start",
-	.steps = {{"add-fd set=1\n", 1}, {"start\n", 1}},
-	.err = -EPROTO,
-	.substr = "start came with 1 descriptors; it takes none",
-    },
-    {
-	.name = "fd on a later byte",
-	.steps = {{"add-fd se", 1}, {"t=1\n", 1}},
-	.err = -EPROTO,
-	.substr = "add-fd came with 2 descriptors",
-    },
-    {
-	.name = "truncated control data",
-	.steps = {{"add-fd set=1\n", 20}},
-	.err = -EPROTO,
-	.substr = "control data truncated",
-    },
-    {
-	.name = "eof before start",
-	.steps = {{"add-fd set=1\n", 1}},
-	.eof = true,
-	.err = -ECONNRESET,
-	.substr = "the manager closed the connection before start",
-    },
-    {
-	.name = "eof mid-line",
-	.steps = {{"add-fd set=1\n", 1}, {"add-", 1}},
-	.eof = true,
-	.err = -ECONNRESET,
-	.substr = "in the middle of a line",
-    },
-    {
-	.name = "timeout",
-	.steps = {{"add-fd set=1\n", 1}},
-	.timeout_ms = 100,
-	.err = -ETIMEDOUT,
-	.substr = "timed out waiting for the manager",
-    },
-    {
-	.name = "empty line",
-	.steps = {{"\n", 0}},
-	.err = -EINVAL,
-	.substr = "empty line",
-    },
-    {
-	.name = "unknown command",
-	.steps = {{"frob\n", 0}},
-	.err = -EINVAL,
-	.substr = "unknown command 'frob' (add-fd, start)",
-    },
-    {
-	.name = "bad set",
-	.steps = {{"add-fd set=x\n", 1}},
-	.err = -EINVAL,
-	.substr = "set must be a non-negative decimal number, not 'x'",
-    },
-    {
-	.name = "unknown key",
-	.steps = {{"add-fd color=red\n", 1}},
-	.err = -EINVAL,
-	.substr = "unknown key 'color'",
-    },
-    {
-	.name = "key twice",
-	.steps = {{"add-fd set=1 set=2\n", 1}},
-	.err = -EINVAL,
-	.substr = "set given twice",
-    },
-    {
-	.name = "no value",
-	.steps = {{"add-fd opaque=\n", 1}},
-	.err = -EINVAL,
-	.substr = "expected key=value",
-    },
-    {
-	.name = "start with args",
-	.steps = {{"start now\n", 0}},
-	.err = -EINVAL,
-	.substr = "start takes no arguments",
-    },
-    {
-	.name = "control character",
-	.steps = {{"add-fd\rset=1\n", 1}},
-	.err = -EINVAL,
-	.substr = "control character 0x0d",
-    },
-    {
-	.name = "json unknown parameter",
-	.steps = {{"{\"execute\":\"add-fd\",\"arguments\":{\"fdset-id\":1,\"bogus\":2}}\n", 1}},
-	.err = -EINVAL,
-	.substr = "parameter 'bogus' is unexpected",
-    },
-    {
-	.name = "json negative id",
-	.steps = {{"{\"execute\":\"add-fd\",\"arguments\":{\"fdset-id\":-1}}\n", 1}},
-	.err = -EINVAL,
-	.substr = "expected a non-negative integer",
-    },
-    {
-	.name = "json unknown command",
-	.steps = {{"{\"execute\":\"cont\"}\n", 0}},
-	.err = -EINVAL,
-	.substr = "the command 'cont' has not been found",
-    },
-    {
-	.name = "json trailing text",
-	.steps = {{"{\"execute\":\"start\"} x\n", 0}},
-	.err = -EINVAL,
-	.substr = "text after the object",
-    },
-    {
-	.name = "json key twice",
-	.steps = {{"{\"execute\":\"start\",\"execute\":\"start\"}\n", 0}},
-	.err = -EINVAL,
-	.substr = "key 'execute' given twice",
-    },
-    {
-	.name = "json no fd",
-	.steps = {{"{\"execute\":\"add-fd\"}\n", 0}},
-	.err = -EPROTO,
-	.substr = "add-fd came with 0 descriptors",
-    },
-    {
-	.name = "json control in opaque",
-	.steps = {{"{\"execute\":\"add-fd\",\"arguments\":{\"opaque\":\"a\\nb\"}}\n", 1}},
-	.err = -EINVAL,
-	.substr = "opaque must not contain control characters",
-    },
-    {
-	.name = "json start with args",
-	.steps = {{"{\"execute\":\"start\",\"arguments\":{\"fdset-id\":1}}\n", 0}},
-	.err = -EINVAL,
-	.substr = "start takes no arguments",
-    },
-    {
-	.name = "json bad escape",
-	.steps = {{"{\"execute\":\"add-fd\",\"arguments\":{\"opaque\":\"\\u0000\"}}\n", 1}},
-	.err = -EINVAL,
-	.substr = "\\u0000 and surrogate escapes are not supported",
-    },
+	{
+		.name = "no fd",
+		.steps = { { "add-fd set=1\n", 0 } },
+		.err = -EPROTO,
+		.substr = "add-fd came with 0 descriptors; send exactly one",
+	},
+	{
+		.name = "two fds",
+		.steps = { { "add-fd set=1\n", 2 } },
+		.err = -EPROTO,
+		.substr = "add-fd came with 2 descriptors",
+	},
+	{
+		.name = "fd on start",
+		.steps = { { "add-fd set=1\n", 1 }, { "start\n", 1 } },
+		.err = -EPROTO,
+		.substr = "start came with 1 descriptors; it takes none",
+	},
+	{
+		.name = "fd on a later byte",
+		.steps = { { "add-fd se", 1 }, { "t=1\n", 1 } },
+		.err = -EPROTO,
+		.substr = "add-fd came with 2 descriptors",
+	},
+	{
+		.name = "truncated control data",
+		.steps = { { "add-fd set=1\n", 20 } },
+		.err = -EPROTO,
+		.substr = "control data truncated",
+	},
+	{
+		.name = "eof before start",
+		.steps = { { "add-fd set=1\n", 1 } },
+		.eof = true,
+		.err = -ECONNRESET,
+		.substr = "the manager closed the connection before start",
+	},
+	{
+		.name = "eof mid-line",
+		.steps = { { "add-fd set=1\n", 1 }, { "add-", 1 } },
+		.eof = true,
+		.err = -ECONNRESET,
+		.substr = "in the middle of a line",
+	},
+	{
+		.name = "timeout",
+		.steps = { { "add-fd set=1\n", 1 } },
+		.timeout_ms = 100,
+		.err = -ETIMEDOUT,
+		.substr = "timed out waiting for the manager",
+	},
+	{
+		.name = "empty line",
+		.steps = { { "\n", 0 } },
+		.err = -EINVAL,
+		.substr = "empty line",
+	},
+	{
+		.name = "unknown command",
+		.steps = { { "frob\n", 0 } },
+		.err = -EINVAL,
+		.substr = "unknown command 'frob' (add-fd, start)",
+	},
+	{
+		.name = "bad set",
+		.steps = { { "add-fd set=x\n", 1 } },
+		.err = -EINVAL,
+		.substr = "set must be a non-negative decimal number, not 'x'",
+	},
+	{
+		.name = "unknown key",
+		.steps = { { "add-fd color=red\n", 1 } },
+		.err = -EINVAL,
+		.substr = "unknown key 'color'",
+	},
+	{
+		.name = "key twice",
+		.steps = { { "add-fd set=1 set=2\n", 1 } },
+		.err = -EINVAL,
+		.substr = "set given twice",
+	},
+	{
+		.name = "no value",
+		.steps = { { "add-fd opaque=\n", 1 } },
+		.err = -EINVAL,
+		.substr = "expected key=value",
+	},
+	{
+		.name = "start with args",
+		.steps = { { "start now\n", 0 } },
+		.err = -EINVAL,
+		.substr = "start takes no arguments",
+	},
+	{
+		.name = "control character",
+		.steps = { { "add-fd\rset=1\n", 1 } },
+		.err = -EINVAL,
+		.substr = "control character 0x0d",
+	},
+	{
+		.name = "json unknown parameter",
+		.steps = { { "{\"execute\":\"add-fd\",\"arguments\":{\"fdset-id\":1,\"bogus\":2}}"
+			     "\n",
+			     1 } },
+		.err = -EINVAL,
+		.substr = "parameter 'bogus' is unexpected",
+	},
+	{
+		.name = "json negative id",
+		.steps = { { "{\"execute\":\"add-fd\",\"arguments\":{\"fdset-id\":-1}}\n", 1 } },
+		.err = -EINVAL,
+		.substr = "expected a non-negative integer",
+	},
+	{
+		.name = "json unknown command",
+		.steps = { { "{\"execute\":\"cont\"}\n", 0 } },
+		.err = -EINVAL,
+		.substr = "the command 'cont' has not been found",
+	},
+	{
+		.name = "json trailing text",
+		.steps = { { "{\"execute\":\"start\"} x\n", 0 } },
+		.err = -EINVAL,
+		.substr = "text after the object",
+	},
+	{
+		.name = "json key twice",
+		.steps = { { "{\"execute\":\"start\",\"execute\":\"start\"}\n", 0 } },
+		.err = -EINVAL,
+		.substr = "key 'execute' given twice",
+	},
+	{
+		.name = "json no fd",
+		.steps = { { "{\"execute\":\"add-fd\"}\n", 0 } },
+		.err = -EPROTO,
+		.substr = "add-fd came with 0 descriptors",
+	},
+	{
+		.name = "json control in opaque",
+		.steps = { { "{\"execute\":\"add-fd\",\"arguments\":{\"opaque\":\"a\\nb\"}}\n",
+			     1 } },
+		.err = -EINVAL,
+		.substr = "opaque must not contain control characters",
+	},
+	{
+		.name = "json start with args",
+		.steps = { { "{\"execute\":\"start\",\"arguments\":{\"fdset-id\":1}}\n", 0 } },
+		.err = -EINVAL,
+		.substr = "start takes no arguments",
+	},
+	{
+		.name = "json bad escape",
+		.steps = { { "{\"execute\":\"add-fd\",\"arguments\":{\"opaque\":\"\\u0000\"}}\n",
+			     1 } },
+		.err = -EINVAL,
+		.substr = "\\u0000 and surrogate escapes are not supported",
+	},
 };
 
 /* Sends the steps up front (the socket buffer holds them), then runs the receiver. */
@@ -1007,7 +1013,7 @@ static void test_recv_manager_closed(void **state)
 
 static void test_connect(void **state)
 {
-	struct sockaddr_un sa = {.sun_family = AF_UNIX};
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
 	char spec[32], err[256];
 	struct tmp t;
 	int sv[2], s, f, l, c;
@@ -1054,19 +1060,19 @@ static void test_connect(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-	    cmocka_unit_test_setup_teardown(test_add_arg_good, setup, teardown),
-	    cmocka_unit_test_setup_teardown(test_add_arg_bad, setup, teardown),
-	    cmocka_unit_test_setup_teardown(test_select_newest_first, setup, teardown),
-	    cmocka_unit_test_setup_teardown(test_direct_match, setup, teardown),
-	    cmocka_unit_test_setup_teardown(test_flags_applied, setup, teardown),
-	    cmocka_unit_test_setup_teardown(test_no_match_message, setup, teardown),
-	    cmocka_unit_test_setup_teardown(test_fd_spec, setup, teardown),
-	    cmocka_unit_test_setup_teardown(test_recv_lockstep, setup, teardown),
-	    cmocka_unit_test_setup_teardown(test_recv_errors, setup, teardown),
-	    cmocka_unit_test_setup_teardown(test_recv_overlong, setup, teardown),
-	    cmocka_unit_test_setup_teardown(test_recv_too_many, setup, teardown),
-	    cmocka_unit_test_setup_teardown(test_recv_manager_closed, setup, teardown),
-	    cmocka_unit_test_setup_teardown(test_connect, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_add_arg_good, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_add_arg_bad, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_select_newest_first, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_direct_match, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_flags_applied, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_no_match_message, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_fd_spec, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_recv_lockstep, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_recv_errors, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_recv_overlong, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_recv_too_many, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_recv_manager_closed, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_connect, setup, teardown),
 	};
 
 	return cmocka_run_group_tests_name("fdset", tests, NULL, NULL);

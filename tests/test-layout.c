@@ -80,21 +80,21 @@ struct example_block {
 };
 
 static const struct example_block example[] = {
-	{0x60, "ram0", 0x10000000, 0x6D, 0x89, 0x2000, 0x100000, 0x10100000},
-	{0x10100000, "0000:00:01.0/vga.vram", 0x1000000, 0x1010001E, 0x1010003A, 0x200,
-	 0x10200000, 0x11200000},
-	{0x11200000, "/rom@etc/acpi/tables", 0x20000, 0x1120001D, 0x11200039, 8, 0x11300000,
-	 0x11320000},
-	{0x11320000, "pc.bios", 0x40000, 0x11320010, 0x1132002C, 8, 0x11400000, 0x11440000},
-	{0x11440000, "0000:00:02.0/e1000e.rom", 0x40000, 0x11440020, 0x1144003C, 8, 0x11500000,
-	 0x11540000},
-	{0x11540000, "pc.rom", 0x20000, 0x1154000F, 0x1154002B, 8, 0x11600000, 0x11620000},
-	{0x11620000, "0000:00:01.0/vga.rom", 0x10000, 0x1162001D, 0x11620039, 8, 0x11700000,
-	 0x11710000},
-	{0x11710000, "/rom@etc/table-loader", 0x1000, 0x1171001E, 0x1171003A, 8, 0x11800000,
-	 0x11801000},
-	{0x11801000, "/rom@etc/acpi/rsdp", 0x1000, 0x1180101B, 0x11801037, 8, 0x11900000,
-	 0x11901000},
+	{ 0x60, "ram0", 0x10000000, 0x6D, 0x89, 0x2000, 0x100000, 0x10100000 },
+	{ 0x10100000, "0000:00:01.0/vga.vram", 0x1000000, 0x1010001E, 0x1010003A, 0x200, 0x10200000,
+	  0x11200000 },
+	{ 0x11200000, "/rom@etc/acpi/tables", 0x20000, 0x1120001D, 0x11200039, 8, 0x11300000,
+	  0x11320000 },
+	{ 0x11320000, "pc.bios", 0x40000, 0x11320010, 0x1132002C, 8, 0x11400000, 0x11440000 },
+	{ 0x11440000, "0000:00:02.0/e1000e.rom", 0x40000, 0x11440020, 0x1144003C, 8, 0x11500000,
+	  0x11540000 },
+	{ 0x11540000, "pc.rom", 0x20000, 0x1154000F, 0x1154002B, 8, 0x11600000, 0x11620000 },
+	{ 0x11620000, "0000:00:01.0/vga.rom", 0x10000, 0x1162001D, 0x11620039, 8, 0x11700000,
+	  0x11710000 },
+	{ 0x11710000, "/rom@etc/table-loader", 0x1000, 0x1171001E, 0x1171003A, 8, 0x11800000,
+	  0x11801000 },
+	{ 0x11801000, "/rom@etc/acpi/rsdp", 0x1000, 0x1180101B, 0x11801037, 8, 0x11900000,
+	  0x11901000 },
 };
 
 #define N_EXAMPLE (sizeof(example) / sizeof(example[0]))
@@ -110,9 +110,8 @@ static void test_layout_worked_example(void **state)
 
 		/* Chained: each entry starts where the previous page region ends. */
 		assert_int_equal(entry, e->entry);
-		assert_int_equal(mr_layout_block(entry, strlen(e->name), e->length, MR_PAGES_ALIGN,
-						 &l),
-				 0);
+		assert_int_equal(
+			mr_layout_block(entry, strlen(e->name), e->length, MR_PAGES_ALIGN, &l), 0);
 		assert_int_equal(l.entry_off, e->entry);
 		assert_int_equal(l.hdr_off, e->hdr);
 		assert_int_equal(l.bitmap_off, e->bitmap);
@@ -143,8 +142,7 @@ static void test_layout_small_align(void **state)
 	assert_int_equal(l.next_off, 0x4000);
 
 	/* A bitmap ending exactly on the boundary is not pushed further. */
-	assert_int_equal(mr_layout_block(4096 - 8 - 28 - 8 - 1 - 3, 3, 4096, MR_PAGE_SIZE, &l),
-			 0);
+	assert_int_equal(mr_layout_block(4096 - 8 - 28 - 8 - 1 - 3, 3, 4096, MR_PAGE_SIZE, &l), 0);
 	assert_int_equal(l.bitmap_off + l.bitmap_size, 4096);
 	assert_int_equal(l.pages_off, 4096);
 
@@ -200,8 +198,7 @@ static void test_layout_overflow(void **state)
 			 -EOVERFLOW);
 	/* page region end wraps: huge length */
 	assert_int_equal(mr_layout_block(0x60, 4, huge, MR_PAGES_ALIGN, &l), -EOVERFLOW);
-	assert_int_equal(mr_layout_block((uint64_t)1 << 63, 4, (uint64_t)1 << 63, MR_PAGE_SIZE,
-					 &l),
+	assert_int_equal(mr_layout_block((uint64_t)1 << 63, 4, (uint64_t)1 << 63, MR_PAGE_SIZE, &l),
 			 -EOVERFLOW);
 	assert_int_equal(l.hdr_off, 0x5a5a5a5a5a5a5a5aull);
 
@@ -231,7 +228,7 @@ static void test_layout_overflow(void **state)
 
 static void test_bit_order(void **state)
 {
-	uint64_t map[3] = {0};
+	uint64_t map[3] = { 0 };
 	uint8_t out[24], back_bytes[24];
 	uint64_t back[3];
 
@@ -303,21 +300,13 @@ static void random_bitmap(uint64_t *map, size_t words, uint64_t *seed)
 {
 	for (size_t i = 0; i < words; i++) {
 		switch (rng_next(seed) % 5) {
-		case 0:
-			map[i] = 0;
-			break;
-		case 1:
-			map[i] = UINT64_MAX;
-			break;
-		case 2:
-			map[i] = rng_next(seed);
-			break;
+		case 0: map[i] = 0; break;
+		case 1: map[i] = UINT64_MAX; break;
+		case 2: map[i] = rng_next(seed); break;
 		case 3: /* one boundary inside the word */
 			map[i] = UINT64_MAX << (rng_next(seed) % 64);
 			break;
-		default:
-			map[i] = UINT64_MAX >> (rng_next(seed) % 64);
-			break;
+		default: map[i] = UINT64_MAX >> (rng_next(seed) % 64); break;
 		}
 	}
 }
@@ -447,7 +436,7 @@ static void test_bitmap_next_run(void **state)
 
 static void test_bitmap_tail_clear(void **state)
 {
-	uint64_t map[2] = {UINT64_MAX, 0};
+	uint64_t map[2] = { UINT64_MAX, 0 };
 
 	(void)state;
 	assert_true(mr_bitmap_tail_clear(map, 64));

@@ -31,28 +31,28 @@ static void test_parse_size_ok(void **state)
 		const char *in;
 		uint64_t want;
 	} cases[] = {
-		{"0", 0},
-		{"4096", 4096},
-		{"4K", 4096},
-		{"4k", 4096},
-		{"4KiB", 4096},
-		{"4kib", 4096},
-		{"4KB", 4096},
-		{"512M", 512ull << 20},
-		{"1G", 1ull << 30},
-		{"1GiB", 1ull << 30},
-		{"2T", 2ull << 40},
-		{"0x100000", 0x100000},
-		{"0X1000", 0x1000},
-		{"0x20M", 0x20ull << 20}, /* as in the format doc's offset=0x20M */
-		{"100B", 100},
-		{"18446744073709551615", UINT64_MAX},
-		{"16777215T", 16777215ull << 40},
-		{"17179869183G", 17179869183ull << 30},
+		{ "0", 0 },
+		{ "4096", 4096 },
+		{ "4K", 4096 },
+		{ "4k", 4096 },
+		{ "4KiB", 4096 },
+		{ "4kib", 4096 },
+		{ "4KB", 4096 },
+		{ "512M", 512ull << 20 },
+		{ "1G", 1ull << 30 },
+		{ "1GiB", 1ull << 30 },
+		{ "2T", 2ull << 40 },
+		{ "0x100000", 0x100000 },
+		{ "0X1000", 0x1000 },
+		{ "0x20M", 0x20ull << 20 }, /* as in the format doc's offset=0x20M */
+		{ "100B", 100 },
+		{ "18446744073709551615", UINT64_MAX },
+		{ "16777215T", 16777215ull << 40 },
+		{ "17179869183G", 17179869183ull << 30 },
 		/* documented as decimal: a leading zero is not octal */
-		{"010", 10},
-		{"08", 8},
-		{"0100M", 100ull << 20},
+		{ "010", 10 },
+		{ "08", 8 },
+		{ "0100M", 100ull << 20 },
 	};
 
 	(void)state;
@@ -73,30 +73,30 @@ static void test_parse_size_bad(void **state)
 		const char *in;
 		int want;
 	} cases[] = {
-		{"", -EINVAL},
-		{"-1", -EINVAL},
-		{"+1", -EINVAL},
-		{"1X", -EINVAL},
-		{"K", -EINVAL},
-		{"1KK", -EINVAL},
-		{"1iB", -EINVAL},
-		{"1.5G", -EINVAL},
-		{"1 K", -EINVAL},
-		{"1K ", -EINVAL},
-		{" 1", -EINVAL},
-		{"\t1", -EINVAL},
-		{"\n1", -EINVAL},
-		{"0x", -EINVAL},
-		{"0x-1", -EINVAL},
-		{"0x 1", -EINVAL},
-		{"0xg", -EINVAL},
-		{"1E", -EINVAL},
-		{"99999999999T", -ERANGE},
-		{"16777216T", -ERANGE},
-		{"17179869184G", -ERANGE},
-		{"18446744073709551616", -ERANGE},
-		{"0x10000000000000000", -ERANGE},
-		{"99999999999999999999999", -ERANGE},
+		{ "", -EINVAL },
+		{ "-1", -EINVAL },
+		{ "+1", -EINVAL },
+		{ "1X", -EINVAL },
+		{ "K", -EINVAL },
+		{ "1KK", -EINVAL },
+		{ "1iB", -EINVAL },
+		{ "1.5G", -EINVAL },
+		{ "1 K", -EINVAL },
+		{ "1K ", -EINVAL },
+		{ " 1", -EINVAL },
+		{ "\t1", -EINVAL },
+		{ "\n1", -EINVAL },
+		{ "0x", -EINVAL },
+		{ "0x-1", -EINVAL },
+		{ "0x 1", -EINVAL },
+		{ "0xg", -EINVAL },
+		{ "1E", -EINVAL },
+		{ "99999999999T", -ERANGE },
+		{ "16777216T", -ERANGE },
+		{ "17179869184G", -ERANGE },
+		{ "18446744073709551616", -ERANGE },
+		{ "0x10000000000000000", -ERANGE },
+		{ "99999999999999999999999", -ERANGE },
 	};
 
 	(void)state;
@@ -109,7 +109,7 @@ static void test_parse_size_bad(void **state)
 		assert_int_equal(r, cases[i].want);
 		assert_int_equal(v, 12345); /* untouched on failure */
 	}
-	assert_int_equal(snap_parse_size(NULL, &(uint64_t){0}), -EINVAL);
+	assert_int_equal(snap_parse_size(NULL, &(uint64_t){ 0 }), -EINVAL);
 }
 
 /* ---- snap_ram_spec_parse ---- */
@@ -129,9 +129,9 @@ static void test_spec_parse_ok(void **state)
 	snap_ram_spec_clear(&s);
 	assert_null(s.where);
 
-	assert_int_equal(snap_ram_spec_parse("pc.ram=/tmp/x,size=256M,offset=0x1000", &s, err,
-					     sizeof(err)),
-			 0);
+	assert_int_equal(
+		snap_ram_spec_parse("pc.ram=/tmp/x,size=256M,offset=0x1000", &s, err, sizeof(err)),
+		0);
 	assert_string_equal(s.name, "pc.ram");
 	assert_string_equal(s.where, "/tmp/x");
 	assert_true(s.has_size);
@@ -169,22 +169,22 @@ static void test_spec_parse_ok(void **state)
 static void test_spec_parse_bad(void **state)
 {
 	static const char *const bad[] = {
-		"ram0",			   /* no '=' */
-		"",			   /* nothing */
-		"=/path",		   /* empty name */
-		"ram0=",		   /* empty source */
-		"ram0=,size=4096",	   /* empty source with options */
-		"ram0=,",		   /* empty source, empty option */
-		"ram0=/p,size=1000",	   /* not a page multiple */
-		"ram0=/p,size=0",	   /* zero */
-		"ram0=/p,size=",	   /* no value */
-		"ram0=/p,size=4Q",	   /* bad value */
-		"ram0=/p,offset=100",	   /* offset not a page multiple */
-		"ram0=/p,offset=-4096",	   /* negative */
-		"ram0=/p,foo=1",	   /* unknown option */
-		"ram0=/p,sizes=4096",	   /* unknown option with a known prefix */
-		"ram0=/p,size",		   /* option without '=' */
-		"ram0=/p,size=99999999T",  /* overflow */
+		"ram0",			  /* no '=' */
+		"",			  /* nothing */
+		"=/path",		  /* empty name */
+		"ram0=",		  /* empty source */
+		"ram0=,size=4096",	  /* empty source with options */
+		"ram0=,",		  /* empty source, empty option */
+		"ram0=/p,size=1000",	  /* not a page multiple */
+		"ram0=/p,size=0",	  /* zero */
+		"ram0=/p,size=",	  /* no value */
+		"ram0=/p,size=4Q",	  /* bad value */
+		"ram0=/p,offset=100",	  /* offset not a page multiple */
+		"ram0=/p,offset=-4096",	  /* negative */
+		"ram0=/p,foo=1",	  /* unknown option */
+		"ram0=/p,sizes=4096",	  /* unknown option with a known prefix */
+		"ram0=/p,size",		  /* option without '=' */
+		"ram0=/p,size=99999999T", /* overflow */
 	};
 	struct snap_ram_spec s;
 
@@ -290,7 +290,7 @@ static uint64_t file_size(const char *path)
 
 static struct snap_ram_spec spec(const char *where, bool has_size, uint64_t size, uint64_t offset)
 {
-	struct snap_ram_spec s = {.size = size, .offset = offset, .has_size = has_size};
+	struct snap_ram_spec s = { .size = size, .offset = offset, .has_size = has_size };
 
 	snprintf(s.name, sizeof(s.name), "blk");
 	s.where = (char *)where;

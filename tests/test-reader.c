@@ -96,7 +96,7 @@ struct built {
 	uint64_t vmdesc_len;
 };
 
-static const char *const caps_mr[] = {"mapped-ram"};
+static const char *const caps_mr[] = { "mapped-ram" };
 
 /* Three blocks: a partial last word (70 pages), a single page, and ram0. */
 static struct bopts default_opts(void)
@@ -107,7 +107,9 @@ static struct bopts default_opts(void)
 		.n_caps = 1,
 		.ram_id = MR_RAM_SECTION_ID,
 		.n_blocks = 3,
-		.blocks = {{"ram0", 8}, {"0000:00:01.0/vga.vram", 70}, {"/rom@etc/acpi/rsdp", 1}},
+		.blocks = { { "ram0", 8 },
+			    { "0000:00:01.0/vga.vram", 70 },
+			    { "/rom@etc/acpi/rsdp", 1 } },
 		.align = MR_PAGE_SIZE,
 		.n_parts = 2,
 		.command = true,
@@ -215,8 +217,8 @@ static void build(const struct bopts *o, struct built *s)
 		assert_int_equal(mr_layout_block(b->len, strlen(bb->name), bb->pages * MR_PAGE_SIZE,
 						 o->align, l),
 				 0);
-		h = (struct mr_ram_header){MR_RAM_HDR_VERSION, MR_PAGE_SIZE, l->bitmap_off,
-					   l->pages_off};
+		h = (struct mr_ram_header){ MR_RAM_HDR_VERSION, MR_PAGE_SIZE, l->bitmap_off,
+					    l->pages_off };
 		mr_encode_block_entry(b, bb->name, l->length, &h);
 		assert_int_equal(b->len, l->bitmap_off);
 		mr_bitmap_to_file(s->maps[k], words, raw);
@@ -286,8 +288,8 @@ static void built_free(struct built *s)
 static int parse_n(const struct built *s, uint64_t len, uint64_t base, unsigned flags,
 		   struct mr_image **img, struct mr_err *err)
 {
-	struct mem m = {s->b.data, len, UINT64_MAX};
-	struct mr_src src = {mem_pread, &m, len};
+	struct mem m = { s->b.data, len, UINT64_MAX };
+	struct mr_src src = { mem_pread, &m, len };
 
 	*img = NULL;
 	return mr_image_parse(&src, base, flags, img, err);
@@ -439,7 +441,7 @@ static void test_parse_full(void **state)
 
 static void test_parse_variants(void **state)
 {
-	static const char *const caps2[] = {"zero-blocks", "mapped-ram", "multifd2"};
+	static const char *const caps2[] = { "zero-blocks", "mapped-ram", "multifd2" };
 	struct mr_image *img;
 	struct mr_err err;
 	struct built s;
@@ -759,7 +761,7 @@ static void test_bitmap_tail(void **state)
 	build(&o, &s);
 	s.b.data[s.l[1].bitmap_off + 70 / 8] |= 1 << (70 % 8);
 	expect_fail(&s, 0, -EBADMSG, s.l[1].bitmap_off, name);
-	s.b.data[s.l[1].bitmap_off + 70 / 8] &= (uint8_t)~(1 << (70 % 8));
+	s.b.data[s.l[1].bitmap_off + 70 / 8] &= (uint8_t) ~(1 << (70 % 8));
 	s.b.data[s.l[1].bitmap_off + 15] = 0x80;
 	expect_fail(&s, 0, -EBADMSG, s.l[1].bitmap_off, name);
 	/* Not looked at when the bitmaps are not loaded. */
@@ -826,7 +828,7 @@ static void test_block_names(void **state)
 
 static void test_config(void **state)
 {
-	static const char *const caps_other[] = {"x-ignore-shared"};
+	static const char *const caps_other[] = { "x-ignore-shared" };
 	struct bopts o = default_opts();
 	struct mr_image *img;
 	struct built s;
@@ -857,7 +859,7 @@ static void test_config(void **state)
 	expect_fail(&s, 0, -EPROTONOSUPPORT, s.ram_off, "");
 	built_free(&s);
 	/* x-ignore-shared with mapped-ram: QEMU 10.0 cannot write it, we do not read it. */
-	static const char *const caps_ignore[] = {"x-ignore-shared", "mapped-ram"};
+	static const char *const caps_ignore[] = { "x-ignore-shared", "mapped-ram" };
 	o.caps = caps_ignore;
 	o.n_caps = 2;
 	build(&o, &s);
@@ -904,10 +906,10 @@ static void test_caps_twice(void **state)
 	mr_buf_put(&t, s.b.data, 0x47);
 	mr_buf_put(&t, s.b.data + 0x18, 0x47 - 0x18);
 	mr_encode_ram_start(&t, o.ram_id, s.total);
-	assert_int_equal(mr_layout_block(t.len, strlen(o.blocks[0].name), s.l[0].length,
-					 MR_PAGE_SIZE, &l),
-			 0);
-	struct mr_ram_header h = {1, 4096, l.bitmap_off, l.pages_off};
+	assert_int_equal(
+		mr_layout_block(t.len, strlen(o.blocks[0].name), s.l[0].length, MR_PAGE_SIZE, &l),
+		0);
+	struct mr_ram_header h = { 1, 4096, l.bitmap_off, l.pages_off };
 
 	mr_encode_block_entry(&t, o.blocks[0].name, l.length, &h);
 	mr_buf_put(&t, s.b.data + s.l[0].bitmap_off, l.bitmap_size);
@@ -915,8 +917,8 @@ static void test_caps_twice(void **state)
 	mr_buf_put(&t, s.b.data + s.eos_off, s.b.len - s.eos_off);
 	assert_int_equal(t.err, 0);
 
-	struct mem m = {t.data, t.len, UINT64_MAX};
-	struct mr_src src = {mem_pread, &m, t.len};
+	struct mem m = { t.data, t.len, UINT64_MAX };
+	struct mr_src src = { mem_pread, &m, t.len };
 
 	r = mr_image_parse(&src, 0, 0, &img, &err);
 	if (!r)
@@ -936,7 +938,7 @@ static void test_sections(void **state)
 	(void)state;
 	build(&o, &s);
 	/* Unknown section types where a section may start. */
-	static const uint8_t bad_types[] = {0x09, 0x05, 0x06, 0x07, 0x7e, 0xff};
+	static const uint8_t bad_types[] = { 0x09, 0x05, 0x06, 0x07, 0x7e, 0xff };
 
 	for (size_t i = 0; i < sizeof(bad_types); i++) {
 		s.b.data[s.cmd_off] = bad_types[i];
@@ -965,9 +967,15 @@ static void test_ram_flags(void **state)
 	(void)state;
 	build(&o, &s);
 	/* START: PAGE or ZERO where EOS should be, or combined with it. */
-	static const uint64_t bad[] = {MR_RAM_PAGE, MR_RAM_ZERO, MR_RAM_EOS | MR_RAM_PAGE,
-				       MR_RAM_EOS | MR_RAM_ZERO, MR_RAM_XBZRLE, MR_RAM_HOOK,
-				       MR_RAM_MULTIFD_FLUSH, MR_RAM_CONTINUE, 0};
+	static const uint64_t bad[] = { MR_RAM_PAGE,
+					MR_RAM_ZERO,
+					MR_RAM_EOS | MR_RAM_PAGE,
+					MR_RAM_EOS | MR_RAM_ZERO,
+					MR_RAM_XBZRLE,
+					MR_RAM_HOOK,
+					MR_RAM_MULTIFD_FLUSH,
+					MR_RAM_CONTINUE,
+					0 };
 
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
 		mr_put_be64(s.b.data + s.eos_off, bad[i]);
@@ -1023,7 +1031,7 @@ static void test_device_sections(void **state)
 	build(&o, &s);
 	assert_int_equal(parse(&s, 0, &img, NULL), 0);
 	mr_image_free(img);
-	s.b.data[s.dev_off + 19 + 20 + 1] = 10; /* subsection name length 9 -> 10 */
+	s.b.data[s.dev_off + 19 + 20 + 1] = 10;	       /* subsection name length 9 -> 10 */
 	assert_int_equal(parse(&s, 0, &img, NULL), 0); /* body size is from the description */
 	mr_image_free(img);
 	mr_put_be32(s.b.data + s.dev_off + 19 + TIMER_BODY + 1, 1);
@@ -1074,12 +1082,16 @@ static void test_pread_error(void **state)
 
 	(void)state;
 	build(&o, &s);
-	const uint64_t offs[] = {0, s.l[0].hdr_off, s.l[1].bitmap_off, s.l[2].entry_off,
-				 s.ds_data_off, s.vmdesc_off + 10};
+	const uint64_t offs[] = { 0,
+				  s.l[0].hdr_off,
+				  s.l[1].bitmap_off,
+				  s.l[2].entry_off,
+				  s.ds_data_off,
+				  s.vmdesc_off + 10 };
 
 	for (size_t i = 0; i < sizeof(offs) / sizeof(offs[0]); i++) {
-		struct mem m = {s.b.data, s.b.len, offs[i]};
-		struct mr_src src = {mem_pread, &m, s.b.len};
+		struct mem m = { s.b.data, s.b.len, offs[i] };
+		struct mr_src src = { mem_pread, &m, s.b.len };
 		int r = mr_image_parse(&src, 0, 0, &img, &err);
 
 		/* The cursor reads ahead, so every one of these is hit. */
@@ -1098,8 +1110,8 @@ static void test_find_vmdesc(void **state)
 
 	(void)state;
 	build(&o, &s);
-	struct mem m = {s.b.data, s.b.len, UINT64_MAX};
-	struct mr_src src = {mem_pread, &m, s.b.len};
+	struct mem m = { s.b.data, s.b.len, UINT64_MAX };
+	struct mr_src src = { mem_pread, &m, s.b.len };
 
 	assert_int_equal(mr_find_vmdesc(&src, 0, s.b.len, &off, &len), 0);
 	assert_int_equal(off, s.vmdesc_off);
@@ -1117,9 +1129,9 @@ static void test_find_vmdesc(void **state)
 	built_free(&s);
 
 	/* The smallest record: 06 00000001 '{' at the very end. */
-	static const uint8_t tiny[] = {0, 0, MR_SEC_VMDESC, 0, 0, 0, 1, '{'};
-	struct mem t = {tiny, sizeof(tiny), UINT64_MAX};
-	struct mr_src tsrc = {mem_pread, &t, sizeof(tiny)};
+	static const uint8_t tiny[] = { 0, 0, MR_SEC_VMDESC, 0, 0, 0, 1, '{' };
+	struct mem t = { tiny, sizeof(tiny), UINT64_MAX };
+	struct mr_src tsrc = { mem_pread, &t, sizeof(tiny) };
 
 	assert_int_equal(mr_find_vmdesc(&tsrc, 0, sizeof(tiny), &off, &len), 0);
 	assert_int_equal(off, 2);
@@ -1131,7 +1143,7 @@ static void test_find_vmdesc(void **state)
 	o.vmdesc = false;
 	o.device = false;
 	build(&o, &s);
-	m = (struct mem){s.b.data, s.b.len, UINT64_MAX};
+	m = (struct mem){ s.b.data, s.b.len, UINT64_MAX };
 	src.size = s.b.len;
 	assert_int_equal(mr_find_vmdesc(&src, 0, s.b.len, &off, &len), -ENOENT);
 	built_free(&s);
@@ -1190,12 +1202,12 @@ static void check_invariants(const struct mr_image *img, uint64_t size)
 
 static void test_mutations(void **state)
 {
-	static const uint8_t interesting[] = {0x00, 0x01, 0x02, 0x04, 0x05, 0x06, 0x07, 0x08,
-					      0x10, 0x7e, 0x7f, 0x80, 0xfe, 0xff};
+	static const uint8_t interesting[] = { 0x00, 0x01, 0x02, 0x04, 0x05, 0x06, 0x07,
+					       0x08, 0x10, 0x7e, 0x7f, 0x80, 0xfe, 0xff };
 	struct bopts o = default_opts();
 	struct built s;
 	uint64_t seed = MUTATION_SEED;
-	unsigned counts[5] = {0};
+	unsigned counts[5] = { 0 };
 
 	(void)state;
 	o.blocks[0].pages = 3;
@@ -1207,11 +1219,11 @@ static void test_mutations(void **state)
 	size_t nr = 0;
 	uint64_t total = 0;
 
-	ranges[nr++] = (struct range){0, s.l[0].bitmap_off + s.l[0].bitmap_size};
+	ranges[nr++] = (struct range){ 0, s.l[0].bitmap_off + s.l[0].bitmap_size };
 	for (size_t k = 1; k < o.n_blocks; k++)
-		ranges[nr++] = (struct range){s.l[k].entry_off,
-					      s.l[k].bitmap_off + s.l[k].bitmap_size};
-	ranges[nr++] = (struct range){s.eos_off, s.b.len};
+		ranges[nr++] =
+			(struct range){ s.l[k].entry_off, s.l[k].bitmap_off + s.l[k].bitmap_size };
+	ranges[nr++] = (struct range){ s.eos_off, s.b.len };
 	for (size_t i = 0; i < nr; i++)
 		total += ranges[i].hi - ranges[i].lo;
 
@@ -1240,15 +1252,9 @@ static void test_mutations(void **state)
 				pick -= ranges[i].hi - ranges[i].lo;
 			}
 			switch (rng_next(&seed) % 6) {
-			case 0:
-				width = 1;
-				break;
-			case 1:
-				width = 4;
-				break;
-			default:
-				width = 1 + (unsigned)(rng_next(&seed) % 8);
-				break;
+			case 0: width = 1; break;
+			case 1: width = 4; break;
+			default: width = 1 + (unsigned)(rng_next(&seed) % 8); break;
 			}
 			for (unsigned w = 0; w < width && off + w < s.b.len; w++) {
 				uint64_t r = rng_next(&seed);
@@ -1257,23 +1263,19 @@ static void test_mutations(void **state)
 				undo[nu].v = data[off + w];
 				nu++;
 				switch (r % 4) {
-				case 0:
-					data[off + w] ^= (uint8_t)(1u << ((r >> 8) % 8));
-					break;
+				case 0: data[off + w] ^= (uint8_t)(1u << ((r >> 8) % 8)); break;
 				case 1:
 					data[off + w] = interesting[(r >> 8) % sizeof(interesting)];
 					break;
-				default:
-					data[off + w] = (uint8_t)(r >> 16);
-					break;
+				default: data[off + w] = (uint8_t)(r >> 16); break;
 				}
 			}
 		}
 		if (rng_next(&seed) % 10 == 0)
 			len = rng_next(&seed) % (s.b.len + 1);
 
-		struct mem m = {data, len, UINT64_MAX};
-		struct mr_src src = {mem_pread, &m, len};
+		struct mem m = { data, len, UINT64_MAX };
+		struct mr_src src = { mem_pread, &m, len };
 		struct mr_image *img = NULL;
 		struct mr_err err;
 		int r = mr_image_parse(&src, 0, iter % 3 ? 0 : MR_PARSE_NO_BITMAPS, &img, &err);
@@ -1284,18 +1286,10 @@ static void test_mutations(void **state)
 			check_invariants(img, len);
 			mr_image_free(img);
 			break;
-		case -EBADMSG:
-			counts[1]++;
-			break;
-		case -EPROTONOSUPPORT:
-			counts[2]++;
-			break;
-		case -ENODATA:
-			counts[3]++;
-			break;
-		case -EOVERFLOW:
-			counts[4]++;
-			break;
+		case -EBADMSG: counts[1]++; break;
+		case -EPROTONOSUPPORT: counts[2]++; break;
+		case -ENODATA: counts[3]++; break;
+		case -EOVERFLOW: counts[4]++; break;
 		default:
 			print_error("iteration %ld: unexpected %d (%s at 0x%llx)\n", iter, r,
 				    err.msg, (unsigned long long)err.off);
@@ -1322,22 +1316,14 @@ static void test_mutations(void **state)
 int main(void)
 {
 	const struct CMUnitTest reader_tests[] = {
-		cmocka_unit_test(test_parse_full),
-		cmocka_unit_test(test_parse_variants),
-		cmocka_unit_test(test_hdr_version0),
-		cmocka_unit_test(test_bad_magic_version),
-		cmocka_unit_test(test_truncation),
-		cmocka_unit_test(test_ram_header_values),
-		cmocka_unit_test(test_bitmap_tail),
-		cmocka_unit_test(test_mem_size),
-		cmocka_unit_test(test_block_names),
-		cmocka_unit_test(test_config),
-		cmocka_unit_test(test_caps_twice),
-		cmocka_unit_test(test_sections),
-		cmocka_unit_test(test_ram_flags),
-		cmocka_unit_test(test_device_sections),
-		cmocka_unit_test(test_pread_error),
-		cmocka_unit_test(test_find_vmdesc),
+		cmocka_unit_test(test_parse_full),   cmocka_unit_test(test_parse_variants),
+		cmocka_unit_test(test_hdr_version0), cmocka_unit_test(test_bad_magic_version),
+		cmocka_unit_test(test_truncation),   cmocka_unit_test(test_ram_header_values),
+		cmocka_unit_test(test_bitmap_tail),  cmocka_unit_test(test_mem_size),
+		cmocka_unit_test(test_block_names),  cmocka_unit_test(test_config),
+		cmocka_unit_test(test_caps_twice),   cmocka_unit_test(test_sections),
+		cmocka_unit_test(test_ram_flags),    cmocka_unit_test(test_device_sections),
+		cmocka_unit_test(test_pread_error),  cmocka_unit_test(test_find_vmdesc),
 		cmocka_unit_test(test_mutations),
 	};
 

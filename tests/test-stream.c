@@ -21,28 +21,24 @@
 
 /* Bytes 0x0..0x47 of snap.img: file header and configuration section. */
 static const uint8_t example_head[] = {
-	0x51, 0x45, 0x56, 0x4D, 0x00, 0x00, 0x00, 0x03, 0x07, 0x00, 0x00, 0x00, 0x0B,
-	'p', 'c', '-', 'q', '3', '5', '-', '1', '0', '.', '0',
-	0x05, 0x1A,
-	'c', 'o', 'n', 'f', 'i', 'g', 'u', 'r', 'a', 't', 'i', 'o', 'n', '/',
-	'c', 'a', 'p', 'a', 'b', 'i', 'l', 'i', 't', 'i', 'e', 's',
-	0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x01,
-	0x0A, 'm', 'a', 'p', 'p', 'e', 'd', '-', 'r', 'a', 'm',
+	0x51, 0x45, 0x56, 0x4D, 0x00, 0x00, 0x00, 0x03, 0x07, 0x00, 0x00, 0x00, 0x0B, 'p',  'c',
+	'-',  'q',  '3',  '5',	'-',  '1',  '0',  '.',	'0',  0x05, 0x1A, 'c',	'o',  'n',  'f',
+	'i',  'g',  'u',  'r',	'a',  't',  'i',  'o',	'n',  '/',  'c',  'a',	'p',  'a',  'b',
+	'i',  'l',  'i',  't',	'i',  'e',  's',  0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x01,
+	0x0A, 'm',  'a',  'p',	'p',  'e',  'd',  '-',	'r',  'a',  'm',
 };
 
 /* Bytes 0x47..0x60: RAM SECTION_START id 2 and MEM_SIZE 0x110D2000. */
 static const uint8_t example_ram_start[] = {
-	0x01, 0x00, 0x00, 0x00, 0x02, 0x03, 'r', 'a', 'm', 0x00, 0x00, 0x00, 0x00,
+	0x01, 0x00, 0x00, 0x00, 0x02, 0x03, 'r',  'a',	'm',  0x00, 0x00, 0x00, 0x00,
 	0x00, 0x00, 0x00, 0x04, 0x00, 0x00, 0x00, 0x00, 0x11, 0x0D, 0x20, 0x04,
 };
 
 /* Bytes 0x60..0x89: the ram0 entry and its MappedRamHeader. */
 static const uint8_t example_ram0[] = {
-	0x04, 'r', 'a', 'm', '0', 0x00, 0x00, 0x00, 0x00, 0x10, 0x00, 0x00, 0x00,
-	0x00, 0x00, 0x00, 0x01,
-	0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x10, 0x00,
-	0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x89,
-	0x00, 0x00, 0x00, 0x00, 0x00, 0x10, 0x00, 0x00,
+	0x04, 'r',  'a',  'm',	'0',  0x00, 0x00, 0x00, 0x00, 0x10, 0x00, 0x00, 0x00, 0x00,
+	0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x10, 0x00, 0x00, 0x00, 0x00,
+	0x00, 0x00, 0x00, 0x00, 0x89, 0x00, 0x00, 0x00, 0x00, 0x00, 0x10, 0x00, 0x00,
 };
 
 /* Bytes 0x11901000..0x1190100D: EOS and the footer of the RAM START. */
@@ -52,7 +48,7 @@ static const uint8_t example_eos[] = {
 
 static void test_file_header_config(void **state)
 {
-	static const char *const caps[] = {"mapped-ram"};
+	static const char *const caps[] = { "mapped-ram" };
 	struct mr_buf b = MR_BUF_INIT;
 
 	(void)state;
@@ -68,7 +64,7 @@ static void test_file_header_config(void **state)
 
 static void test_config_variants(void **state)
 {
-	static const char *const caps[] = {"x-ignore-shared", "mapped-ram"};
+	static const char *const caps[] = { "x-ignore-shared", "mapped-ram" };
 	struct mr_buf b = MR_BUF_INIT;
 
 	(void)state;
@@ -102,7 +98,8 @@ static void test_ram_start(void **state)
 static void test_block_entry(void **state)
 {
 	const struct mr_ram_header h = {
-		.version = 1, .page_size = 4096, .bitmap_offset = 0x89, .pages_offset = 0x100000};
+		.version = 1, .page_size = 4096, .bitmap_offset = 0x89, .pages_offset = 0x100000
+	};
 	struct mr_block_layout l;
 	struct mr_buf b = MR_BUF_INIT;
 
@@ -127,10 +124,10 @@ static void test_block_entry(void **state)
 
 static void test_ram_header_round_trip(void **state)
 {
-	const struct mr_ram_header in = {.version = 0xfeedbeef,
-					 .page_size = 0x0102030405060708ull,
-					 .bitmap_offset = UINT64_MAX,
-					 .pages_offset = 0x8000000000000000ull};
+	const struct mr_ram_header in = { .version = 0xfeedbeef,
+					  .page_size = 0x0102030405060708ull,
+					  .bitmap_offset = UINT64_MAX,
+					  .pages_offset = 0x8000000000000000ull };
 	struct mr_ram_header out;
 	struct mr_buf b = MR_BUF_INIT;
 
@@ -184,7 +181,8 @@ static void test_section_full_hdr(void **state)
 	(void)state;
 	mr_encode_section_full_hdr(&b, MR_SEC_FULL, 44, "globalstate", 0, 1);
 	assert_int_equal(b.len, 1 + 4 + 1 + 11 + 4 + 4);
-	assert_memory_equal(b.data, "\x04\x00\x00\x00\x2c\x0bglobalstate\x00\x00\x00\x00\x00\x00\x00\x01",
+	assert_memory_equal(b.data,
+			    "\x04\x00\x00\x00\x2c\x0bglobalstate\x00\x00\x00\x00\x00\x00\x00\x01",
 			    b.len);
 	mr_buf_free(&b);
 }
@@ -192,11 +190,9 @@ static void test_section_full_hdr(void **state)
 static void test_devstate_hdr(void **state)
 {
 	static const uint8_t want[] = {
-		0x04, 0x00, 0x00, 0x00, 0x03, 0x13,
-		's', 'n', 'a', 'p', 'm', 'r', '/', 'd', 'e', 'v', 'i', 'c', 'e', '-',
-		's', 't', 'a', 't', 'e',
-		0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x01,
-		0x00, 0x00, 0x01, 0x23, 0x45, 0x67, 0x89, 0xab,
+		0x04, 0x00, 0x00, 0x00, 0x03, 0x13, 's',  'n',	'a',  'p',  'm',  'r',	'/',  'd',
+		'e',  'v',  'i',  'c',	'e',  '-',  's',  't',	'a',  't',  'e',  0x00, 0x00, 0x00,
+		0x00, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x01, 0x23, 0x45, 0x67, 0x89, 0xab,
 	};
 	struct mr_buf b = MR_BUF_INIT;
 
@@ -278,8 +274,8 @@ static void test_buf_be(void **state)
 	mr_buf_put(&b, NULL, 0);
 	assert_int_equal(b.err, 0);
 	assert_int_equal(b.len, 17);
-	assert_memory_equal(b.data, "\xab\x01\x02\x03\x04\x05\x06\x07\x08\x09\x0a\x0b\x0c\x0d\x0exy",
-			    17);
+	assert_memory_equal(b.data,
+			    "\xab\x01\x02\x03\x04\x05\x06\x07\x08\x09\x0a\x0b\x0c\x0d\x0exy", 17);
 
 	/* Growth past the first allocation keeps the contents. */
 	for (unsigned i = 0; i < 10000; i++)

@@ -44,7 +44,7 @@ static long mem_pread(void *ctx, void *buf, size_t len, uint64_t off)
 
 static int parse_mem(struct memfile *m, uint64_t size, struct mr_trailer **ret, struct mr_err *err)
 {
-	struct mr_src src = {mem_pread, m, size};
+	struct mr_src src = { mem_pread, m, size };
 
 	return mr_trailer_parse(&src, size, ret, err);
 }
@@ -158,7 +158,7 @@ static void fixture_init(struct fixture *f, uint32_t chunk_size)
 	mr_trailer_builder_free(b);
 	f->data = out.data;
 	f->len = out.len;
-	f->mf = (struct memfile){f->data, f->len, 0, 0};
+	f->mf = (struct memfile){ f->data, f->len, 0, 0 };
 }
 
 static void fixture_fini(struct fixture *f)
@@ -201,7 +201,7 @@ static void replace_table(struct fixture *f, const uint8_t *tab, size_t tlen)
 	mr_put_be64(foot + 16, f->stream_end);
 	mr_put_be64(foot + 24, tlen);
 	reseal(f);
-	f->mf = (struct memfile){f->data, f->len, 0, 0};
+	f->mf = (struct memfile){ f->data, f->len, 0, 0 };
 }
 
 static uint8_t *table(struct fixture *f)
@@ -242,14 +242,14 @@ static void test_chunk_hash_logical(void **state)
 	static uint8_t data[NP * PG], logical[NP * PG];
 	uint64_t map[4];
 	static const uint64_t patterns[][4] = {
-	    {~0ull, ~0ull, ~0ull, ~0ull},
-	    {0, 0, 0, 0},
-	    {0x5555555555555555ull, 0xaaaaaaaaaaaaaaaaull, 1, 0x8000000000000000ull},
-	    {0xffffffff00000000ull, 0x00000000ffffffffull, 0, ~0ull},
-	    {0, 0, 0, 0}, /* random below */
+		{ ~0ull, ~0ull, ~0ull, ~0ull },
+		{ 0, 0, 0, 0 },
+		{ 0x5555555555555555ull, 0xaaaaaaaaaaaaaaaaull, 1, 0x8000000000000000ull },
+		{ 0xffffffff00000000ull, 0x00000000ffffffffull, 0, ~0ull },
+		{ 0, 0, 0, 0 }, /* random below */
 	};
-	const uint64_t ranges[][2] = {{0, NP},	  {0, 16},   {61, 16}, {63, 2}, {64, 64},
-				      {100, 100}, {190, 10}, {5, 1},   {0, 0}};
+	const uint64_t ranges[][2] = { { 0, NP },    { 0, 16 },	  { 61, 16 }, { 63, 2 }, { 64, 64 },
+				       { 100, 100 }, { 190, 10 }, { 5, 1 },   { 0, 0 } };
 
 	(void)state;
 	fill_random(data, sizeof(data));
@@ -293,7 +293,7 @@ static void test_chunk_hash_logical(void **state)
 
 static void test_bitmap_hash(void **state)
 {
-	const uint64_t sizes[] = {0, 1, 63, 64, 65, 1000, 64 * 70};
+	const uint64_t sizes[] = { 0, 1, 63, 64, 65, 1000, 64 * 70 };
 	uint64_t map[70];
 	uint8_t bytes[70 * 8];
 
@@ -419,7 +419,7 @@ static void test_round_trip_empty(void **state)
 	mr_trailer_builder_set_devstate(b, 0, 0, XXH3_64bits(NULL, 0));
 	assert_int_equal(mr_trailer_encode(b, 0, &out), 0);
 	assert_int_equal(out.len, MR_TRAILER_TABLE_HDR + MR_TRAILER_FOOTER_SIZE);
-	m = (struct memfile){out.data, out.len, 0, 0};
+	m = (struct memfile){ out.data, out.len, 0, 0 };
 	assert_int_equal(parse_mem(&m, out.len, &t, NULL), 0);
 	assert_int_equal(t->n_blocks, 0);
 	assert_int_equal(t->stream_end, 0);
@@ -576,7 +576,7 @@ static void test_truncation(void **state)
 	f.data = realloc(f.data, f.len + 1);
 	assert_non_null(f.data);
 	f.data[f.len] = 0;
-	f.mf = (struct memfile){f.data, f.len + 1, 0, 0};
+	f.mf = (struct memfile){ f.data, f.len + 1, 0, 0 };
 	assert_int_equal(parse_fail(&f.mf, f.len + 1, &err), -ENOENT);
 	fixture_fini(&f);
 }
@@ -584,10 +584,10 @@ static void test_truncation(void **state)
 static void test_no_trailer(void **state)
 {
 	static const char qemu_tail[] =
-	    "\x00\x06\x00\x00\x00\x40"
-	    "{\"page_size\": 4096, \"devices\": [], \"configuration\": {}}";
+		"\x00\x06\x00\x00\x00\x40"
+		"{\"page_size\": 4096, \"devices\": [], \"configuration\": {}}";
 	uint8_t file[8192];
-	struct memfile m = {file, sizeof(file), 0, 0};
+	struct memfile m = { file, sizeof(file), 0, 0 };
 	struct mr_err err;
 
 	(void)state;
@@ -702,7 +702,9 @@ static void test_hostile_table(void **state)
 	poke64(&f, 8, STREAM_END + 4096); /* stream end is not the table */
 	expect_parse(&f, -EBADMSG, "");
 	RESET();
-	const uint32_t bad_cs[] = {0, 1, 2048, 4095, 3 * 4096, 65536 + 4096, 1u << 31, UINT32_MAX};
+	const uint32_t bad_cs[] = {
+		0, 1, 2048, 4095, 3 * 4096, 65536 + 4096, 1u << 31, UINT32_MAX
+	};
 	for (size_t i = 0; i < sizeof(bad_cs) / sizeof(bad_cs[0]); i++) {
 		poke32(&f, 16, bad_cs[i]);
 		expect_parse(&f, -EBADMSG, "");
@@ -777,7 +779,7 @@ static void test_hostile_table(void **state)
 	poke64(&f, REC0_FIELDS + 8, BASE - 1); /* bitmap before the stream */
 	expect_parse(&f, -EOVERFLOW, "pc.ram");
 	RESET();
-	const uint64_t bad_n[] = {0, 3, 5, 1ull << 61, UINT64_MAX};
+	const uint64_t bad_n[] = { 0, 3, 5, 1ull << 61, UINT64_MAX };
 	for (size_t i = 0; i < sizeof(bad_n) / sizeof(bad_n[0]); i++) {
 		poke64(&f, REC0_FIELDS + 32, bad_n[i]);
 		expect_parse(&f, -EBADMSG, "pc.ram");

@@ -197,88 +197,92 @@ struct bad_case {
 #define SUB(sub)    DEV("\"fields\": [], \"subsections\": [" sub "]")
 
 static const struct bad_case bad_json[] = {
-    {"empty input", "", -EBADMSG},
-    {"whitespace only", "  \n", -EBADMSG},
-    {"truncated", "{\"devices\": [", -EBADMSG},
-    {"trailing garbage", "{\"devices\": []} x", -EBADMSG},
-    {"two documents", "{\"devices\": []}{}", -EBADMSG},
-    {"trailing comma", "{\"devices\": [],}", -EBADMSG},
-    {"not JSON", "QEVM", -EBADMSG},
-    {"top-level null", "null", -EBADMSG},
-    {"top-level array", "[]", -EBADMSG},
-    {"top-level number", "4096", -EBADMSG},
-    {"unterminated string", "{\"devices\": [], \"x\": \"abc", -EBADMSG},
+	{ "empty input", "", -EBADMSG },
+	{ "whitespace only", "  \n", -EBADMSG },
+	{ "truncated", "{\"devices\": [", -EBADMSG },
+	{ "trailing garbage", "{\"devices\": []} x", -EBADMSG },
+	{ "two documents", "{\"devices\": []}{}", -EBADMSG },
+	{ "trailing comma", "{\"devices\": [],}", -EBADMSG },
+	{ "not JSON", "QEVM", -EBADMSG },
+	{ "top-level null", "null", -EBADMSG },
+	{ "top-level array", "[]", -EBADMSG },
+	{ "top-level number", "4096", -EBADMSG },
+	{ "unterminated string", "{\"devices\": [], \"x\": \"abc", -EBADMSG },
 };
 
 static const struct bad_case bad_shape[] = {
-    {"no devices", "{\"page_size\": 4096}", -EBADMSG},
-    {"devices null", "{\"devices\": null}", -EBADMSG},
-    {"devices object", "{\"devices\": {}}", -EBADMSG},
-    {"device not object", "{\"devices\": [1]}", -EBADMSG},
-    {"device null", "{\"devices\": [null]}", -EBADMSG},
-    {"page_size string", "{\"devices\": [], \"page_size\": \"4096\"}", -EBADMSG},
-    {"page_size negative", "{\"devices\": [], \"page_size\": -4096}", -EBADMSG},
-    {"page_size double", "{\"devices\": [], \"page_size\": 4096.0}", -EBADMSG},
-    {"missing name", "{\"devices\": [{\"instance_id\": 0, \"fields\": []}]}", -EBADMSG},
-    {"name not string", "{\"devices\": [{\"name\": 5, \"instance_id\": 0, \"fields\": []}]}",
-     -EBADMSG},
-    {"empty name", "{\"devices\": [{\"name\": \"\", \"instance_id\": 0, \"fields\": []}]}",
-     -EBADMSG},
-    {"name with NUL",
-     "{\"devices\": [{\"name\": \"a\\u0000b\", \"instance_id\": 0, \"fields\": []}]}", -EBADMSG},
-    {"missing instance_id", "{\"devices\": [{\"name\": \"d\", \"fields\": []}]}", -EBADMSG},
-    {"instance_id string",
-     "{\"devices\": [{\"name\": \"d\", \"instance_id\": \"0\", \"fields\": []}]}", -EBADMSG},
-    {"instance_id negative",
-     "{\"devices\": [{\"name\": \"d\", \"instance_id\": -1, \"fields\": []}]}", -EBADMSG},
-    {"instance_id above u32",
-     "{\"devices\": [{\"name\": \"d\", \"instance_id\": 4294967296, \"fields\": []}]}", -EBADMSG},
-    {"missing fields", DEV("\"vmsd_name\": \"d\""), -EBADMSG},
-    {"fields object", DEV("\"fields\": {}"), -EBADMSG},
-    {"field not object", DEV("\"fields\": [8]"), -EBADMSG},
-    {"field without size", DEV("\"fields\": [{\"name\": \"a\", \"type\": \"uint8\"}]"), -EBADMSG},
-    {"size string", DEV("\"fields\": [{\"size\": \"8\"}]"), -EBADMSG},
-    {"size negative", DEV("\"fields\": [{\"size\": -8}]"), -EBADMSG},
-    {"size double", DEV("\"fields\": [{\"size\": 8.5}]"), -EBADMSG},
-    {"size bool", DEV("\"fields\": [{\"size\": true}]"), -EBADMSG},
-    {"size above int64 (json-c clamps)", DEV("\"fields\": [{\"size\": 18446744073709551615}]"),
-     -EBADMSG},
-    {"size far above u64", DEV("\"fields\": [{\"size\": 1000000000000000000000000}]"), -EBADMSG},
-    {"array_len negative", DEV("\"fields\": [{\"size\": 1, \"array_len\": -2}]"), -EBADMSG},
-    {"array_len null", DEV("\"fields\": [{\"size\": 1, \"array_len\": null}]"), -EBADMSG},
-    {"subsections object", DEV("\"fields\": [], \"subsections\": {}"), -EBADMSG},
-    {"subsections null", DEV("\"fields\": [], \"subsections\": null"), -EBADMSG},
-    {"page_size null", "{\"devices\": [], \"page_size\": null}", -EBADMSG},
-    {"subsection not object", SUB("7"), -EBADMSG},
-    {"subsection without vmsd_name", SUB("{\"fields\": []}"), -EBADMSG},
-    {"subsection without fields", SUB("{\"vmsd_name\": \"d/s\"}"), -EBADMSG},
-    {"subsection bad field", SUB("{\"vmsd_name\": \"d/s\", \"fields\": [{}]}"), -EBADMSG},
-    {"nested subsection bad",
-     SUB("{\"vmsd_name\": \"d/s\", \"fields\": [], \"subsections\": [{\"vmsd_name\": 1}]}"),
-     -EBADMSG},
-    {"second device bad",
-     "{\"devices\": [{\"name\": \"a\", \"instance_id\": 0, \"fields\": []},"
-     " {\"name\": \"b\", \"instance_id\": 0}]}",
-     -EBADMSG},
+	{ "no devices", "{\"page_size\": 4096}", -EBADMSG },
+	{ "devices null", "{\"devices\": null}", -EBADMSG },
+	{ "devices object", "{\"devices\": {}}", -EBADMSG },
+	{ "device not object", "{\"devices\": [1]}", -EBADMSG },
+	{ "device null", "{\"devices\": [null]}", -EBADMSG },
+	{ "page_size string", "{\"devices\": [], \"page_size\": \"4096\"}", -EBADMSG },
+	{ "page_size negative", "{\"devices\": [], \"page_size\": -4096}", -EBADMSG },
+	{ "page_size double", "{\"devices\": [], \"page_size\": 4096.0}", -EBADMSG },
+	{ "missing name", "{\"devices\": [{\"instance_id\": 0, \"fields\": []}]}", -EBADMSG },
+	{ "name not string", "{\"devices\": [{\"name\": 5, \"instance_id\": 0, \"fields\": []}]}",
+	  -EBADMSG },
+	{ "empty name", "{\"devices\": [{\"name\": \"\", \"instance_id\": 0, \"fields\": []}]}",
+	  -EBADMSG },
+	{ "name with NUL",
+	  "{\"devices\": [{\"name\": \"a\\u0000b\", \"instance_id\": 0, \"fields\": []}]}",
+	  -EBADMSG },
+	{ "missing instance_id", "{\"devices\": [{\"name\": \"d\", \"fields\": []}]}", -EBADMSG },
+	{ "instance_id string",
+	  "{\"devices\": [{\"name\": \"d\", \"instance_id\": \"0\", \"fields\": []}]}", -EBADMSG },
+	{ "instance_id negative",
+	  "{\"devices\": [{\"name\": \"d\", \"instance_id\": -1, \"fields\": []}]}", -EBADMSG },
+	{ "instance_id above u32",
+	  "{\"devices\": [{\"name\": \"d\", \"instance_id\": 4294967296, \"fields\": []}]}",
+	  -EBADMSG },
+	{ "missing fields", DEV("\"vmsd_name\": \"d\""), -EBADMSG },
+	{ "fields object", DEV("\"fields\": {}"), -EBADMSG },
+	{ "field not object", DEV("\"fields\": [8]"), -EBADMSG },
+	{ "field without size", DEV("\"fields\": [{\"name\": \"a\", \"type\": \"uint8\"}]"),
+	  -EBADMSG },
+	{ "size string", DEV("\"fields\": [{\"size\": \"8\"}]"), -EBADMSG },
+	{ "size negative", DEV("\"fields\": [{\"size\": -8}]"), -EBADMSG },
+	{ "size double", DEV("\"fields\": [{\"size\": 8.5}]"), -EBADMSG },
+	{ "size bool", DEV("\"fields\": [{\"size\": true}]"), -EBADMSG },
+	{ "size above int64 (json-c clamps)", DEV("\"fields\": [{\"size\": 18446744073709551615}]"),
+	  -EBADMSG },
+	{ "size far above u64", DEV("\"fields\": [{\"size\": 1000000000000000000000000}]"),
+	  -EBADMSG },
+	{ "array_len negative", DEV("\"fields\": [{\"size\": 1, \"array_len\": -2}]"), -EBADMSG },
+	{ "array_len null", DEV("\"fields\": [{\"size\": 1, \"array_len\": null}]"), -EBADMSG },
+	{ "subsections object", DEV("\"fields\": [], \"subsections\": {}"), -EBADMSG },
+	{ "subsections null", DEV("\"fields\": [], \"subsections\": null"), -EBADMSG },
+	{ "page_size null", "{\"devices\": [], \"page_size\": null}", -EBADMSG },
+	{ "subsection not object", SUB("7"), -EBADMSG },
+	{ "subsection without vmsd_name", SUB("{\"fields\": []}"), -EBADMSG },
+	{ "subsection without fields", SUB("{\"vmsd_name\": \"d/s\"}"), -EBADMSG },
+	{ "subsection bad field", SUB("{\"vmsd_name\": \"d/s\", \"fields\": [{}]}"), -EBADMSG },
+	{ "nested subsection bad",
+	  SUB("{\"vmsd_name\": \"d/s\", \"fields\": [], \"subsections\": [{\"vmsd_name\": 1}]}"),
+	  -EBADMSG },
+	{ "second device bad",
+	  "{\"devices\": [{\"name\": \"a\", \"instance_id\": 0, \"fields\": []},"
+	  " {\"name\": \"b\", \"instance_id\": 0}]}",
+	  -EBADMSG },
 };
 
 static const struct bad_case overflow[] = {
-    /* 2^62 * 4 */
-    {"size * array_len", DEV("\"fields\": [{\"size\": 4611686018427387904, \"array_len\": 4}]"),
-     -EOVERFLOW},
-    /* 3 * (2^63 - 2) */
-    {"sum of fields",
-     DEV("\"fields\": [{\"size\": 9223372036854775806}, {\"size\": 9223372036854775806},"
-	 " {\"size\": 9223372036854775806}]"),
-     -EOVERFLOW},
-    {"fields plus subsection",
-     DEV("\"fields\": [{\"size\": 9223372036854775806}, {\"size\": 9223372036854775806}],"
-	 " \"subsections\": [{\"vmsd_name\": \"d/s\", \"fields\": [{\"size\": 10}]}]"),
-     -EOVERFLOW},
-    {"subsection framing",
-     SUB("{\"vmsd_name\": \"d/s\", \"fields\": [{\"size\": 9223372036854775806},"
-	 " {\"size\": 9223372036854775806}, {\"size\": 3}]}"),
-     -EOVERFLOW},
+	/* 2^62 * 4 */
+	{ "size * array_len",
+	  DEV("\"fields\": [{\"size\": 4611686018427387904, \"array_len\": 4}]"), -EOVERFLOW },
+	/* 3 * (2^63 - 2) */
+	{ "sum of fields",
+	  DEV("\"fields\": [{\"size\": 9223372036854775806}, {\"size\": 9223372036854775806},"
+	      " {\"size\": 9223372036854775806}]"),
+	  -EOVERFLOW },
+	{ "fields plus subsection",
+	  DEV("\"fields\": [{\"size\": 9223372036854775806}, {\"size\": 9223372036854775806}],"
+	      " \"subsections\": [{\"vmsd_name\": \"d/s\", \"fields\": [{\"size\": 10}]}]"),
+	  -EOVERFLOW },
+	{ "subsection framing",
+	  SUB("{\"vmsd_name\": \"d/s\", \"fields\": [{\"size\": 9223372036854775806},"
+	      " {\"size\": 9223372036854775806}, {\"size\": 3}]}"),
+	  -EOVERFLOW },
 };
 
 static void run_cases(const struct bad_case *c, size_t n)
@@ -335,8 +339,8 @@ static void test_largest_sizes(void **state)
 static char *nest(const char *prefix, const char *open, const char *mid, const char *close,
 		  const char *suffix, unsigned n)
 {
-	size_t len =
-	    strlen(prefix) + n * (strlen(open) + strlen(close)) + strlen(mid) + strlen(suffix) + 1;
+	size_t len = strlen(prefix) + n * (strlen(open) + strlen(close)) + strlen(mid) +
+		     strlen(suffix) + 1;
 	char *s = malloc(len);
 
 	assert_non_null(s);
@@ -393,16 +397,16 @@ static void test_not_nul_terminated(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-	    cmocka_unit_test_setup_teardown(test_sample_sizes, setup_sample, teardown_sample),
-	    cmocka_unit_test_setup_teardown(test_nth_matching, setup_sample, teardown_sample),
-	    cmocka_unit_test_setup_teardown(test_not_found, setup_sample, teardown_sample),
-	    cmocka_unit_test(test_minimal),
-	    cmocka_unit_test(test_bad_json),
-	    cmocka_unit_test(test_bad_shape),
-	    cmocka_unit_test(test_overflow),
-	    cmocka_unit_test(test_largest_sizes),
-	    cmocka_unit_test(test_deep_nesting),
-	    cmocka_unit_test(test_not_nul_terminated),
+		cmocka_unit_test_setup_teardown(test_sample_sizes, setup_sample, teardown_sample),
+		cmocka_unit_test_setup_teardown(test_nth_matching, setup_sample, teardown_sample),
+		cmocka_unit_test_setup_teardown(test_not_found, setup_sample, teardown_sample),
+		cmocka_unit_test(test_minimal),
+		cmocka_unit_test(test_bad_json),
+		cmocka_unit_test(test_bad_shape),
+		cmocka_unit_test(test_overflow),
+		cmocka_unit_test(test_largest_sizes),
+		cmocka_unit_test(test_deep_nesting),
+		cmocka_unit_test(test_not_nul_terminated),
 	};
 
 	return cmocka_run_group_tests_name("vmdesc", tests, NULL, NULL);

@@ -32,7 +32,7 @@ static void *guest_ram(const char *name, int *ret_fd)
 int main(int argc, char **argv)
 {
 	const char *path = argc > 1 ? argv[1] : "vmm-example.snap";
-	struct snap_opts opts = {.jobs = 2, .direct = SNAP_DIRECT_AUTO};
+	struct snap_opts opts = { .jobs = 2, .direct = SNAP_DIRECT_AUTO };
 	struct snap_file *file = NULL;
 	struct snap_stats st;
 	struct snap_err err;
@@ -48,9 +48,12 @@ int main(int argc, char **argv)
 		memset(ram + i, (int)(i / 4096) | 1, 4096);
 
 	out_fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-	struct snap_block blk = {.name = "pc.ram", .addr = ram, .length = RAM_SIZE, .fd = ram_fd};
-	struct snap_save_args sa = {.fd = out_fd, .direct_fd = -1, .blocks = &blk, .n_blocks = 1,
-				    .devstate = SNAP_DEVSTATE_NONE};
+	struct snap_block blk = { .name = "pc.ram", .addr = ram, .length = RAM_SIZE, .fd = ram_fd };
+	struct snap_save_args sa = { .fd = out_fd,
+				     .direct_fd = -1,
+				     .blocks = &blk,
+				     .n_blocks = 1,
+				     .devstate = SNAP_DEVSTATE_NONE };
 	if (out_fd < 0 || snap_save(&sa, &opts, &st, &err)) {
 		fprintf(stderr, "save: %s\n", out_fd < 0 ? "cannot open" : err.msg);
 		return 1;
@@ -65,10 +68,15 @@ int main(int argc, char **argv)
 		fprintf(stderr, "verify: %s\n", bad ? "checksum mismatch" : err.msg);
 		return 1;
 	}
-	struct snap_block dblk = {.name = "pc.ram", .addr = dst, .length = RAM_SIZE, .fd = dst_fd,
-				  .zeroed = true};
-	struct snap_restore_args ra = {.fd = in_fd, .direct_fd = -1, .file = file, .blocks = &dblk,
-				       .n_blocks = 1, .devstate_fd = -1};
+	struct snap_block dblk = {
+		.name = "pc.ram", .addr = dst, .length = RAM_SIZE, .fd = dst_fd, .zeroed = true
+	};
+	struct snap_restore_args ra = { .fd = in_fd,
+					.direct_fd = -1,
+					.file = file,
+					.blocks = &dblk,
+					.n_blocks = 1,
+					.devstate_fd = -1 };
 	if (snap_restore(&ra, &opts, &st, &err)) {
 		fprintf(stderr, "restore: %s\n", err.msg);
 		return 1;
