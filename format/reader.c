@@ -34,6 +34,7 @@ struct parser {
 	struct mr_vmdesc *vmdesc;
 	bool vmdesc_tried;
 	size_t cap_sections;
+	size_t cap_blocks;
 };
 
 static int fail(struct parser *p, int code, uint64_t off, const char *block, const char *fmt, ...)
@@ -243,6 +244,10 @@ static int parse_header(struct parser *p)
 			r = cur_be32(c, &sub_version);
 		if (r)
 			return fail(p, r, sub_off, NULL, "configuration subsection %s", rd_what(r));
+		if (sub_version != 1)
+			return fail(p, -EPROTONOSUPPORT, sub_off, NULL,
+				    "configuration subsection '%s' version %u (expected 1)", name,
+				    sub_version);
 		if (strncmp(name, "configuration", 13))
 			return fail(p, -EBADMSG, sub_off, NULL,
 				    "unexpected subsection '%s' in the configuration", name);
@@ -458,17 +463,30 @@ static int parse_ram_words(struct parser *p, uint64_t sec_off, bool start)
 		img->ram_total = remaining;
 		/* Each block consumes at least 4096 bytes of the total or of the file. */
 		while (remaining) {
-			if (img->n_blocks % 16 == 0) {
+			if (img->n_blocks == p->cap_blocks) {
+				/* Doubling: growing by a constant step copies O(n^2) bytes. */
+				size_t cap = p->cap_blocks ? p->cap_blocks * 2 : 16;
 				struct mr_block_info *nb;
 
 				if (img->n_blocks >= 65536)
 					return fail(p, -EBADMSG, c->off, NULL,
 						    "too many RAM blocks");
-				nb = realloc(img->blocks, (img->n_blocks + 16) * sizeof(*nb));
+				nb = realloc(img->blocks, cap * sizeof(*nb));
 				if (!nb)
 					return fail(p, -ENOMEM, c->off, NULL, "out of memory");
 				img->blocks = nb;
+				p->cap_blocks = cap;
 			}
+			uint8_t peek[8];
+			uint64_t at = c->off;
+
+			/* An EOS word where a block should be: the total claims too much. */
+			if (!cur_read(c, peek, sizeof(peek)) && mr_get_be64(peek) == MR_RAM_EOS)
+				return fail(
+					p, -EBADMSG, at, NULL,
+					"MEM_SIZE total exceeds the listed blocks by 0x%llx bytes",
+					(unsigned long long)remaining);
+			c->off = at;
 			uint64_t before = remaining;
 
 			r = parse_block(p, &remaining);
@@ -596,6 +614,10 @@ static int parse_sections(struct parser *p)
 				if (ram_seen)
 					return fail(p, -EBADMSG, off, NULL,
 						    "second RAM section start");
+				if (s->instance != 0)
+					return fail(p, -EBADMSG, off, NULL,
+						    "RAM section instance %u (expected 0)",
+						    s->instance);
 				if (s->version != MR_RAM_VERSION)
 					return fail(p, -EPROTONOSUPPORT, off, NULL,
 						    "RAM section version %u (expected %u)",
@@ -620,6 +642,11 @@ static int parse_sections(struct parser *p)
 				if (img->has_devstate)
 					return fail_sec(p, -EBADMSG, off, s->idstr,
 							"second device-state section");
+				if (s->instance != 0 || s->version != MR_DEVSTATE_VERSION)
+					return fail_sec(
+						p, -EPROTONOSUPPORT, off, s->idstr,
+						"instance %u version %u (expected 0 and %u)",
+						s->instance, s->version, MR_DEVSTATE_VERSION);
 				r = cur_be64(c, &len);
 				if (r)
 					return fail_sec(p, r, off, s->idstr, "length %s",

@@ -223,12 +223,18 @@ int snap_outfile_commit(struct snap_outfile *o, char *errbuf, size_t errlen)
 	char *dir_copy = strdup(o->final_path);
 	int dfd = dir_copy ? open(dirname(dir_copy), O_RDONLY | O_DIRECTORY | O_CLOEXEC) : -1;
 
+	int r = dfd < 0 ? -errno : 0;
+
 	if (dfd >= 0) {
-		fsync(dfd);
+		if (fsync(dfd) < 0 && errno != EINVAL)
+			r = -errno;
 		close(dfd);
 	}
+	if (r)
+		snprintf(errbuf, errlen, "syncing the directory after the rename: %s",
+			 strerror(-r));
 	free(dir_copy);
-	return 0;
+	return r;
 }
 
 void snap_outfile_abort(struct snap_outfile *o)

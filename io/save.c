@@ -604,7 +604,14 @@ static int write_tail(struct save_run *s)
 
 static int sync_out(struct save_run *s, const char *what)
 {
-	if (s->opts->no_sync || fdatasync(s->args->fd) == 0)
+	int r;
+
+	if (s->opts->no_sync)
+		return 0;
+	do
+		r = fdatasync(s->args->fd);
+	while (r < 0 && errno == EINTR);
+	if (r == 0)
 		return 0;
 	return fail(s->err, -errno, "flushing %s to disk: %s", what, strerror(errno));
 }

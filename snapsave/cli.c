@@ -108,7 +108,7 @@ void cli_json_str(FILE *f, const char *s)
 	for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
 		if (*p == '"' || *p == '\\')
 			fprintf(f, "\\%c", *p);
-		else if (*p < 0x20 || *p >= 0x7f)
+		else if (*p < 0x20 || *p == 0x7f) /* UTF-8 (>= 0x80) passes through */
 			fprintf(f, "\\u%04x", *p);
 		else
 			fputc(*p, f);

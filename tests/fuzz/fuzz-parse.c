@@ -1,0 +1,152 @@
+// SPDX-License-Identifier: MIT
+/*
+ * libFuzzer target for the file decoders: the input is a whole file, read
+ * through an in-memory mr_src by the trailer, stream and VM-description
+ * parsers, the way snap_inspect() reads a file on disk.
+ */
+#include "reader.h"
+#include "trailer.h"
+#include "vmdesc.h"
+#include "be.h"
+
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <xxhash.h>
+
+struct mem {
+	const uint8_t *data;
+	size_t len;
+};
+
+static long mem_pread(void *ctx, void *buf, size_t len, uint64_t off)
+{
+	const struct mem *m = ctx;
+
+	if (off >= m->len)
+		return 0;
+	if (len > m->len - off)
+		len = m->len - off;
+	memcpy(buf, m->data + off, len);
+	return (long)len;
+}
+
+/* Touches every decoded field so the sanitizers see uninitialized or freed data. */
+static void walk_image(const struct mr_image *img)
+{
+	volatile uint64_t sink = 0;
+
+	(void)mr_image_has_cap(img, "mapped-ram");
+	for (size_t i = 0; i < img->n_blocks; i++) {
+		const struct mr_block_info *b = &img->blocks[i];
+
+		if (mr_image_block(img, b->name) == NULL)
+			abort();
+		sink += b->length + b->present + b->hdr.pages_offset + b->hdr.bitmap_offset;
+		if (b->bitmap && b->num_pages)
+			sink += mr_bitmap_count(b->bitmap, b->num_pages);
+	}
+	for (size_t i = 0; i < img->n_sections; i++)
+		sink += img->sections[i].off + img->sections[i].size +
+			strlen(img->sections[i].idstr);
+	sink += img->ram_end + img->stream_end + img->devstate_len + img->vmdesc_len;
+	(void)sink;
+}
+
+static void parse_image(const struct mr_src *src, uint64_t base, unsigned flags)
+{
+	struct mr_image *img = NULL;
+	struct mr_err err;
+
+	if (mr_image_parse(src, base, flags, &img, &err) == 0) {
+		walk_image(img);
+		mr_image_free(img);
+	}
+}
+
+static void parse_vmdesc(const char *json, size_t len)
+{
+	struct mr_vmdesc *d = NULL;
+	uint64_t size;
+
+	if (mr_vmdesc_parse(json, len, &d))
+		return;
+	(void)mr_vmdesc_page_size(d);
+	(void)mr_vmdesc_section_size(d, "ram", 0, 0, &size);
+	(void)mr_vmdesc_section_size(d, "timer", 0, 0, &size);
+	mr_vmdesc_free(d);
+}
+
+/* Runs every decoder over one file image. */
+static void parse_file(const uint8_t *data, size_t size)
+{
+	struct mem m = { data, size };
+	struct mr_src src = { mem_pread, &m, size };
+	struct mr_trailer *t = NULL;
+	enum mr_container kind;
+	struct mr_err err;
+	uint64_t base = 0, voff, vlen;
+
+	/* As snap_inspect(): the trailer first, and it bounds the stream. */
+	if (mr_trailer_parse(&src, size, &t, &err) == 0) {
+		for (size_t i = 0; i < t->n_blocks; i++)
+			if (mr_trailer_find_block(t, t->blocks[i].name) == NULL)
+				abort();
+		src.size = t->stream_end;
+		if (t->stream_base)
+			parse_image(&src, t->stream_base, 0);
+		mr_trailer_free(t);
+	}
+	parse_image(&src, 0, 0);
+	parse_image(&src, 0, MR_PARSE_NO_BITMAPS);
+	if (mr_detect_stream(&src, &base, &kind) == 0 && base)
+		parse_image(&src, base, 0);
+	if (mr_find_vmdesc(&src, 0, src.size, &voff, &vlen) == 0) {
+		if (voff + 5 + vlen > size)
+			abort(); /* mr_find_vmdesc promised a record inside the file */
+		parse_vmdesc((const char *)data + voff + 5, (size_t)vlen);
+	}
+}
+
+/*
+ * Both trailer hashes rewritten to match the input, so mutations of the
+ * table reach the table parser instead of failing the checksum.
+ */
+static void fix_trailer_hashes(uint8_t *data, size_t size)
+{
+	uint8_t *foot;
+	uint64_t toff, tlen;
+
+	if (size < MR_TRAILER_FOOTER_SIZE)
+		return;
+	foot = data + size - MR_TRAILER_FOOTER_SIZE;
+	if (memcmp(foot, MR_TRAILER_MAGIC, 8))
+		return;
+	toff = mr_get_be64(foot + 16);
+	tlen = mr_get_be64(foot + 24);
+	if (toff <= size - MR_TRAILER_FOOTER_SIZE && tlen <= size - MR_TRAILER_FOOTER_SIZE - toff)
+		mr_put_be64(foot + 32, XXH3_64bits(data + toff, (size_t)tlen));
+	mr_put_be64(foot + 40, XXH3_64bits(foot, 40));
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+	uint8_t *copy;
+
+	parse_file(data, size);
+	if (size && data[0] == '{')
+		parse_vmdesc((const char *)data, size);
+
+	copy = malloc(size ? size : 1);
+	if (!copy)
+		return 0;
+	memcpy(copy, data, size);
+	fix_trailer_hashes(copy, size);
+	if (size && memcmp(copy, data, size))
+		parse_file(copy, size);
+	free(copy);
+	return 0;
+}
