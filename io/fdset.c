@@ -1403,7 +1403,7 @@ static int handle_add_fd(struct session *s, bool json)
 	int r;
 
 	if (s->fds_seen != 1) {
-		serr(s, "add-fd came with %u descriptors; send exactly one with each add-fd line",
+		serr(s, "add-fd came with %u descriptor(s); send exactly one with each add-fd line",
 		     s->fds_seen);
 		return -EPROTO;
 	}
@@ -1487,7 +1487,7 @@ static int session_run(struct session *s, bool *ret_json)
 			continue;
 		}
 		if (s->fds_seen) {
-			serr(s, "start came with %u descriptors; it takes none", s->fds_seen);
+			serr(s, "start came with %u descriptor(s); it takes none", s->fds_seen);
 			return -EPROTO;
 		}
 		r = commit(s);

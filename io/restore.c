@@ -661,14 +661,19 @@ int snap_inspect(int fd, uint64_t offset, struct snap_file **ret, struct snap_er
 
 	r = mr_image_parse(&src, offset, 0, &f->img, &me);
 	if (r) {
+		/* A save cut short ends inside its stream, with no completion record. */
+		const char *pre = r == -ENODATA && f->trailer_status == -ENOENT
+					  ? "incomplete (the save did not finish): "
+					  : "";
+
 		snap_file_free(f);
 		if (me.block[0])
-			return fail(err, r, "offset 0x%llx: block '%s': %s",
+			return fail(err, r, "%soffset 0x%llx: block '%s': %s", pre,
 				    (unsigned long long)me.off, me.block, me.msg);
 		if (me.section[0])
-			return fail(err, r, "offset 0x%llx: section '%s': %s",
+			return fail(err, r, "%soffset 0x%llx: section '%s': %s", pre,
 				    (unsigned long long)me.off, me.section, me.msg);
-		return fail(err, r, "offset 0x%llx: %s", (unsigned long long)me.off, me.msg);
+		return fail(err, r, "%soffset 0x%llx: %s", pre, (unsigned long long)me.off, me.msg);
 	}
 	if (f->trailer && f->img->stream_end != f->trailer->stream_end) {
 		snprintf(f->trailer_msg, sizeof(f->trailer_msg),

@@ -504,7 +504,11 @@ static int open_input(const struct args *a, int *ret_fd, int *ret_dfd)
 			close(fd);
 			return r;
 		}
-		if (strncmp(a->file, "fd:", 3))
+		if (!strncmp(a->file, "/dev/fdset/", 11))
+			cli_note("%s: the fd set holds no O_RDONLY|O_DIRECT descriptor; reading "
+				 "buffered",
+				 a->file);
+		else if (strncmp(a->file, "fd:", 3))
 			cli_note("%s: O_DIRECT unavailable (%s); reading buffered", a->file, ebuf);
 		dfd = -1;
 	}
