@@ -78,17 +78,7 @@ static void usage(FILE *f)
 }
 
 enum {
-	OPT_DIRECT = 256,
-	OPT_IO,
-	OPT_QD,
-	OPT_MAXIO,
-	OPT_PROGRESS,
-	OPT_JSON,
-	OPT_RAW,
-	OPT_OFFSET,
-	OPT_ADD_FD,
-	OPT_FD_SOCKET,
-	OPT_SKIP,
+	OPT_SKIP = CLI_OPT_LOCAL,
 	OPT_VERIFY,
 	OPT_NO_VERIFY,
 	OPT_FORCE,
@@ -98,44 +88,25 @@ static const struct option long_opts[] = {
 	{ "ram", required_argument, NULL, 'r' },
 	{ "all", required_argument, NULL, 'a' },
 	{ "skip", required_argument, NULL, OPT_SKIP },
-	{ "device-state", required_argument, NULL, 'd' },
-	{ "device-state-raw", required_argument, NULL, OPT_RAW },
-	{ "offset", required_argument, NULL, OPT_OFFSET },
-	{ "add-fd", required_argument, NULL, OPT_ADD_FD },
-	{ "fd-socket", required_argument, NULL, OPT_FD_SOCKET },
 	{ "info", no_argument, NULL, 'i' },
 	{ "verify", no_argument, NULL, OPT_VERIFY },
 	{ "no-verify", no_argument, NULL, OPT_NO_VERIFY },
 	{ "force", no_argument, NULL, OPT_FORCE },
-	{ "jobs", required_argument, NULL, 'j' },
-	{ "direct", required_argument, NULL, OPT_DIRECT },
-	{ "io", required_argument, NULL, OPT_IO },
-	{ "queue-depth", required_argument, NULL, OPT_QD },
-	{ "max-io-size", required_argument, NULL, OPT_MAXIO },
-	{ "progress", no_argument, NULL, OPT_PROGRESS },
-	{ "json", no_argument, NULL, OPT_JSON },
-	{ "help", no_argument, NULL, 'h' },
-	{ "version", no_argument, NULL, 'V' },
+	CLI_COMMON_LONG_OPTS,
 	{ NULL, 0, NULL, 0 },
 };
 
 struct args {
-	const char *fd_socket;
+	struct cli_common cc;
 	const char *file;
 	struct snap_ram_spec ram[MAX_BLOCKS];
 	size_t n_ram;
 	const char *skip[MAX_BLOCKS];
 	size_t n_skip;
 	const char *all_dir;
-	const char *devstate;
-	bool devstate_raw;
-	uint64_t offset;
-	bool has_offset;
 	bool info;
 	bool verify;
 	bool force;
-	bool json;
-	struct snap_opts opts;
 };
 
 static int parse_args(int argc, char **argv, struct args *a)
@@ -145,6 +116,12 @@ static int parse_args(int argc, char **argv, struct args *a)
 
 	opterr = 0; /* getopt would name argv[0] and take two lines */
 	while ((c = getopt_long(argc, argv, ":r:a:d:ij:hV", long_opts, NULL)) != -1) {
+		int k = cli_common_option(c, argv, &a->cc, usage);
+
+		if (k == 1)
+			continue;
+		if (k)
+			return k;
 		switch (c) {
 		case 'r':
 			if (a->n_ram == MAX_BLOCKS) {
@@ -170,93 +147,11 @@ static int parse_args(int argc, char **argv, struct args *a)
 			}
 			a->skip[a->n_skip++] = optarg;
 			break;
-		case 'd':
-		case OPT_RAW:
-			if (a->devstate) {
-				cli_err("--device-state and --device-state-raw: give one of them "
-					"once");
-				return 2;
-			}
-			a->devstate = optarg;
-			a->devstate_raw = c == OPT_RAW;
-			break;
-		case OPT_ADD_FD:
-			if (cli_add_fd(optarg))
-				return 2;
-			break;
-		case OPT_FD_SOCKET:
-			if (a->fd_socket) {
-				cli_err("--fd-socket: give it once");
-				return 2;
-			}
-			a->fd_socket = optarg;
-			break;
-		case OPT_OFFSET:
-			if (snap_parse_size(optarg, &a->offset) || a->offset > (1ull << 62)) {
-				cli_err("--offset: bad size '%s'", optarg);
-				return 2;
-			}
-			a->has_offset = true;
-			break;
 		case 'i': a->info = true; break;
 		case OPT_VERIFY: a->verify = true; break;
-		case OPT_NO_VERIFY: a->opts.no_verify = true; break;
+		case OPT_NO_VERIFY: a->cc.opts.no_verify = true; break;
 		case OPT_FORCE: a->force = true; break;
-		case 'j':
-			if (cli_parse_uint(optarg, 1, 1024, &a->opts.jobs)) {
-				cli_err("--jobs: expected a number from 1 to 1024, got '%s'",
-					optarg);
-				return 2;
-			}
-			break;
-		case OPT_DIRECT:
-			if (cli_parse_direct(optarg, &a->opts.direct)) {
-				cli_err("--direct: expected auto, on or off, got '%s'", optarg);
-				return 2;
-			}
-			break;
-		case OPT_IO:
-			a->opts.engine = optarg;
-			if (!snap_io_engine_find(optarg)) {
-				cli_err("--io: unknown or unavailable engine '%s'", optarg);
-				return 2;
-			}
-			break;
-		case OPT_QD:
-			if (cli_parse_uint(optarg, 1, 4096, &a->opts.queue_depth)) {
-				cli_err("--queue-depth: expected a number from 1 to 4096, got '%s'",
-					optarg);
-				return 2;
-			}
-			break;
-		case OPT_MAXIO: {
-			uint64_t v;
-
-			if (snap_parse_size(optarg, &v) || v < 4096 || v % 4096 || v > (1u << 30)) {
-				cli_err("--max-io-size: expected a multiple of 4096 up to 1G, got "
-					"'%s'",
-					optarg);
-				return 2;
-			}
-			a->opts.max_io = (size_t)v;
-			break;
-		}
-		case OPT_PROGRESS: a->opts.progress = cli_progress; break;
-		case OPT_JSON: a->json = true; break;
-		case 'h': usage(stdout); return -1;
-		case 'V': printf("snaprestore %s\n", SNAPMR_VERSION); return -1;
-		case ':':
-			cli_err("option '%s' needs an argument (see 'snaprestore --help')",
-				argv[optind - 1]);
-			return 2;
-		default:
-			/* A short option in a cluster has no argv slot of its own. */
-			if (optopt > 0 && optopt < 256 && strncmp(argv[optind - 1], "--", 2))
-				cli_err("invalid option '-%c' (see 'snaprestore --help')", optopt);
-			else
-				cli_err("invalid option '%s' (see 'snaprestore --help')",
-					argv[optind - 1]);
-			return 2;
+		default: cli_err("option '%s' is not handled", argv[optind - 1]); return 2;
 		}
 	}
 	if (optind >= argc) {
@@ -268,7 +163,7 @@ static int parse_args(int argc, char **argv, struct args *a)
 		cli_err("unexpected argument '%s'", argv[optind]);
 		return 2;
 	}
-	if ((a->info || a->verify) && (a->n_ram || a->all_dir || a->devstate || a->n_skip)) {
+	if ((a->info || a->verify) && (a->n_ram || a->all_dir || a->cc.devstate || a->n_skip)) {
 		cli_err("--%s does not restore: drop --ram, --all, --skip and --device-state",
 			a->info ? "info" : "verify");
 		return 2;
@@ -277,7 +172,7 @@ static int parse_args(int argc, char **argv, struct args *a)
 		cli_err("--info and --verify: choose one");
 		return 2;
 	}
-	if (a->verify && a->opts.no_verify) {
+	if (a->verify && a->cc.opts.no_verify) {
 		cli_err("--verify and --no-verify contradict each other");
 		return 2;
 	}
@@ -485,7 +380,7 @@ static int open_input(const struct args *a, int *ret_fd, int *ret_dfd)
 		close(fd);
 		return -EINVAL;
 	}
-	if ((a->info || a->opts.direct == SNAP_DIRECT_OFF)) {
+	if ((a->info || a->cc.opts.direct == SNAP_DIRECT_OFF)) {
 		*ret_fd = fd;
 		*ret_dfd = -1;
 		return 0;
@@ -499,7 +394,7 @@ static int open_input(const struct args *a, int *ret_fd, int *ret_dfd)
 		r = snap_io_open(a->file, O_RDONLY | O_DIRECT, 0, &dfd, ebuf, sizeof(ebuf));
 	}
 	if (r < 0) {
-		if (a->opts.direct == SNAP_DIRECT_ON) {
+		if (a->cc.opts.direct == SNAP_DIRECT_ON) {
 			cli_err("%s: O_DIRECT: %s", a->file, ebuf);
 			close(fd);
 			return r;
@@ -553,7 +448,7 @@ static int do_restore(struct args *a, int fd, int dfd, const struct snap_file *f
 			cli_err("%s: --skip: block '%s' is not in the file", a->file, a->skip[i]);
 			return 1;
 		}
-	if (a->devstate && !a->devstate_raw && !img->has_devstate) {
+	if (a->cc.devstate && !a->cc.devstate_raw && !img->has_devstate) {
 		cli_err("%s: no snapmr device-state section (a QEMU file keeps its device state in "
 			"the raw stream tail: use --device-state-raw)",
 			a->file);
@@ -606,8 +501,8 @@ static int do_restore(struct args *a, int fd, int dfd, const struct snap_file *f
 						 .zeroed = maps[n].zeroed };
 		n++;
 	}
-	if (a->devstate) {
-		devstate_fd = open_devstate_out(a->devstate);
+	if (a->cc.devstate) {
+		devstate_fd = open_devstate_out(a->cc.devstate);
 		if (devstate_fd < 0)
 			goto unmap;
 	}
@@ -618,9 +513,9 @@ static int do_restore(struct args *a, int fd, int dfd, const struct snap_file *f
 		.blocks = blocks,
 		.n_blocks = n,
 		.devstate_fd = devstate_fd,
-		.devstate_raw = a->devstate_raw,
+		.devstate_raw = a->cc.devstate_raw,
 	};
-	if (snap_restore(&ra, &a->opts, &st, &err)) {
+	if (snap_restore(&ra, &a->cc.opts, &st, &err)) {
 		cli_progress_end();
 		cli_err("%s: %s", a->file, err.msg);
 		goto unmap;
@@ -628,14 +523,14 @@ static int do_restore(struct args *a, int fd, int dfd, const struct snap_file *f
 	cli_progress_end();
 	/* Pipes and terminals cannot be synced (EINVAL); files must be. */
 	if (devstate_fd >= 0 && fsync(devstate_fd) < 0 && errno != EINVAL && errno != EROFS) {
-		cli_err("device state '%s': %s", a->devstate, strerror(errno));
+		cli_err("device state '%s': %s", a->cc.devstate, strerror(errno));
 		goto unmap;
 	}
 	if (st.engine_fallback)
 		cli_note("the preferred I/O engine cannot start here; using '%s'", st.engine);
 	if (st.direct_fell_back)
 		cli_note("O_DIRECT was refused for some reads; they went through the page cache");
-	if (a->json)
+	if (a->cc.json)
 		cli_print_stats_json(stdout, "completed", &st);
 	last_stats = st;
 	have_stats = true;
@@ -679,13 +574,14 @@ static int do_verify(struct args *a, int fd, int dfd, const struct snap_file *f)
 			cli_err("%s: checksum table: %s", a->file, f->trailer_msg);
 		return 1;
 	}
-	if (snap_verify(fd, dfd, f, &a->opts, print_mismatch, (void *)a->file, &bad, &st, &err)) {
+	if (snap_verify(fd, dfd, f, &a->cc.opts, print_mismatch, (void *)a->file, &bad, &st,
+			&err)) {
 		cli_progress_end();
 		cli_err("%s: %s", a->file, err.msg);
 		return 1;
 	}
 	cli_progress_end();
-	if (a->json)
+	if (a->cc.json)
 		cli_print_stats_json(stdout, bad ? "failed" : "completed", &st);
 	last_stats = st;
 	have_stats = true;
@@ -736,14 +632,14 @@ int main(int argc, char **argv)
 		ret = r < 0 ? 0 : r;
 		goto free_specs;
 	}
-	if (a.fd_socket && cli_fd_socket_start(a.fd_socket))
+	if (a.cc.fd_socket && cli_fd_socket_start(a.cc.fd_socket))
 		goto free_specs;
 	if (open_input(&a, &fd, &dfd))
 		goto free_specs;
-	if (!a.has_offset) {
+	if (!a.cc.has_offset) {
 		enum mr_container kind;
 
-		if (snap_detect_offset(fd, &a.offset, &kind, &err)) {
+		if (snap_detect_offset(fd, &a.cc.offset, &kind, &err)) {
 			cli_err("%s: %s", a.file, err.msg);
 			goto close_fds;
 		}
@@ -754,16 +650,16 @@ int main(int argc, char **argv)
 				a.file);
 			goto close_fds;
 		}
-		if (kind != MR_CONTAINER_NONE && !a.json)
+		if (kind != MR_CONTAINER_NONE && !a.cc.json)
 			cli_note("%s: libvirt save image; the stream starts at offset %llu", a.file,
-				 (unsigned long long)a.offset);
+				 (unsigned long long)a.cc.offset);
 	}
-	if (snap_inspect(fd, a.offset, &f, &err)) {
+	if (snap_inspect(fd, a.cc.offset, &f, &err)) {
 		cli_err("%s: %s", a.file, err.msg);
 		goto close_fds;
 	}
 	if (a.info) {
-		if (a.json)
+		if (a.cc.json)
 			print_info_json(a.file, f);
 		else
 			print_info_text(a.file, f);

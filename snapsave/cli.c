@@ -1,10 +1,14 @@
 // SPDX-License-Identifier: MIT
 /* Messages, progress and JSON output shared by both command-line tools. */
 #include "cli.h"
+#include "config.h"
+#include "engine.h"
 #include "fdset.h"
+#include "ramsrc.h"
 #include "outfile.h"
 
 #include <errno.h>
+#include <getopt.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdlib.h>
@@ -39,7 +43,7 @@ void cli_note(const char *fmt, ...)
 	fputc('\n', stderr);
 }
 
-int cli_parse_direct(const char *s, enum snap_direct *ret)
+static int parse_direct(const char *s, enum snap_direct *ret)
 {
 	if (!strcmp(s, "auto"))
 		*ret = SNAP_DIRECT_AUTO;
@@ -52,7 +56,7 @@ int cli_parse_direct(const char *s, enum snap_direct *ret)
 	return 0;
 }
 
-int cli_parse_uint(const char *s, unsigned min, unsigned max, unsigned *ret)
+static int parse_uint(const char *s, unsigned min, unsigned max, unsigned *ret)
 {
 	char *end;
 	unsigned long v;
@@ -65,6 +69,89 @@ int cli_parse_uint(const char *s, unsigned min, unsigned max, unsigned *ret)
 		return -EINVAL;
 	*ret = (unsigned)v;
 	return 0;
+}
+
+int cli_common_option(int c, char **argv, struct cli_common *cc, void (*usage)(FILE *))
+{
+	uint64_t v;
+
+	switch (c) {
+	case 'j':
+		if (parse_uint(optarg, 1, 1024, &cc->opts.jobs)) {
+			cli_err("--jobs: expected a number from 1 to 1024, got '%s'", optarg);
+			return 2;
+		}
+		return 1;
+	case CLI_OPT_DIRECT:
+		if (parse_direct(optarg, &cc->opts.direct)) {
+			cli_err("--direct: expected auto, on or off, got '%s'", optarg);
+			return 2;
+		}
+		return 1;
+	case CLI_OPT_IO:
+		if (!snap_io_engine_find(optarg)) {
+			cli_err("--io: unknown or unavailable engine '%s'", optarg);
+			return 2;
+		}
+		cc->opts.engine = optarg;
+		return 1;
+	case CLI_OPT_QD:
+		if (parse_uint(optarg, 1, 4096, &cc->opts.queue_depth)) {
+			cli_err("--queue-depth: expected a number from 1 to 4096, got '%s'",
+				optarg);
+			return 2;
+		}
+		return 1;
+	case CLI_OPT_MAXIO:
+		if (snap_parse_size(optarg, &v) || v < 4096 || v % 4096 || v > (1u << 30)) {
+			cli_err("--max-io-size: expected a multiple of 4096 up to 1G, got '%s'",
+				optarg);
+			return 2;
+		}
+		cc->opts.max_io = (size_t)v;
+		return 1;
+	case CLI_OPT_PROGRESS: cc->opts.progress = cli_progress; return 1;
+	case CLI_OPT_JSON: cc->json = true; return 1;
+	case CLI_OPT_OFFSET:
+		if (snap_parse_size(optarg, &cc->offset) || cc->offset > (1ull << 62)) {
+			cli_err("--offset: bad size '%s'", optarg);
+			return 2;
+		}
+		cc->has_offset = true;
+		return 1;
+	case CLI_OPT_ADD_FD: return cli_add_fd(optarg) ? 2 : 1;
+	case CLI_OPT_FD_SOCKET:
+		if (cc->fd_socket) {
+			cli_err("--fd-socket: give it once");
+			return 2;
+		}
+		cc->fd_socket = optarg;
+		return 1;
+	case 'd':
+	case CLI_OPT_RAW:
+		if (cc->devstate) {
+			cli_err("--device-state and --device-state-raw: give one of them once");
+			return 2;
+		}
+		cc->devstate = optarg;
+		cc->devstate_raw = c == CLI_OPT_RAW;
+		return 1;
+	case 'h': usage(stdout); return -1;
+	case 'V': printf("%s %s\n", cli_prog, SNAPMR_VERSION); return -1;
+	case ':':
+		cli_err("option '%s' needs an argument (see '%s --help')", argv[optind - 1],
+			cli_prog);
+		return 2;
+	case '?':
+		/* A short option in a cluster has no argv slot of its own. */
+		if (optopt > 0 && optopt < 256 && strncmp(argv[optind - 1], "--", 2))
+			cli_err("invalid option '-%c' (see '%s --help')", optopt, cli_prog);
+		else
+			cli_err("invalid option '%s' (see '%s --help')", argv[optind - 1],
+				cli_prog);
+		return 2;
+	default: return 0;
+	}
 }
 
 const char *cli_human(uint64_t bytes, char *buf, size_t len)

@@ -16,8 +16,56 @@ void cli_err(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* Prints "prog: note: message" on stderr. */
 void cli_note(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
-int cli_parse_direct(const char *s, enum snap_direct *ret);
-int cli_parse_uint(const char *s, unsigned min, unsigned max, unsigned *ret);
+/* Options both tools take; each tool numbers its own from CLI_OPT_LOCAL. */
+enum cli_opt {
+	CLI_OPT_DIRECT = 256,
+	CLI_OPT_IO,
+	CLI_OPT_QD,
+	CLI_OPT_MAXIO,
+	CLI_OPT_PROGRESS,
+	CLI_OPT_JSON,
+	CLI_OPT_OFFSET,
+	CLI_OPT_ADD_FD,
+	CLI_OPT_FD_SOCKET,
+	CLI_OPT_RAW,
+	CLI_OPT_LOCAL,
+};
+
+#define CLI_COMMON_LONG_OPTS                                                  \
+	{ "jobs", required_argument, NULL, 'j' },                             \
+		{ "direct", required_argument, NULL, CLI_OPT_DIRECT },        \
+		{ "io", required_argument, NULL, CLI_OPT_IO },                \
+		{ "queue-depth", required_argument, NULL, CLI_OPT_QD },       \
+		{ "max-io-size", required_argument, NULL, CLI_OPT_MAXIO },    \
+		{ "progress", no_argument, NULL, CLI_OPT_PROGRESS },          \
+		{ "json", no_argument, NULL, CLI_OPT_JSON },                  \
+		{ "offset", required_argument, NULL, CLI_OPT_OFFSET },        \
+		{ "add-fd", required_argument, NULL, CLI_OPT_ADD_FD },        \
+		{ "fd-socket", required_argument, NULL, CLI_OPT_FD_SOCKET },  \
+		{ "device-state", required_argument, NULL, 'd' },             \
+		{ "device-state-raw", required_argument, NULL, CLI_OPT_RAW }, \
+		{ "help", no_argument, NULL, 'h' },                           \
+	{                                                                     \
+		"version", no_argument, NULL, 'V'                             \
+	}
+
+/* What the shared options set. */
+struct cli_common {
+	struct snap_opts opts;
+	bool json;
+	const char *fd_socket;
+	uint64_t offset;
+	bool has_offset;
+	const char *devstate; /* -d or --device-state-raw argument */
+	bool devstate_raw;
+};
+
+/*
+ * Handles option c if both tools share it: returns 1 when handled, 0 when
+ * it is the tool's own, 2 after printing a usage error, -1 after --help or
+ * --version (usage() prints the tool's help).
+ */
+int cli_common_option(int c, char **argv, struct cli_common *cc, void (*usage)(FILE *));
 
 /* Progress callback: bytes done/total, MiB/s and ETA on one stderr line. */
 void cli_progress(void *arg, const struct snap_progress *p);

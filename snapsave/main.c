@@ -65,52 +65,24 @@ static void usage(FILE *f)
 }
 
 enum {
-	OPT_DIRECT = 256,
-	OPT_IO,
-	OPT_QD,
-	OPT_MAXIO,
-	OPT_PROGRESS,
-	OPT_JSON,
-	OPT_NOSYNC,
-	OPT_RAW,
-	OPT_OFFSET,
-	OPT_ADD_FD,
-	OPT_FD_SOCKET,
+	OPT_NOSYNC = CLI_OPT_LOCAL,
 };
 
 static const struct option long_opts[] = {
 	{ "output", required_argument, NULL, 'o' },
 	{ "ram", required_argument, NULL, 'r' },
-	{ "device-state", required_argument, NULL, 'd' },
-	{ "device-state-raw", required_argument, NULL, OPT_RAW },
 	{ "machine", required_argument, NULL, 'm' },
-	{ "offset", required_argument, NULL, OPT_OFFSET },
-	{ "add-fd", required_argument, NULL, OPT_ADD_FD },
-	{ "fd-socket", required_argument, NULL, OPT_FD_SOCKET },
-	{ "jobs", required_argument, NULL, 'j' },
-	{ "direct", required_argument, NULL, OPT_DIRECT },
-	{ "io", required_argument, NULL, OPT_IO },
-	{ "queue-depth", required_argument, NULL, OPT_QD },
-	{ "max-io-size", required_argument, NULL, OPT_MAXIO },
-	{ "progress", no_argument, NULL, OPT_PROGRESS },
-	{ "json", no_argument, NULL, OPT_JSON },
 	{ "no-sync", no_argument, NULL, OPT_NOSYNC },
-	{ "help", no_argument, NULL, 'h' },
-	{ "version", no_argument, NULL, 'V' },
+	CLI_COMMON_LONG_OPTS,
 	{ NULL, 0, NULL, 0 },
 };
 
 struct args {
-	const char *fd_socket;
+	struct cli_common cc;
 	const char *output;
 	struct snap_ram_spec ram[MAX_BLOCKS];
 	size_t n_ram;
-	const char *devstate;
-	bool devstate_raw;
 	const char *machine;
-	uint64_t offset;
-	struct snap_opts opts;
-	bool json;
 };
 
 static int parse_args(int argc, char **argv, struct args *a)
@@ -120,6 +92,12 @@ static int parse_args(int argc, char **argv, struct args *a)
 
 	opterr = 0; /* getopt would name argv[0] and take two lines */
 	while ((c = getopt_long(argc, argv, ":o:r:d:m:j:hV", long_opts, NULL)) != -1) {
+		int k = cli_common_option(c, argv, &a->cc, usage);
+
+		if (k == 1)
+			continue;
+		if (k)
+			return k;
 		switch (c) {
 		case 'o': a->output = optarg; break;
 		case 'r':
@@ -139,16 +117,6 @@ static int parse_args(int argc, char **argv, struct args *a)
 				}
 			a->n_ram++;
 			break;
-		case 'd':
-		case OPT_RAW:
-			if (a->devstate) {
-				cli_err("--device-state and --device-state-raw: give one of them "
-					"once");
-				return 2;
-			}
-			a->devstate = optarg;
-			a->devstate_raw = c == OPT_RAW;
-			break;
 		case 'm':
 			if (!*optarg || strlen(optarg) > 255) {
 				cli_err("--machine: name must have 1 to 255 bytes");
@@ -156,73 +124,8 @@ static int parse_args(int argc, char **argv, struct args *a)
 			}
 			a->machine = optarg;
 			break;
-		case OPT_ADD_FD:
-			if (cli_add_fd(optarg))
-				return 2;
-			break;
-		case OPT_FD_SOCKET:
-			if (a->fd_socket) {
-				cli_err("--fd-socket: give it once");
-				return 2;
-			}
-			a->fd_socket = optarg;
-			break;
-		case OPT_OFFSET:
-			if (snap_parse_size(optarg, &a->offset) || a->offset > (1ull << 62)) {
-				cli_err("--offset: bad size '%s'", optarg);
-				return 2;
-			}
-			break;
-		case 'j':
-			if (cli_parse_uint(optarg, 1, 1024, &a->opts.jobs)) {
-				cli_err("--jobs: expected a number from 1 to 1024, got '%s'",
-					optarg);
-				return 2;
-			}
-			break;
-		case OPT_DIRECT:
-			if (cli_parse_direct(optarg, &a->opts.direct)) {
-				cli_err("--direct: expected auto, on or off, got '%s'", optarg);
-				return 2;
-			}
-			break;
-		case OPT_IO: a->opts.engine = optarg; break;
-		case OPT_QD:
-			if (cli_parse_uint(optarg, 1, 4096, &a->opts.queue_depth)) {
-				cli_err("--queue-depth: expected a number from 1 to 4096, got '%s'",
-					optarg);
-				return 2;
-			}
-			break;
-		case OPT_MAXIO: {
-			uint64_t v;
-
-			if (snap_parse_size(optarg, &v) || v < 4096 || v % 4096 || v > (1u << 30)) {
-				cli_err("--max-io-size: expected a multiple of 4096 up to 1G, got "
-					"'%s'",
-					optarg);
-				return 2;
-			}
-			a->opts.max_io = (size_t)v;
-			break;
-		}
-		case OPT_PROGRESS: a->opts.progress = cli_progress; break;
-		case OPT_JSON: a->json = true; break;
-		case OPT_NOSYNC: a->opts.no_sync = true; break;
-		case 'h': usage(stdout); return -1;
-		case 'V': printf("snapsave %s\n", SNAPMR_VERSION); return -1;
-		case ':':
-			cli_err("option '%s' needs an argument (see 'snapsave --help')",
-				argv[optind - 1]);
-			return 2;
-		default:
-			/* A short option in a cluster has no argv slot of its own. */
-			if (optopt > 0 && optopt < 256 && strncmp(argv[optind - 1], "--", 2))
-				cli_err("invalid option '-%c' (see 'snapsave --help')", optopt);
-			else
-				cli_err("invalid option '%s' (see 'snapsave --help')",
-					argv[optind - 1]);
-			return 2;
+		case OPT_NOSYNC: a->cc.opts.no_sync = true; break;
+		default: cli_err("option '%s' is not handled", argv[optind - 1]); return 2;
 		}
 	}
 	if (optind < argc) {
@@ -235,10 +138,6 @@ static int parse_args(int argc, char **argv, struct args *a)
 	}
 	if (!a->n_ram) {
 		cli_err("no RAM blocks (--ram NAME=SOURCE)");
-		return 2;
-	}
-	if (a->opts.engine && !snap_io_engine_find(a->opts.engine)) {
-		cli_err("--io: unknown or unavailable engine '%s'", a->opts.engine);
 		return 2;
 	}
 	return 0;
@@ -275,7 +174,7 @@ int main(int argc, char **argv)
 		ret = r < 0 ? 0 : r;
 		goto free_specs;
 	}
-	if (a.fd_socket && cli_fd_socket_start(a.fd_socket))
+	if (a.cc.fd_socket && cli_fd_socket_start(a.cc.fd_socket))
 		goto free_specs;
 
 	for (size_t i = 0; i < a.n_ram; i++) {
@@ -290,14 +189,14 @@ int main(int argc, char **argv)
 						 .fd = maps[i].fd,
 						 .fd_off = maps[i].offset };
 	}
-	if (a.devstate) {
-		devstate_fd = open_devstate(a.devstate);
+	if (a.cc.devstate) {
+		devstate_fd = open_devstate(a.cc.devstate);
 		if (devstate_fd < 0)
 			goto unmap;
 	}
 
 	cli_install_signal_cleanup();
-	r = snap_outfile_open(&out, a.output, a.opts.direct, a.offset, ebuf, sizeof(ebuf));
+	r = snap_outfile_open(&out, a.output, a.cc.opts.direct, a.cc.offset, ebuf, sizeof(ebuf));
 	if (r) {
 		cli_err("%s: %s", a.output, ebuf);
 		goto close_devstate;
@@ -309,16 +208,16 @@ int main(int argc, char **argv)
 	sa = (struct snap_save_args){
 		.fd = out.fd,
 		.direct_fd = out.direct_fd,
-		.offset = a.offset,
+		.offset = a.cc.offset,
 		.machine = a.machine,
 		.blocks = blocks,
 		.n_blocks = a.n_ram,
-		.devstate = !a.devstate	     ? SNAP_DEVSTATE_NONE
-			    : a.devstate_raw ? SNAP_DEVSTATE_RAW
-					     : SNAP_DEVSTATE_SECTION,
+		.devstate = !a.cc.devstate	? SNAP_DEVSTATE_NONE
+			    : a.cc.devstate_raw ? SNAP_DEVSTATE_RAW
+						: SNAP_DEVSTATE_SECTION,
 		.devstate_fd = devstate_fd,
 	};
-	r = snap_save(&sa, &a.opts, &st, &err);
+	r = snap_save(&sa, &a.cc.opts, &st, &err);
 	if (!r)
 		r = snap_outfile_commit(&out, ebuf, sizeof(ebuf));
 	else
@@ -334,7 +233,7 @@ int main(int argc, char **argv)
 		cli_note("the preferred I/O engine cannot start here; using '%s'", st.engine);
 	if (st.direct_fell_back)
 		cli_note("O_DIRECT was refused for some writes; they went through the page cache");
-	if (a.json)
+	if (a.cc.json)
 		cli_print_stats_json(stdout, "completed", &st);
 	ret = 0;
 
