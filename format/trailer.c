@@ -40,6 +40,35 @@ static uint64_t run_end(const uint64_t *map, uint64_t i, uint64_t end, bool set)
 	return end;
 }
 
+/*
+ * Hash of npages zero pages. Idle guests are mostly zero, and hashing the
+ * same zeros again for every chunk would cost as much as hashing data: the
+ * value for each chunk length up to 1 MiB is computed once. Threads racing
+ * to fill an entry store the same value.
+ */
+#define ZERO_CACHE 256u
+
+static uint64_t zero_hash(uint64_t npages)
+{
+	static uint64_t cache[ZERO_CACHE + 1];
+	static bool known[ZERO_CACHE + 1];
+	XXH3_state_t st;
+	uint64_t h;
+
+	if (npages <= ZERO_CACHE && __atomic_load_n(&known[npages], __ATOMIC_ACQUIRE))
+		return __atomic_load_n(&cache[npages], __ATOMIC_RELAXED);
+	XXH3_INITSTATE(&st);
+	XXH3_64bits_reset(&st);
+	for (uint64_t j = 0; j < npages; j++)
+		XXH3_64bits_update(&st, zero_page, PAGE);
+	h = XXH3_64bits_digest(&st);
+	if (npages <= ZERO_CACHE) {
+		__atomic_store_n(&cache[npages], h, __ATOMIC_RELAXED);
+		__atomic_store_n(&known[npages], true, __ATOMIC_RELEASE);
+	}
+	return h;
+}
+
 uint64_t mr_trailer_chunk_hash(const void *data, const uint64_t *bitmap, uint64_t first_page,
 			       uint64_t npages)
 {
@@ -52,6 +81,9 @@ uint64_t mr_trailer_chunk_hash(const void *data, const uint64_t *bitmap, uint64_
 		assert(data || !npages);
 		return XXH3_64bits(data, (size_t)(npages * PAGE));
 	}
+
+	if (run_end(bitmap, first_page, last, false) == last)
+		return zero_hash(npages);
 
 	XXH3_INITSTATE(&st);
 	XXH3_64bits_reset(&st);

@@ -723,25 +723,25 @@ static const struct recv_case recv_cases[] = {
 		.name = "no fd",
 		.steps = { { "add-fd set=1\n", 0 } },
 		.err = -EPROTO,
-		.substr = "add-fd came with 0 descriptors; send exactly one",
+		.substr = "add-fd came with 0 descriptor(s); send exactly one",
 	},
 	{
 		.name = "two fds",
 		.steps = { { "add-fd set=1\n", 2 } },
 		.err = -EPROTO,
-		.substr = "add-fd came with 2 descriptors",
+		.substr = "add-fd came with 2 descriptor(s)",
 	},
 	{
 		.name = "fd on start",
 		.steps = { { "add-fd set=1\n", 1 }, { "start\n", 1 } },
 		.err = -EPROTO,
-		.substr = "start came with 1 descriptors; it takes none",
+		.substr = "start came with 1 descriptor(s); it takes none",
 	},
 	{
 		.name = "fd on a later byte",
 		.steps = { { "add-fd se", 1 }, { "t=1\n", 1 } },
 		.err = -EPROTO,
-		.substr = "add-fd came with 2 descriptors",
+		.substr = "add-fd came with 2 descriptor(s)",
 	},
 	{
 		.name = "truncated control data",
@@ -854,7 +854,7 @@ static const struct recv_case recv_cases[] = {
 		.name = "json no fd",
 		.steps = { { "{\"execute\":\"add-fd\"}\n", 0 } },
 		.err = -EPROTO,
-		.substr = "add-fd came with 0 descriptors",
+		.substr = "add-fd came with 0 descriptor(s)",
 	},
 	{
 		.name = "json control in opaque",
