@@ -11,10 +11,36 @@
 #include <stdlib.h>
 #include <string.h>
 
+#define FIXED_FILES 4 /* a save or restore uses two descriptors: O_DIRECT and buffered */
+
 struct uring_priv {
 	struct io_uring ring;
 	unsigned pending; /* SQEs prepared and not yet reaped */
+	bool fixed;	  /* the file table below is registered with the ring */
+	int files[FIXED_FILES];
 };
+
+/*
+ * Registered files spare the kernel a file table lookup and reference per
+ * request. The table starts sparse (-1) and is filled as descriptors first
+ * appear; when it is full or registration fails, requests use plain fds.
+ */
+static int fixed_index(struct uring_priv *p, int fd)
+{
+	if (!p->fixed)
+		return -1;
+	for (int i = 0; i < FIXED_FILES; i++) {
+		if (p->files[i] == fd)
+			return i;
+		if (p->files[i] == -1) {
+			if (io_uring_register_files_update(&p->ring, (unsigned)i, &fd, 1) != 1)
+				return -1;
+			p->files[i] = fd;
+			return i;
+		}
+	}
+	return -1;
+}
 
 /* Submission errors after which the SQEs stay in the ring and are sent again later. */
 static bool transient(int ret)
@@ -49,6 +75,9 @@ static int uring_init(struct snap_io_engine *e)
 		free(p);
 		return r;
 	}
+	for (int i = 0; i < FIXED_FILES; i++)
+		p->files[i] = -1;
+	p->fixed = io_uring_register_files(&p->ring, p->files, FIXED_FILES) == 0;
 	e->priv = p;
 	return 0;
 }
@@ -69,10 +98,14 @@ static int uring_queue(struct snap_io_engine *e, struct snap_io_req *r)
 		if (!sqe)
 			return -EBUSY;
 	}
+	int idx = fixed_index(p, r->fd);
+
 	if (r->write)
-		io_uring_prep_write(sqe, r->fd, r->buf, len, r->off);
+		io_uring_prep_write(sqe, idx >= 0 ? idx : r->fd, r->buf, len, r->off);
 	else
-		io_uring_prep_read(sqe, r->fd, r->buf, len, r->off);
+		io_uring_prep_read(sqe, idx >= 0 ? idx : r->fd, r->buf, len, r->off);
+	if (idx >= 0)
+		sqe->flags |= IOSQE_FIXED_FILE;
 	io_uring_sqe_set_data(sqe, r);
 	p->pending++;
 	return SNAP_IO_Q_QUEUED;
