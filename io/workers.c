@@ -26,42 +26,64 @@ void snap_pool_fail(struct snap_pool *pool, int err)
 	atomic_store(&pool->stop, true);
 }
 
+/* Tries to start one instance of ops: io_uring may be compiled in yet disabled by sysctl. */
+static int try_engine(struct snap_pool *pool, const struct snap_io_ops *ops)
+{
+	struct snap_io_engine *e;
+	int r = snap_io_engine_new(ops, pool->depth ? pool->depth : 8, NULL, NULL, &e);
+
+	if (r == 0)
+		snap_io_engine_free(e);
+	return r;
+}
+
 int snap_pool_pick_engine(struct snap_pool *pool, const char *name, bool direct, bool *ret_fallback,
 			  char *errbuf, size_t errlen)
 {
 	const char *const *names = snap_io_engine_names();
+	const char *first = getenv("SNAPMR_IO_ENGINE");
+	const struct snap_io_ops *order[8];
+	size_t n = 0;
 	bool failed = false;
+	int r;
 
 	*ret_fallback = false;
-	for (size_t i = 0; names[i]; i++) {
-		const struct snap_io_ops *ops = snap_io_engine_find(names[i]);
-		struct snap_io_engine *e;
-		int r;
+	if (name) {
+		const struct snap_io_ops *ops = snap_io_engine_find(name);
 
-		if (name && strcmp(name, names[i]))
-			continue;
-		/* libaio is asynchronous only with O_DIRECT: never the default without it. */
-		if (!name && (ops->flags & SNAP_IO_F_DIRECT_ONLY) && !direct)
-			continue;
-		/* A trial instance: io_uring may be compiled in yet disabled by sysctl. */
-		r = snap_io_engine_new(ops, pool->depth ? pool->depth : 8, NULL, NULL, &e);
-		if (r == 0) {
-			snap_io_engine_free(e);
-			pool->ops = ops;
-			*ret_fallback = failed;
-			return 0;
+		if (!ops) {
+			snprintf(errbuf, errlen, "unknown I/O engine '%s'", name);
+			return -EINVAL;
 		}
-		if (name) {
+		r = try_engine(pool, ops);
+		if (r) {
 			snprintf(errbuf, errlen, "I/O engine '%s' cannot start here: %s", name,
 				 strerror(-r));
 			return r;
 		}
+		pool->ops = ops;
+		return 0;
+	}
+	/* The default order, led by SNAPMR_IO_ENGINE when it names an engine. */
+	if (first && snap_io_engine_find(first))
+		order[n++] = snap_io_engine_find(first);
+	for (size_t i = 0; names[i] && n < 8; i++)
+		if (!first || strcmp(names[i], first))
+			order[n++] = snap_io_engine_find(names[i]);
+	for (size_t i = 0; i < n; i++) {
+		/* libaio is asynchronous only with O_DIRECT: never the default without it. */
+		if ((order[i]->flags & SNAP_IO_F_DIRECT_ONLY) && !direct)
+			continue;
+		r = try_engine(pool, order[i]);
+		if (r == 0) {
+			pool->ops = order[i];
+			*ret_fallback = failed;
+			return 0;
+		}
 		failed = true;
 	}
-	snprintf(errbuf, errlen,
-		 name ? "unknown I/O engine '%s'" : "no I/O engine can start here%s",
-		 name ? name : "");
-	return name ? -EINVAL : -ENOSYS;
+	snprintf(errbuf, errlen, "no I/O engine can start here");
+	return -ENOSYS;
 }
 
 int snap_pool_setup(struct snap_pool *pool, const struct snap_opts *opts, int fd, int direct_fd,

@@ -36,9 +36,11 @@ typedef int (*snap_worker_fn)(struct snap_pool *pool, void *arg, struct snap_io_
 
 /*
  * Chooses the engine: `name`, or the first compiled-in engine, in the order
- * uring, aio, threads, whose init works here (aio only when `direct`, since
- * libaio is synchronous without O_DIRECT). Fills pool->ops; *ret_fallback is
- * true when a preferred engine failed to start. errbuf names the problem.
+ * uring, aio, threads (led by the engine the SNAPMR_IO_ENGINE environment
+ * variable names, if any), whose init works here; aio only when `direct`,
+ * since libaio is synchronous without O_DIRECT. Fills pool->ops;
+ * *ret_fallback is true when a preferred engine failed to start. errbuf
+ * names the problem.
  */
 int snap_pool_pick_engine(struct snap_pool *pool, const char *name, bool direct, bool *ret_fallback,
 			  char *errbuf, size_t errlen);
