@@ -182,6 +182,14 @@ static void uring_cleanup(struct snap_io_engine *e)
 			break;
 		take(p, NULL, p->pending);
 	}
+	/*
+	 * Drop the registered files now: the ring itself is torn down
+	 * asynchronously after close, and until then it would keep an unlinked
+	 * temporary file's blocks allocated (a save retried at once on a full
+	 * file system would hit ENOSPC).
+	 */
+	if (p->fixed)
+		io_uring_unregister_files(&p->ring);
 	io_uring_queue_exit(&p->ring);
 	free(p);
 	e->priv = NULL;

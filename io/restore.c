@@ -18,7 +18,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <xxhash.h>
 
@@ -86,21 +85,6 @@ static void zero_range(const struct snap_block *d, uint64_t first, uint64_t end)
 	memset((uint8_t *)d->addr + off, 0, len);
 }
 
-/*
- * Fresh destination memory: allocate the run's pages in one call and map
- * them in bulk, instead of one fault per page inside the O_DIRECT read.
- */
-static void prefault(const struct snap_block *d, uint64_t first, uint64_t end)
-{
-	uint64_t off = first * MR_PAGE_SIZE, len = (end - first) * MR_PAGE_SIZE;
-
-	if (d->fd >= 0)
-		fallocate(d->fd, 0, (off_t)(d->fd_off + off), (off_t)len);
-#ifdef MADV_POPULATE_WRITE
-	madvise((uint8_t *)d->addr + off, len, MADV_POPULATE_WRITE);
-#endif
-}
-
 static void record_bad(struct rctx *c, const struct rblock *rb, uint64_t first, uint64_t n)
 {
 	atomic_fetch_add(&c->n_bad, 1);
@@ -160,8 +144,12 @@ static int read_unit(struct rctx *c, struct snap_io_engine *e, struct runit *u)
 		if (first >= u->end)
 			break;
 		normal += run_end - first;
-		if (rb->dst && rb->dst->zeroed)
-			prefault(rb->dst, first, run_end);
+		/*
+		 * Fresh destinations are faulted in by the reads themselves: measured
+		 * against fallocate + MADV_POPULATE_WRITE per run beforehand (4 GiB,
+		 * half data, tmpfs), faulting was as fast or faster (1388/1298/1474
+		 * vs 554/1279/1301 MiB/s), so there is no pre-population step.
+		 */
 		for (uint64_t p = first; p < run_end;) {
 			uint64_t n = run_end - p < c->max_pages ? run_end - p : c->max_pages;
 			int r;
