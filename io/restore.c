@@ -58,22 +58,6 @@ struct rctx {
 	atomic_uint_fast64_t n_bad;
 };
 
-static int fail(struct snap_err *err, int code, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
-
-static int fail(struct snap_err *err, int code, const char *fmt, ...)
-{
-	va_list ap;
-
-	if (err) {
-		err->code = code;
-		va_start(ap, fmt);
-		vsnprintf(err->msg, sizeof(err->msg), fmt, ap);
-		va_end(ap);
-	}
-	return code;
-}
-
 /* Clear pages must read as zero: punch them out of the backing file, or memset. */
 static void zero_range(const struct snap_block *d, uint64_t first, uint64_t end)
 {
@@ -236,17 +220,19 @@ static int match_sums(const struct snap_file *f, const struct mr_block_info *bi,
 	const struct mr_trailer_block *tb = mr_trailer_find_block(f->trailer, bi->name);
 
 	if (!tb)
-		return fail(err, -EBADMSG, "block '%s' is missing from the checksum table",
-			    bi->name);
+		return snap_fail(err, -EBADMSG, "block '%s' is missing from the checksum table",
+				 bi->name);
 	if (tb->length != bi->length || tb->pages_offset != bi->hdr.pages_offset ||
 	    tb->bitmap_offset != bi->hdr.bitmap_offset)
-		return fail(err, -EBADMSG,
-			    "block '%s': the checksum table does not match the stream header at "
-			    "offset 0x%llx",
-			    bi->name, (unsigned long long)bi->hdr_off);
+		return snap_fail(
+			err, -EBADMSG,
+			"block '%s': the checksum table does not match the stream header at "
+			"offset 0x%llx",
+			bi->name, (unsigned long long)bi->hdr_off);
 	if (mr_trailer_bitmap_hash(bi->bitmap, bi->num_pages) != tb->bitmap_hash)
-		return fail(err, -EBADMSG, "block '%s': bitmap at offset 0x%llx fails its checksum",
-			    bi->name, (unsigned long long)bi->hdr.bitmap_offset);
+		return snap_fail(err, -EBADMSG,
+				 "block '%s': bitmap at offset 0x%llx fails its checksum", bi->name,
+				 (unsigned long long)bi->hdr.bitmap_offset);
 	*ret = tb;
 	return 0;
 }
@@ -261,7 +247,7 @@ static int copy_range(int in, int out, uint64_t off, uint64_t len, uint64_t *ret
 	int r = 0;
 
 	if (!buf || !h) {
-		r = fail(err, -ENOMEM, "out of memory");
+		r = snap_fail(err, -ENOMEM, "out of memory");
 		goto out;
 	}
 	XXH3_64bits_reset(h);
@@ -271,9 +257,9 @@ static int copy_range(int in, int out, uint64_t off, uint64_t len, uint64_t *ret
 
 		if (got < 0 || (size_t)got != n) {
 			r = got < 0 ? (int)got : -ENODATA;
-			r = fail(err, r, "reading the device state at offset 0x%llx: %s",
-				 (unsigned long long)(off + done),
-				 r == -ENODATA ? "file is truncated" : strerror(-r));
+			r = snap_fail(err, r, "reading the device state at offset 0x%llx: %s",
+				      (unsigned long long)(off + done),
+				      r == -ENODATA ? "file is truncated" : strerror(-r));
 			goto out;
 		}
 		XXH3_64bits_update(h, buf, n);
@@ -284,7 +270,7 @@ static int copy_range(int in, int out, uint64_t off, uint64_t len, uint64_t *ret
 				continue;
 			if (k <= 0) {
 				r = k < 0 ? -errno : -EIO;
-				r = fail(err, r, "writing the device state: %s", strerror(-r));
+				r = snap_fail(err, r, "writing the device state: %s", strerror(-r));
 				goto out;
 			}
 			w += (size_t)k;
@@ -309,7 +295,7 @@ static int run_reads(struct rctx *c, struct snap_pool *pool, int fd, int direct_
 	r = snap_pool_setup(pool, opts, fd, direct_fd, &c->page_fd, &c->alt_fd, ret_fallback, ebuf,
 			    sizeof(ebuf));
 	if (r)
-		return fail(err, r, "%s", ebuf);
+		return snap_fail(err, r, "%s", ebuf);
 	c->max_pages = pool->max_io / MR_PAGE_SIZE;
 	pool->done = on_read;
 	c->pool = pool;
@@ -319,19 +305,22 @@ static int run_reads(struct rctx *c, struct snap_pool *pool, int fd, int direct_
 	if (r == -EBADMSG && atomic_load(&c->n_bad) && !c->verify_only) {
 		const struct snap_mismatch *m = &c->bad[0];
 
-		return fail(err, r,
-			    "block '%s': checksum mismatch in pages %llu-%llu (file offset 0x%llx)",
-			    m->block, (unsigned long long)m->first_page,
-			    (unsigned long long)(m->first_page + m->npages - 1),
-			    (unsigned long long)m->file_off);
+		return snap_fail(
+			err, r,
+			"block '%s': checksum mismatch in pages %llu-%llu (file offset 0x%llx)",
+			m->block, (unsigned long long)m->first_page,
+			(unsigned long long)(m->first_page + m->npages - 1),
+			(unsigned long long)m->file_off);
 	}
 	if (r == -ENODATA)
-		return fail(err, r, "page data is truncated (file shorter than its page regions)");
+		return snap_fail(err, r,
+				 "page data is truncated (file shorter than its page regions)");
 	if (r == -EINVAL && c->page_fd == direct_fd && c->alt_fd < 0)
-		return fail(err, r,
-			    "the file system refused an O_DIRECT read (try --direct auto or off)");
+		return snap_fail(
+			err, r,
+			"the file system refused an O_DIRECT read (try --direct auto or off)");
 	if (r)
-		return fail(err, r, "reading page data: %s", strerror(-r));
+		return snap_fail(err, r, "reading page data: %s", strerror(-r));
 	return 0;
 }
 
@@ -377,20 +366,21 @@ static int devstate_range(const struct mr_image *img, bool raw, uint64_t *off, u
 		/* Early-setup sections before RAM would be lost from a tail-only copy. */
 		if (img->n_sections && (img->sections[0].type != MR_SEC_START ||
 					strcmp(img->sections[0].idstr, MR_RAM_IDSTR)))
-			return fail(err, -EPROTONOSUPPORT,
-				    "section '%s' at offset 0x%llx precedes RAM; the raw tail "
-				    "holds only what follows RAM",
-				    img->sections[0].idstr,
-				    (unsigned long long)img->sections[0].off);
+			return snap_fail(err, -EPROTONOSUPPORT,
+					 "section '%s' at offset 0x%llx precedes RAM; the raw tail "
+					 "holds only what follows RAM",
+					 img->sections[0].idstr,
+					 (unsigned long long)img->sections[0].off);
 		*off = img->ram_end;
 		*len = img->stream_end - img->ram_end;
 	} else if (img->has_devstate) {
 		*off = img->devstate_off;
 		*len = img->devstate_len;
 	} else {
-		return fail(err, -ENOENT,
-			    "the file has no snapmr device-state section (a QEMU file keeps device "
-			    "state in its raw stream tail)");
+		return snap_fail(
+			err, -ENOENT,
+			"the file has no snapmr device-state section (a QEMU file keeps device "
+			"state in its raw stream tail)");
 	}
 	return 0;
 }
@@ -416,7 +406,7 @@ int snap_restore(const struct snap_restore_args *args, const struct snap_opts *o
 	if (err)
 		memset(err, 0, sizeof(*err));
 	if (rctx_init(&c, args->n_blocks)) {
-		r = fail(err, -ENOMEM, "out of memory");
+		r = snap_fail(err, -ENOMEM, "out of memory");
 		goto out;
 	}
 	c.chunk_size = f->trailer ? f->trailer->chunk_size : MR_TRAILER_CHUNK_DEFAULT;
@@ -426,18 +416,19 @@ int snap_restore(const struct snap_restore_args *args, const struct snap_opts *o
 		const struct mr_trailer_block *sums = NULL;
 
 		if (!bi) {
-			r = fail(err, -ENOENT, "block '%s' is not in the file", d->name);
+			r = snap_fail(err, -ENOENT, "block '%s' is not in the file", d->name);
 			goto out;
 		}
 		if (d->length != bi->length) {
-			r = fail(err, -EINVAL,
-				 "block '%s': destination holds %llu bytes, the file %llu", d->name,
-				 (unsigned long long)d->length, (unsigned long long)bi->length);
+			r = snap_fail(err, -EINVAL,
+				      "block '%s': destination holds %llu bytes, the file %llu",
+				      d->name, (unsigned long long)d->length,
+				      (unsigned long long)bi->length);
 			goto out;
 		}
 		for (size_t j = 0; j < i; j++)
 			if (!strcmp(args->blocks[j].name, d->name)) {
-				r = fail(err, -EINVAL, "block '%s' given twice", d->name);
+				r = snap_fail(err, -EINVAL, "block '%s' given twice", d->name);
 				goto out;
 			}
 		if (check) {
@@ -448,7 +439,7 @@ int snap_restore(const struct snap_restore_args *args, const struct snap_opts *o
 		c.blocks[i] = (struct rblock){ bi, d, sums };
 		total += bi->length;
 		if (add_units(&c, &units_cap, (uint32_t)i, bi->num_pages)) {
-			r = fail(err, -ENOMEM, "out of memory");
+			r = snap_fail(err, -ENOMEM, "out of memory");
 			goto out;
 		}
 	}
@@ -468,8 +459,9 @@ int snap_restore(const struct snap_restore_args *args, const struct snap_opts *o
 		/* The trailer sums the snapmr section, or the tail for a raw-tail save. */
 		if (check && off == f->trailer->devstate_offset &&
 		    len == f->trailer->devstate_length && h != f->trailer->devstate_hash) {
-			r = fail(err, -EBADMSG, "device state at offset 0x%llx fails its checksum",
-				 (unsigned long long)off);
+			r = snap_fail(err, -EBADMSG,
+				      "device state at offset 0x%llx fails its checksum",
+				      (unsigned long long)off);
 			goto out;
 		}
 		st.devstate_bytes = len;
@@ -502,16 +494,16 @@ int snap_verify(int fd, int direct_fd, const struct snap_file *f, const struct s
 	if (err)
 		memset(err, 0, sizeof(*err));
 	if (!f->trailer)
-		return fail(err, -ENOENT, "the file has no checksums to verify against");
+		return snap_fail(err, -ENOENT, "the file has no checksums to verify against");
 	if (rctx_init(&c, img->n_blocks)) {
-		r = fail(err, -ENOMEM, "out of memory");
+		r = snap_fail(err, -ENOMEM, "out of memory");
 		goto out;
 	}
 	c.verify_only = true;
 	c.chunk_size = f->trailer->chunk_size;
 	if (f->trailer->n_blocks != img->n_blocks) {
-		r = fail(err, -EBADMSG, "the checksum table lists %zu blocks, the stream %zu",
-			 f->trailer->n_blocks, img->n_blocks);
+		r = snap_fail(err, -EBADMSG, "the checksum table lists %zu blocks, the stream %zu",
+			      f->trailer->n_blocks, img->n_blocks);
 		goto out;
 	}
 	for (size_t i = 0; i < img->n_blocks; i++) {
@@ -524,7 +516,7 @@ int snap_verify(int fd, int direct_fd, const struct snap_file *f, const struct s
 		c.blocks[i] = (struct rblock){ bi, NULL, sums };
 		total += bi->length;
 		if (add_units(&c, &units_cap, (uint32_t)i, bi->num_pages)) {
-			r = fail(err, -ENOMEM, "out of memory");
+			r = snap_fail(err, -ENOMEM, "out of memory");
 			goto out;
 		}
 	}
@@ -536,8 +528,8 @@ int snap_verify(int fd, int direct_fd, const struct snap_file *f, const struct s
 	if (r)
 		goto out;
 	if (h != f->trailer->devstate_hash) {
-		r = fail(err, -EBADMSG, "device state at offset 0x%llx fails its checksum",
-			 (unsigned long long)f->trailer->devstate_offset);
+		r = snap_fail(err, -EBADMSG, "device state at offset 0x%llx fails its checksum",
+			      (unsigned long long)f->trailer->devstate_offset);
 		goto out;
 	}
 	for (size_t i = 0; mismatch && i < c.n_bad_kept; i++)
@@ -584,11 +576,12 @@ int snap_detect_offset(int fd, uint64_t *ret_offset, enum mr_container *ret_kind
 		memset(err, 0, sizeof(*err));
 	r = mr_detect_stream(&src, ret_offset, ret_kind);
 	if (r == -EBADMSG)
-		return fail(err, r,
-			    "not a QEMU migration stream nor a libvirt save image (give --offset N "
-			    "if the stream starts later)");
+		return snap_fail(
+			err, r,
+			"not a QEMU migration stream nor a libvirt save image (give --offset N "
+			"if the stream starts later)");
 	if (r)
-		return fail(err, r, "%s", strerror(-r));
+		return snap_fail(err, r, "%s", strerror(-r));
 	return 0;
 }
 
@@ -612,20 +605,20 @@ int snap_inspect(int fd, uint64_t offset, struct snap_file **ret, struct snap_er
 	if (err)
 		memset(err, 0, sizeof(*err));
 	if (fstat(fd, &st) < 0)
-		return fail(err, -errno, "%s", strerror(errno));
+		return snap_fail(err, -errno, "%s", strerror(errno));
 	if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode))
-		return fail(err, -EINVAL, "not a regular file");
+		return snap_fail(err, -EINVAL, "not a regular file");
 	src.size = (uint64_t)st.st_size;
 	if (S_ISBLK(st.st_mode)) {
 		off_t end = lseek(fd, 0, SEEK_END);
 
 		if (end < 0)
-			return fail(err, -errno, "%s", strerror(errno));
+			return snap_fail(err, -errno, "%s", strerror(errno));
 		src.size = (uint64_t)end;
 	}
 	f = calloc(1, sizeof(*f));
 	if (!f)
-		return fail(err, -ENOMEM, "out of memory");
+		return snap_fail(err, -ENOMEM, "out of memory");
 	f->file_size = src.size;
 	f->allocated = (uint64_t)st.st_blocks * 512;
 
@@ -656,12 +649,13 @@ int snap_inspect(int fd, uint64_t offset, struct snap_file **ret, struct snap_er
 
 		snap_file_free(f);
 		if (me.block[0])
-			return fail(err, r, "%soffset 0x%llx: block '%s': %s", pre,
-				    (unsigned long long)me.off, me.block, me.msg);
+			return snap_fail(err, r, "%soffset 0x%llx: block '%s': %s", pre,
+					 (unsigned long long)me.off, me.block, me.msg);
 		if (me.section[0])
-			return fail(err, r, "%soffset 0x%llx: section '%s': %s", pre,
-				    (unsigned long long)me.off, me.section, me.msg);
-		return fail(err, r, "%soffset 0x%llx: %s", pre, (unsigned long long)me.off, me.msg);
+			return snap_fail(err, r, "%soffset 0x%llx: section '%s': %s", pre,
+					 (unsigned long long)me.off, me.section, me.msg);
+		return snap_fail(err, r, "%soffset 0x%llx: %s", pre, (unsigned long long)me.off,
+				 me.msg);
 	}
 	if (f->trailer && f->img->stream_end != f->trailer->stream_end) {
 		snprintf(f->trailer_msg, sizeof(f->trailer_msg),

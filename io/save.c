@@ -59,22 +59,6 @@ struct save_ctx {
 	size_t max_pages;
 };
 
-static int fail(struct snap_err *err, int code, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
-
-static int fail(struct snap_err *err, int code, const char *fmt, ...)
-{
-	va_list ap;
-
-	if (err) {
-		err->code = code;
-		va_start(ap, fmt);
-		vsnprintf(err->msg, sizeof(err->msg), fmt, ap);
-		va_end(ap);
-	}
-	return code;
-}
-
 typedef uint64_t v16 __attribute__((vector_size(16), aligned(16)));
 
 /*
@@ -285,7 +269,7 @@ static int64_t copy_stream(int in, int out, uint64_t off, XXH3_state_t *h, struc
 	int64_t total = 0;
 
 	if (!buf)
-		return fail(err, -ENOMEM, "out of memory");
+		return snap_fail(err, -ENOMEM, "out of memory");
 	for (;;) {
 		ssize_t n = read(in, buf, COPY_BUF);
 
@@ -295,7 +279,7 @@ static int64_t copy_stream(int in, int out, uint64_t off, XXH3_state_t *h, struc
 			int e = -errno;
 
 			free(buf);
-			return fail(err, e, "reading the %s: %s", what, strerror(-e));
+			return snap_fail(err, e, "reading the %s: %s", what, strerror(-e));
 		}
 		if (n == 0)
 			break;
@@ -305,8 +289,8 @@ static int64_t copy_stream(int in, int out, uint64_t off, XXH3_state_t *h, struc
 
 		if (r) {
 			free(buf);
-			return fail(err, r, "writing the %s at offset 0x%llx: %s", what,
-				    (unsigned long long)(off + (uint64_t)total), strerror(-r));
+			return snap_fail(err, r, "writing the %s at offset 0x%llx: %s", what,
+					 (unsigned long long)(off + (uint64_t)total), strerror(-r));
 		}
 		total += n;
 	}
@@ -341,24 +325,26 @@ static int check_args(const struct snap_save_args *a, struct snap_err *err)
 		size_t n = b->name ? strlen(b->name) : 0;
 
 		if (!n || n > MR_NAME_MAX)
-			return fail(err, -EINVAL, "block %zu: name must have 1 to 255 bytes", i);
+			return snap_fail(err, -EINVAL, "block %zu: name must have 1 to 255 bytes",
+					 i);
 		for (size_t k = 0; k < n; k++)
 			if ((unsigned char)b->name[k] < 0x20 || b->name[k] == 0x7f)
-				return fail(err, -EINVAL,
-					    "block %zu: name contains control characters", i);
+				return snap_fail(err, -EINVAL,
+						 "block %zu: name contains control characters", i);
 		if (!b->length || b->length % MR_PAGE_SIZE)
-			return fail(err, -EINVAL,
-				    "block '%s': length %llu is not a non-zero multiple of 4096",
-				    b->name, (unsigned long long)b->length);
+			return snap_fail(
+				err, -EINVAL,
+				"block '%s': length %llu is not a non-zero multiple of 4096",
+				b->name, (unsigned long long)b->length);
 		if ((uintptr_t)b->addr % MR_PAGE_SIZE)
-			return fail(err, -EINVAL, "block '%s': mapping is not page aligned",
-				    b->name);
+			return snap_fail(err, -EINVAL, "block '%s': mapping is not page aligned",
+					 b->name);
 		for (size_t j = 0; j < i; j++)
 			if (!strcmp(a->blocks[j].name, b->name))
-				return fail(err, -EINVAL, "block '%s' given twice", b->name);
+				return snap_fail(err, -EINVAL, "block '%s' given twice", b->name);
 	}
 	if (!a->n_blocks)
-		return fail(err, -EINVAL, "no RAM blocks to save");
+		return snap_fail(err, -EINVAL, "no RAM blocks to save");
 	return 0;
 }
 
@@ -386,8 +372,8 @@ static int write_at(struct save_run *s, const void *buf, size_t len, uint64_t of
 	int r = snap_pwrite_all(s->args->fd, buf, len, off);
 
 	if (r)
-		return fail(s->err, r, "writing %s at offset 0x%llx: %s", what,
-			    (unsigned long long)off, strerror(-r));
+		return snap_fail(s->err, r, "writing %s at offset 0x%llx: %s", what,
+				 (unsigned long long)off, strerror(-r));
 	s->meta += len;
 	return 0;
 }
@@ -412,7 +398,7 @@ static int write_head(struct save_run *s)
 	mr_encode_config(&s->b, machine, caps, 1);
 	mr_encode_ram_start(&s->b, s->ram_id, s->total);
 	if (s->b.err)
-		return fail(s->err, s->b.err, "out of memory");
+		return snap_fail(s->err, s->b.err, "out of memory");
 	off = args->offset + s->b.len;
 	for (size_t i = 0; i < args->n_blocks; i++) {
 		struct save_block *sb = &c->blocks[i];
@@ -423,22 +409,23 @@ static int write_head(struct save_run *s)
 		r = mr_layout_block(off, strlen(sb->b->name), sb->b->length, MR_PAGES_ALIGN,
 				    &sb->l);
 		if (r)
-			return fail(s->err, r, "block '%s': layout overflows at offset 0x%llx",
-				    sb->b->name, (unsigned long long)off);
+			return snap_fail(s->err, r, "block '%s': layout overflows at offset 0x%llx",
+					 sb->b->name, (unsigned long long)off);
 		sb->bitmap = calloc(sb->l.bitmap_size / 8 ? sb->l.bitmap_size / 8 : 1, 8);
 		if (!sb->bitmap)
-			return fail(s->err, -ENOMEM, "out of memory for the bitmap of '%s'",
-				    sb->b->name);
+			return snap_fail(s->err, -ENOMEM, "out of memory for the bitmap of '%s'",
+					 sb->b->name);
 		r = mr_trailer_builder_add_block(c->tb, sb->b->name, sb->b->length,
 						 sb->l.bitmap_off, sb->l.pages_off, &(size_t){ 0 });
 		if (r)
-			return fail(s->err, r, "block '%s': cannot be described in the trailer",
-				    sb->b->name);
+			return snap_fail(s->err, r,
+					 "block '%s': cannot be described in the trailer",
+					 sb->b->name);
 		h = (struct mr_ram_header){ MR_RAM_HDR_VERSION, MR_PAGE_SIZE, sb->l.bitmap_off,
 					    sb->l.pages_off };
 		mr_encode_block_entry(&s->b, sb->b->name, sb->b->length, &h);
 		if (s->b.err)
-			return fail(s->err, s->b.err, "out of memory");
+			return snap_fail(s->err, s->b.err, "out of memory");
 		/* Entries after the first start right after the previous page region. */
 		r = write_at(s, s->b.data, s->b.len, i ? sb->l.entry_off : args->offset,
 			     "a block header");
@@ -460,7 +447,7 @@ static int write_head(struct save_run *s)
 		off = sb->l.next_off;
 		r = plan_block(c, &units_cap, (uint32_t)i, &s->skipped);
 		if (r)
-			return fail(s->err, r, "out of memory");
+			return snap_fail(s->err, r, "out of memory");
 	}
 	s->end = off;
 
@@ -468,8 +455,8 @@ static int write_head(struct save_run *s)
 
 	if (fstat(args->fd, &st) == 0 && S_ISREG(st.st_mode) && (uint64_t)st.st_size < s->end &&
 	    ftruncate(args->fd, (off_t)s->end) < 0)
-		return fail(s->err, -errno, "sizing the output to 0x%llx bytes: %s",
-			    (unsigned long long)s->end, strerror(errno));
+		return snap_fail(s->err, -errno, "sizing the output to 0x%llx bytes: %s",
+				 (unsigned long long)s->end, strerror(errno));
 	return 0;
 }
 
@@ -485,15 +472,16 @@ static int write_pages(struct save_run *s, double t0)
 	r = snap_pool_setup(pool, opts, args->fd, args->direct_fd, &c->page_fd, &c->alt_fd,
 			    &s->engine_fallback, ebuf, sizeof(ebuf));
 	if (r)
-		return fail(s->err, r, "%s", ebuf);
+		return snap_fail(s->err, r, "%s", ebuf);
 	c->max_pages = pool->max_io / MR_PAGE_SIZE;
 	atomic_store(&pool->progress, s->skipped);
 	r = snap_pool_run(pool, save_worker, c, opts, s->total, t0);
 	if (r == -EINVAL && c->page_fd == args->direct_fd && c->alt_fd < 0)
-		return fail(s->err, r,
-			    "the file system refused an O_DIRECT write (try --direct auto or off)");
+		return snap_fail(
+			s->err, r,
+			"the file system refused an O_DIRECT write (try --direct auto or off)");
 	if (r)
-		return fail(s->err, r, "writing page data: %s", strerror(-r));
+		return snap_fail(s->err, r, "writing page data: %s", strerror(-r));
 	return 0;
 }
 
@@ -526,7 +514,7 @@ static int write_bitmaps(struct save_run *s)
 			c->tb, i, mr_trailer_bitmap_hash(sb->bitmap, sb->num_pages));
 		raw = malloc(sb->l.bitmap_size ? sb->l.bitmap_size : 1);
 		if (!raw)
-			return fail(s->err, -ENOMEM, "out of memory");
+			return snap_fail(s->err, -ENOMEM, "out of memory");
 		mr_bitmap_to_file(sb->bitmap, sb->l.bitmap_size / 8, raw);
 		char what[300];
 
@@ -568,7 +556,7 @@ static int write_tail(struct save_run *s)
 	mr_encode_ram_eos(b, s->ram_id);
 	mr_encode_devstate_hdr(b, 0);
 	if (b->err)
-		return fail(s->err, b->err, "out of memory");
+		return snap_fail(s->err, b->err, "out of memory");
 	len_off = s->end + b->len - 8;
 	s->devstate_off = s->end + b->len;
 	r = write_at(s, b->data, b->len, s->end, "the device-state section");
@@ -584,8 +572,8 @@ static int write_tail(struct save_run *s)
 	mr_put_be64(be, (uint64_t)n);
 	r = snap_pwrite_all(args->fd, be, 8, len_off);
 	if (r)
-		return fail(s->err, r, "writing the device-state length at offset 0x%llx: %s",
-			    (unsigned long long)len_off, strerror(-r));
+		return snap_fail(s->err, r, "writing the device-state length at offset 0x%llx: %s",
+				 (unsigned long long)len_off, strerror(-r));
 	s->devstate_len = (uint64_t)n;
 	s->meta += (uint64_t)n;
 	s->end = s->devstate_off + (uint64_t)n;
@@ -594,7 +582,7 @@ static int write_tail(struct save_run *s)
 	mr_buf_u8(b, MR_SEC_EOF);
 	mr_encode_vmdesc_devstate(b, (uint64_t)n);
 	if (b->err)
-		return fail(s->err, b->err, "out of memory");
+		return snap_fail(s->err, b->err, "out of memory");
 	r = write_at(s, b->data, b->len, s->end, "the end of the stream");
 	if (r)
 		return r;
@@ -613,7 +601,7 @@ static int sync_out(struct save_run *s, const char *what)
 	while (r < 0 && errno == EINTR);
 	if (r == 0)
 		return 0;
-	return fail(s->err, -errno, "flushing %s to disk: %s", what, strerror(errno));
+	return snap_fail(s->err, -errno, "flushing %s to disk: %s", what, strerror(errno));
 }
 
 /*
@@ -631,7 +619,7 @@ static int write_trailer(struct save_run *s)
 	mr_buf_reset(b);
 	r = mr_trailer_encode(s->c.tb, s->end, b);
 	if (r)
-		return fail(s->err, r, "encoding the trailer: %s", strerror(-r));
+		return snap_fail(s->err, r, "encoding the trailer: %s", strerror(-r));
 	table_len = b->len - MR_TRAILER_FOOTER_SIZE;
 	r = write_at(s, b->data, table_len, s->end, "the checksum table");
 	if (!r)
@@ -666,38 +654,39 @@ int snap_save(const struct snap_save_args *args, const struct snap_opts *opts,
 	if (r)
 		return r;
 	if (args->machine && (!*args->machine || strlen(args->machine) > MR_NAME_MAX))
-		return fail(s.err, -EINVAL, "machine name must have 1 to 255 bytes");
+		return snap_fail(s.err, -EINVAL, "machine name must have 1 to 255 bytes");
 	for (size_t i = 0; i < args->n_blocks; i++)
 		if (__builtin_add_overflow(s.total, args->blocks[i].length, &s.total) ||
 		    (s.total & MR_RAM_FLAG_MASK))
-			return fail(s.err, -EOVERFLOW, "total RAM size overflows");
+			return snap_fail(s.err, -EOVERFLOW, "total RAM size overflows");
 
 	/* A raw tail starts with the RAM EOS word and the footer naming the RAM section id. */
 	if (args->devstate == SNAP_DEVSTATE_RAW) {
 		r = read_exact(args->devstate_fd, s.tail_head, sizeof(s.tail_head));
 		if (r)
-			return fail(s.err, r, "reading the raw device-state tail: %s",
-				    r == -ENODATA ? "shorter than 13 bytes" : strerror(-r));
+			return snap_fail(s.err, r, "reading the raw device-state tail: %s",
+					 r == -ENODATA ? "shorter than 13 bytes" : strerror(-r));
 		if (mr_get_be64(s.tail_head) != MR_RAM_EOS || s.tail_head[8] != MR_SEC_FOOTER)
-			return fail(s.err, -EBADMSG,
-				    "the raw device-state tail does not start with the RAM EOS "
-				    "word and footer");
+			return snap_fail(
+				s.err, -EBADMSG,
+				"the raw device-state tail does not start with the RAM EOS "
+				"word and footer");
 		s.ram_id = mr_get_be32(s.tail_head + 9);
 		if (s.ram_id == 0)
-			return fail(s.err, -EBADMSG, "the raw tail names RAM section id 0");
+			return snap_fail(s.err, -EBADMSG, "the raw tail names RAM section id 0");
 	}
 
 	/* Start from the offset, as QEMU does: nothing stale may survive past it. */
 	if (fstat(args->fd, &fst) == 0 && S_ISREG(fst.st_mode) &&
 	    (uint64_t)fst.st_size > args->offset && ftruncate(args->fd, (off_t)args->offset) < 0)
-		return fail(s.err, -errno, "truncating the output to %llu bytes: %s",
-			    (unsigned long long)args->offset, strerror(errno));
+		return snap_fail(s.err, -errno, "truncating the output to %llu bytes: %s",
+				 (unsigned long long)args->offset, strerror(errno));
 
 	s.c.blocks = calloc(args->n_blocks, sizeof(*s.c.blocks));
 	s.dh = XXH3_createState();
 	r = s.c.blocks && s.dh ? mr_trailer_builder_new(args->offset, 0, &s.c.tb) : -ENOMEM;
 	if (r) {
-		fail(s.err, r, "out of memory");
+		snap_fail(s.err, r, "out of memory");
 		goto out;
 	}
 	XXH3_64bits_reset(s.dh);

@@ -64,6 +64,10 @@ int snap_pool_setup(struct snap_pool *pool, const struct snap_opts *opts, int fd
 int snap_pool_run(struct snap_pool *pool, snap_worker_fn fn, void *arg,
 		  const struct snap_opts *opts, uint64_t total, double t0);
 
+/* Fills err (if not NULL) with code and the formatted message; returns code. */
+int snap_fail(struct snap_err *err, int code, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+
 /* Monotonic seconds. */
 double snap_now(void);
 

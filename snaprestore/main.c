@@ -21,7 +21,7 @@
 #include <sys/stat.h>
 #include <xxhash.h>
 
-#define MAX_BLOCKS 256
+#define MAX_BLOCKS CLI_MAX_BLOCKS
 
 /* Statistics of the finished restore or verify, for the --fd-socket result line. */
 static struct snap_stats last_stats;
@@ -111,7 +111,6 @@ struct args {
 
 static int parse_args(int argc, char **argv, struct args *a)
 {
-	char ebuf[512];
 	int c;
 
 	opterr = 0; /* getopt would name argv[0] and take two lines */
@@ -124,20 +123,8 @@ static int parse_args(int argc, char **argv, struct args *a)
 			return k;
 		switch (c) {
 		case 'r':
-			if (a->n_ram == MAX_BLOCKS) {
-				cli_err("--ram: at most %d blocks", MAX_BLOCKS);
+			if (cli_add_ram(a->ram, &a->n_ram, optarg))
 				return 2;
-			}
-			if (snap_ram_spec_parse(optarg, &a->ram[a->n_ram], ebuf, sizeof(ebuf))) {
-				cli_err("--ram: %s", ebuf);
-				return 2;
-			}
-			a->n_ram++;
-			for (size_t i = 0; i + 1 < a->n_ram; i++)
-				if (!strcmp(a->ram[i].name, a->ram[a->n_ram - 1].name)) {
-					cli_err("--ram: block '%s' given twice", a->ram[i].name);
-					return 2;
-				}
 			break;
 		case 'a': a->all_dir = optarg; break;
 		case OPT_SKIP:

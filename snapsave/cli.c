@@ -154,6 +154,27 @@ int cli_common_option(int c, char **argv, struct cli_common *cc, void (*usage)(F
 	}
 }
 
+int cli_add_ram(struct snap_ram_spec *ram, size_t *n, const char *arg)
+{
+	char ebuf[512];
+
+	if (*n == CLI_MAX_BLOCKS) {
+		cli_err("--ram: at most %d blocks", CLI_MAX_BLOCKS);
+		return 2;
+	}
+	if (snap_ram_spec_parse(arg, &ram[*n], ebuf, sizeof(ebuf))) {
+		cli_err("--ram: %s", ebuf);
+		return 2;
+	}
+	(*n)++;
+	for (size_t i = 0; i + 1 < *n; i++)
+		if (!strcmp(ram[i].name, ram[*n - 1].name)) {
+			cli_err("--ram: block '%s' given twice", ram[i].name);
+			return 2;
+		}
+	return 0;
+}
+
 const char *cli_human(uint64_t bytes, char *buf, size_t len)
 {
 	static const char *const units[] = { "B", "KiB", "MiB", "GiB", "TiB" };

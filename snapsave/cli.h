@@ -3,6 +3,7 @@
 #ifndef SNAP_CLI_H
 #define SNAP_CLI_H
 
+#include "ramsrc.h"
 #include "snapmr.h"
 
 #include <stdbool.h>
@@ -88,6 +89,15 @@ int cli_fd_socket_start(const char *spec);
  * the statistics on success, the last error message otherwise.
  */
 void cli_fd_socket_finish(bool ok, const struct snap_stats *st);
+
+#define CLI_MAX_BLOCKS 256
+
+/*
+ * --ram NAME=WHERE[,size=N][,offset=N]: appends to ram[*n] (capacity
+ * CLI_MAX_BLOCKS); 0, or 2 after printing the error. The caller clears the
+ * first *n specs.
+ */
+int cli_add_ram(struct snap_ram_spec *ram, size_t *n, const char *arg);
 
 /* Formats bytes as "1.5 GiB". */
 const char *cli_human(uint64_t bytes, char *buf, size_t len);

@@ -19,7 +19,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#define MAX_BLOCKS 256
+#define MAX_BLOCKS CLI_MAX_BLOCKS
 
 static void usage(FILE *f)
 {
@@ -87,7 +87,6 @@ struct args {
 
 static int parse_args(int argc, char **argv, struct args *a)
 {
-	char ebuf[512];
 	int c;
 
 	opterr = 0; /* getopt would name argv[0] and take two lines */
@@ -101,21 +100,8 @@ static int parse_args(int argc, char **argv, struct args *a)
 		switch (c) {
 		case 'o': a->output = optarg; break;
 		case 'r':
-			if (a->n_ram == MAX_BLOCKS) {
-				cli_err("--ram: at most %d blocks", MAX_BLOCKS);
+			if (cli_add_ram(a->ram, &a->n_ram, optarg))
 				return 2;
-			}
-			if (snap_ram_spec_parse(optarg, &a->ram[a->n_ram], ebuf, sizeof(ebuf))) {
-				cli_err("--ram: %s", ebuf);
-				return 2;
-			}
-			for (size_t i = 0; i < a->n_ram; i++)
-				if (!strcmp(a->ram[i].name, a->ram[a->n_ram].name)) {
-					cli_err("--ram: block '%s' given twice", a->ram[i].name);
-					a->n_ram++;
-					return 2;
-				}
-			a->n_ram++;
 			break;
 		case 'm':
 			if (!*optarg || strlen(optarg) > 255) {
