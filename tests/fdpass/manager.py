@@ -177,6 +177,10 @@ def run(argv, pass_fds=(), wrapper=(), timeout=600, stdin=subprocess.DEVNULL, en
     wrapper: a command prefix (valgrind, strace, unshare ...). user: a
     (uid, gid) to drop to after fork (needs root)."""
     argv = [str(a) for a in list(wrapper) + list(argv)]
+    if wrapper and os.path.basename(str(wrapper[0])) == "strace":
+        # LeakSanitizer (in ASan builds) cannot run under ptrace.
+        env = dict(os.environ if env is None else env)
+        env["ASAN_OPTIONS"] = env.get("ASAN_OPTIONS", "") + ":detect_leaks=0"
     kw = {}
     if user is not None:
         kw.update(user=user[0], group=user[1], extra_groups=[])
