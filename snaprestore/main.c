@@ -418,7 +418,8 @@ static int do_restore(struct args *a, int fd, int dfd, const struct snap_file *f
 	struct snap_ram_map maps[MAX_BLOCKS] = { 0 };
 	struct snap_block blocks[MAX_BLOCKS];
 	struct snap_ram_spec all_specs[MAX_BLOCKS] = { 0 };
-	size_t n = 0;
+	const char *created[MAX_BLOCKS];
+	size_t n = 0, n_created = 0;
 	struct snap_restore_args ra = { 0 };
 	struct snap_stats st;
 	struct snap_err err;
@@ -476,10 +477,16 @@ static int do_restore(struct args *a, int fd, int dfd, const struct snap_file *f
 				a->file, b->name, b->name, b->name);
 			goto unmap;
 		}
+		/* Files this restore creates are removed again if it fails. */
+		bool is_new = !snap_io_is_fd_spec(spec->where) && access(spec->where, F_OK) < 0 &&
+			      errno == ENOENT;
+
 		if (snap_ram_map_dest(spec, b->length, &maps[n], ebuf, sizeof(ebuf))) {
 			cli_err("block '%s': %s", b->name, ebuf);
 			goto unmap;
 		}
+		if (is_new)
+			created[n_created++] = spec->where;
 		blocks[n] = (struct snap_block){ .name = b->name,
 						 .addr = maps[n].addr,
 						 .length = b->length,
@@ -527,6 +534,8 @@ unmap:
 		close(devstate_fd);
 	for (size_t i = 0; i < n; i++)
 		snap_ram_unmap(&maps[i]);
+	for (size_t i = 0; ret && i < n_created; i++)
+		unlink(created[i]);
 	for (size_t i = 0; i < img->n_blocks && i < MAX_BLOCKS; i++)
 		free(all_specs[i].where);
 	return ret;
