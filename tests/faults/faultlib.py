@@ -13,7 +13,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import traceback
 
 PAGE = 4096
 KiB = 1024
@@ -36,25 +35,9 @@ SANITIZER_MARKS = ("AddressSanitizer", "LeakSanitizer", "UndefinedBehaviorSaniti
                    "runtime error:")
 
 
-class Failure(Exception):
-    pass
-
-
-class Skip(Exception):
-    pass
-
-
-def fail(msg):
-    raise Failure(msg)
-
-
-def check(cond, msg):
-    if not cond:
-        raise Failure(msg)
-
-
-def note(msg):
-    print(msg, flush=True)
+# The case runner and the failure/skip vocabulary are the integration suite's.
+sys.path.insert(0, os.path.join(_here, "..", "integration"))
+from common import Cases, Failure, Skip, check, fail, note  # noqa: E402,F401
 
 
 # ----------------------------------------------------------------- scratch
@@ -283,49 +266,6 @@ def compare(expect, got, what):
 
 
 # ------------------------------------------------------------------- driver
-
-class Cases:
-    """Runs named cases; exits 0, 1 (any failure) or 77 (all skipped)."""
-
-    def __init__(self, name):
-        self.name = name
-        self.failures = []
-        self.skips = []
-        self.passed = 0
-        self.t0 = time.monotonic()
-
-    def case(self, label, fn, *args, **kw):
-        t = time.monotonic()
-        try:
-            fn(*args, **kw)
-        except Skip as e:
-            self.skips.append((label, str(e)))
-            note("SKIP %s: %s" % (label, e))
-            return
-        except Failure as e:
-            self.failures.append((label, str(e)))
-            note("FAIL %s: %s" % (label, e))
-            return
-        except Exception:
-            self.failures.append((label, traceback.format_exc()))
-            note("FAIL %s: exception\n%s" % (label, traceback.format_exc()))
-            return
-        self.passed += 1
-        note("ok   %s (%.2fs)" % (label, time.monotonic() - t))
-
-    def finish(self):
-        note("%s: %d passed, %d failed, %d skipped in %.1fs" % (
-            self.name, self.passed, len(self.failures), len(self.skips),
-            time.monotonic() - self.t0))
-        if self.failures:
-            for label, msg in self.failures:
-                print("FAILED %s: %s" % (label, msg.splitlines()[0] if msg else ""),
-                      file=sys.stderr)
-            sys.exit(1)
-        if not self.passed:
-            sys.exit(EXIT_SKIP)
-        sys.exit(0)
-
 
 def require_tools(shim=False):
     need = [SNAPSAVE, SNAPRESTORE]
