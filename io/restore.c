@@ -237,6 +237,29 @@ static int match_sums(const struct snap_file *f, const struct mr_block_info *bi,
 	return 0;
 }
 
+/*
+ * Adds block i (file block bi, restored into dst, or checked only when dst is
+ * NULL) to c: its checksums when `check`, and its work units.
+ */
+static int plan_block(struct rctx *c, size_t *units_cap, size_t i, const struct snap_file *f,
+		      const struct mr_block_info *bi, const struct snap_block *dst, bool check,
+		      uint64_t *total, struct snap_err *err)
+{
+	const struct mr_trailer_block *sums = NULL;
+
+	if (check) {
+		int r = match_sums(f, bi, &sums, err);
+
+		if (r)
+			return r;
+	}
+	c->blocks[i] = (struct rblock){ bi, dst, sums };
+	*total += bi->length;
+	if (add_units(c, units_cap, (uint32_t)i, bi->num_pages))
+		return snap_fail(err, -ENOMEM, "out of memory");
+	return 0;
+}
+
 /* Copies (out >= 0) and/or hashes the bytes [off, off+len) of the input. */
 static int copy_range(int in, int out, uint64_t off, uint64_t len, uint64_t *ret_hash,
 		      struct snap_err *err)
@@ -413,7 +436,6 @@ int snap_restore(const struct snap_restore_args *args, const struct snap_opts *o
 	for (size_t i = 0; i < args->n_blocks; i++) {
 		const struct snap_block *d = &args->blocks[i];
 		const struct mr_block_info *bi = mr_image_block(img, d->name);
-		const struct mr_trailer_block *sums = NULL;
 
 		if (!bi) {
 			r = snap_fail(err, -ENOENT, "block '%s' is not in the file", d->name);
@@ -431,17 +453,9 @@ int snap_restore(const struct snap_restore_args *args, const struct snap_opts *o
 				r = snap_fail(err, -EINVAL, "block '%s' given twice", d->name);
 				goto out;
 			}
-		if (check) {
-			r = match_sums(f, bi, &sums, err);
-			if (r)
-				goto out;
-		}
-		c.blocks[i] = (struct rblock){ bi, d, sums };
-		total += bi->length;
-		if (add_units(&c, &units_cap, (uint32_t)i, bi->num_pages)) {
-			r = snap_fail(err, -ENOMEM, "out of memory");
+		r = plan_block(&c, &units_cap, i, f, bi, d, check, &total, err);
+		if (r)
 			goto out;
-		}
 	}
 	c.n_blocks = args->n_blocks;
 	r = run_reads(&c, &pool, args->fd, args->direct_fd, opts, total, t0, &fallback, err);
@@ -507,18 +521,9 @@ int snap_verify(int fd, int direct_fd, const struct snap_file *f, const struct s
 		goto out;
 	}
 	for (size_t i = 0; i < img->n_blocks; i++) {
-		const struct mr_block_info *bi = &img->blocks[i];
-		const struct mr_trailer_block *sums;
-
-		r = match_sums(f, bi, &sums, err);
+		r = plan_block(&c, &units_cap, i, f, &img->blocks[i], NULL, true, &total, err);
 		if (r)
 			goto out;
-		c.blocks[i] = (struct rblock){ bi, NULL, sums };
-		total += bi->length;
-		if (add_units(&c, &units_cap, (uint32_t)i, bi->num_pages)) {
-			r = snap_fail(err, -ENOMEM, "out of memory");
-			goto out;
-		}
 	}
 	c.n_blocks = img->n_blocks;
 	r = run_reads(&c, &pool, fd, direct_fd, opts, total, t0, &fallback, err);
