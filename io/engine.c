@@ -112,6 +112,13 @@ static void set_err(struct snap_io_engine *e, int err)
 		e->err = err;
 }
 
+static void req_failed(struct snap_io_engine *e, struct snap_io_req *r, int err)
+{
+	if (!e->err)
+		e->err_cookie = r->cookie;
+	set_err(e, err);
+}
+
 static void release(struct snap_io_engine *e, struct snap_io_req *r)
 {
 	e->free_slots[e->n_free++] = r->slot;
@@ -136,13 +143,13 @@ static bool complete(struct snap_io_engine *e, struct snap_io_req *r)
 		goto requeue;
 	}
 	if (res < 0) {
-		set_err(e, (int)res);
+		req_failed(e, r, (int)res);
 		release(e, r);
 		return false;
 	}
 	if (res == 0) {
 		/* Reads past EOF and writes that make no progress are errors. */
-		set_err(e, r->write ? -EIO : -ENODATA);
+		req_failed(e, r, r->write ? -EIO : -ENODATA);
 		release(e, r);
 		return false;
 	}

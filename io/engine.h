@@ -71,6 +71,7 @@ struct snap_io_engine {
 	snap_io_done_fn done;
 	void *done_arg;
 	int err;	     /* first error, sticky */
+	void *err_cookie;    /* the cookie of the request that failed first, if one did */
 	bool fell_back;	     /* an O_DIRECT request was retried on the buffered fd */
 	uint64_t n_syscalls; /* submissions, for statistics */
 };

@@ -154,6 +154,11 @@ static void *thread_main(void *p)
 
 		if (!r)
 			r = d;
+		if (r && e->err_cookie) {
+			void *none = NULL;
+
+			atomic_compare_exchange_strong(&pool->err_cookie, &none, e->err_cookie);
+		}
 		atomic_fetch_add(&pool->requests, e->n_syscalls);
 		if (e->fell_back)
 			atomic_store(&pool->fell_back, true);

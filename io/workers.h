@@ -24,8 +24,9 @@ struct snap_pool {
 	atomic_uint_fast64_t requests;
 	atomic_bool fell_back;
 	atomic_int err;
-	atomic_bool stop;     /* set on the first error so others quit early */
-	atomic_uint finished; /* workers that have returned */
+	void *_Atomic err_cookie; /* the cookie of the first failed request, if any */
+	atomic_bool stop;	  /* set on the first error so others quit early */
+	atomic_uint finished;	  /* workers that have returned */
 };
 
 /*

@@ -187,6 +187,34 @@ def subrange(src_dir, out_dir, shm):
     compare_files(whole.src, dest, "sub-range restore into one file")
 
 
+def partly_populated(src_dir, out_dir, shm):
+    # A tmpfs destination that holds stale bytes in some 4 MiB work units,
+    # none in others and both within one: pages come in through the mapping
+    # where memory exists and by pwrite from a bounce buffer where it does
+    # not; clear pages must read as zero in all three kinds of unit.
+    size = 20 * MiB
+    blk = make_block("pc.ram", src_dir, pattern("mixed", size, 70), "partly")
+    out = os.path.join(out_dir, "partly.snap")
+    ok(snapsave("-o", out, "--ram", "pc.ram=" + blk.src), "save for partly populated")
+    stale = [(0, 4 * MiB), (5 * MiB, 1 * MiB), (7 * MiB + 4 * KiB, 8 * KiB),
+             (16 * MiB - 4 * KiB, 8 * KiB), (size - 4 * KiB, 4 * KiB)]
+    for opts in ([], ["--io", "threads", "-j", "1"], ["--direct", "off", "-j", "3"],
+                 ["--no-verify"]):
+        dest = os.path.join(shm, "partly.ram")
+        fd = os.open(dest, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.ftruncate(fd, size)
+            for off, n in stale:
+                os.pwrite(fd, b"\xee" * n, off)
+        finally:
+            os.close(fd)
+        ok(snaprestore(out, "--ram", "pc.ram=" + dest, *opts),
+           "restore into a partly populated destination %s" % " ".join(opts))
+        compare_files(blk.src, dest, "partly populated destination %s" % " ".join(opts))
+        os.unlink(dest)
+    os.unlink(out)
+
+
 def stream_offset(blocks, out_dir, shm):
     # --offset N: a caller's header (libvirt style) stays in the first N bytes
     out = os.path.join(out_dir, "offset.snap")
@@ -216,6 +244,8 @@ def main():
     t.case("--skip with --ram and --all", skip_and_mix, blocks, out_dir, shm)
     t.case("restore over 0xFF", over_ff, blocks, out_dir, shm)
     t.case("offset=/size= sub-ranges", subrange, src_dir, out_dir, shm)
+    t.case("restore into a partly populated tmpfs file", partly_populated, src_dir, out_dir,
+           shm)
     t.case("--offset keeps a header in front", stream_offset, blocks, out_dir, shm)
     t.finish()
 
