@@ -224,6 +224,12 @@ int snap_ram_map_source(const struct snap_ram_spec *s, struct snap_ram_map *ret,
 	r = map(&m, PROT_READ, errbuf, errlen);
 	if (r < 0)
 		goto close_fd;
+	/*
+	 * A save reads each page once: no recency, so neither faults nor the
+	 * final munmap mark 1M pages accessed on the LRU (exit took 184 ms
+	 * instead of about 50 ms for 4 GiB).
+	 */
+	madvise(m.map_base, m.map_len, MADV_SEQUENTIAL);
 	*ret = m;
 	return 0;
 

@@ -1,9 +1,10 @@
 // SPDX-License-Identifier: MIT
 /*
  * The save pipeline: lays out the stream, lets the workers scan guest memory
- * and write non-zero runs at their fixed offsets (O_DIRECT straight from the
- * mapping where allowed), then writes the bitmaps, the device state and EOF
- * through the buffered descriptor and makes it all durable.
+ * (through pread copies for tmpfs, see scan_view()) and write non-zero runs
+ * at their fixed offsets (O_DIRECT straight from the mapping where allowed),
+ * then writes the bitmaps, the device state and EOF through the buffered
+ * descriptor and makes it all durable.
  */
 #include "snapmr.h"
 #include "be.h"
@@ -23,9 +24,12 @@
 #include <unistd.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/vfs.h>
+#include <linux/magic.h>
 #include <xxhash.h>
 
 #define UNIT_PAGES 1024u /* 4 MiB of guest memory per work unit */
+#define SCAN_PAGES 64u	 /* 256 KiB pread window for the zero scan: stays in L2 */
 #define COPY_BUF   (1u << 20)
 
 const char *snap_version(void)
@@ -43,6 +47,7 @@ struct save_block {
 	struct mr_block_layout l;
 	uint64_t *bitmap; /* written with atomic OR: units may share a word */
 	uint64_t num_pages;
+	bool shmem; /* the source fd is tmpfs or a memfd: scan it with pread */
 };
 
 struct save_ctx {
@@ -57,6 +62,14 @@ struct save_ctx {
 	int page_fd; /* O_DIRECT fd or the buffered one */
 	int alt_fd;  /* buffered fd to fall back to, or -1 */
 	size_t max_pages;
+	atomic_uint_fast32_t src_err_blk; /* 1 + the block whose source failed to read, or 0 */
+	int src_err;			  /* and why, written by the thread that set it */
+};
+
+/* A worker's zero-scan state. */
+struct scan {
+	uint8_t *buf; /* SCAN_PAGES pages, or NULL: map everything */
+	bool dense;   /* the last unit was nearly all data */
 };
 
 typedef uint64_t v16 __attribute__((vector_size(16), aligned(16)));
@@ -124,36 +137,81 @@ static void hash_unit(struct save_ctx *c, struct save_block *sb, const struct un
 	}
 }
 
+static int source_failed(struct save_ctx *c, uint32_t block, long got)
+{
+	int r = got < 0 ? (int)got : -ENODATA;
+	uint_fast32_t none = 0;
+
+	if (atomic_compare_exchange_strong(&c->src_err_blk, &none, block + 1))
+		c->src_err = r;
+	return r;
+}
+
+/*
+ * Where the zero scan reads pages [w, w + n): the mapping, or a copy made
+ * with pread. Mapping a tmpfs page costs more than copying it (faultaround
+ * walks and maps every 4 KiB page, then munmap tears it down), so mostly-zero
+ * memory is scanned through copies and only its data pages get mapped, by
+ * the O_DIRECT writes. For 4 GiB with 5 % data, 2 threads: 12.8 GiB/s with
+ * 256 KiB preads against 7.6 GiB/s mapped with MADV_POPULATE_READ.
+ */
+static const uint8_t *scan_view(struct save_ctx *c, const struct unit *u, struct scan *sc,
+				bool copy, uint64_t w, uint64_t n, int *ret)
+{
+	const struct save_block *sb = &c->blocks[u->block];
+	long got;
+
+	*ret = 0;
+	if (!copy)
+		return (const uint8_t *)sb->b->addr + w * MR_PAGE_SIZE;
+	got = snap_pread_full(sb->b->fd, sc->buf, (size_t)(n * MR_PAGE_SIZE),
+			      sb->b->fd_off + w * MR_PAGE_SIZE);
+	if (got != (long)(n * MR_PAGE_SIZE))
+		*ret = source_failed(c, u->block, got);
+	return sc->buf;
+}
+
 static int save_unit(struct save_ctx *c, struct snap_io_engine *e, const struct unit *u,
-		     uint64_t *ret_normal)
+		     struct scan *sc, uint64_t *ret_normal)
 {
 	uint64_t local[UNIT_PAGES / 64 + 1] = { 0 };
 	struct save_block *sb = &c->blocks[u->block];
 	const uint8_t *base = sb->b->addr;
 	uint64_t run = UINT64_MAX, normal = 0, w0 = u->first / 64;
+	bool copy = sb->shmem && sc->buf && !sc->dense;
 	int r;
 
 #ifdef MADV_POPULATE_READ
 	/* Map the unit's pages in one call rather than a fault per 16 pages. */
-	madvise((void *)(base + u->first * MR_PAGE_SIZE), (u->end - u->first) * MR_PAGE_SIZE,
-		MADV_POPULATE_READ);
+	if (!copy)
+		madvise((void *)(base + u->first * MR_PAGE_SIZE),
+			(u->end - u->first) * MR_PAGE_SIZE, MADV_POPULATE_READ);
 #endif
 
-	for (uint64_t pg = u->first; pg < u->end; pg++) {
-		if (page_is_zero(base + pg * MR_PAGE_SIZE)) {
-			if (run != UINT64_MAX) {
-				r = write_run(c, e, sb, run, pg);
-				if (r)
-					return r;
-				run = UINT64_MAX;
+	for (uint64_t w = u->first; w < u->end; w += SCAN_PAGES) {
+		uint64_t n = u->end - w < SCAN_PAGES ? u->end - w : SCAN_PAGES;
+		const uint8_t *view = scan_view(c, u, sc, copy, w, n, &r);
+
+		if (r)
+			return r;
+		for (uint64_t pg = w; pg < w + n; pg++) {
+			if (page_is_zero(view + (pg - w) * MR_PAGE_SIZE)) {
+				if (run != UINT64_MAX) {
+					r = write_run(c, e, sb, run, pg);
+					if (r)
+						return r;
+					run = UINT64_MAX;
+				}
+				continue;
 			}
-			continue;
+			local[pg / 64 - w0] |= (uint64_t)1 << (pg & 63);
+			normal++;
+			if (run == UINT64_MAX)
+				run = pg;
 		}
-		local[pg / 64 - w0] |= (uint64_t)1 << (pg & 63);
-		normal++;
-		if (run == UINT64_MAX)
-			run = pg;
 	}
+	/* Nearly all data: copying would only add work to the mapping the writes need. */
+	sc->dense = normal * 8 > (u->end - u->first) * 7;
 	if (run != UINT64_MAX) {
 		r = write_run(c, e, sb, run, u->end);
 		if (r)
@@ -171,22 +229,27 @@ static int save_unit(struct save_ctx *c, struct snap_io_engine *e, const struct 
 static int save_worker(struct snap_pool *pool, void *arg, struct snap_io_engine *e)
 {
 	struct save_ctx *c = arg;
+	struct scan sc = { 0 };
+	int r = 0;
 
+	/* Without the buffer every unit is scanned through the mapping. */
+	if (posix_memalign((void **)&sc.buf, MR_PAGE_SIZE, SCAN_PAGES * MR_PAGE_SIZE))
+		sc.buf = NULL;
 	while (!atomic_load(&pool->stop)) {
 		size_t i = atomic_fetch_add(&c->next_unit, 1);
 		uint64_t normal;
-		int r;
 
 		if (i >= c->n_units)
 			break;
-		r = save_unit(c, e, &c->units[i], &normal);
+		r = save_unit(c, e, &c->units[i], &sc, &normal);
 		if (r)
-			return r;
+			break;
 		atomic_fetch_add(&c->normal_pages, normal);
 		atomic_fetch_add(&pool->progress,
 				 (c->units[i].end - c->units[i].first) * MR_PAGE_SIZE);
 	}
-	return 0;
+	free(sc.buf);
+	return r;
 }
 
 /* Adds units for pages [first, end), cut at multiples of UNIT_PAGES so chunks never straddle. */
@@ -210,6 +273,16 @@ static int add_unit(struct save_ctx *c, size_t *cap, uint32_t block, uint64_t fi
 		first = stop;
 	}
 	return 0;
+}
+
+/* tmpfs and memfds; not hugetlbfs, where mapping costs one entry per 2 MiB. */
+static bool is_shmem(int fd)
+{
+	struct statfs sf;
+	struct stat st;
+
+	return fd >= 0 && fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && fstatfs(fd, &sf) == 0 &&
+	       sf.f_type == TMPFS_MAGIC;
 }
 
 /*
@@ -406,6 +479,7 @@ static int write_head(struct save_run *s)
 
 		sb->b = &args->blocks[i];
 		sb->num_pages = sb->b->length / MR_PAGE_SIZE;
+		sb->shmem = is_shmem(sb->b->fd);
 		r = mr_layout_block(off, strlen(sb->b->name), sb->b->length, MR_PAGES_ALIGN,
 				    &sb->l);
 		if (r)
@@ -480,6 +554,15 @@ static int write_pages(struct save_run *s, double t0)
 		return snap_fail(
 			s->err, r,
 			"the file system refused an O_DIRECT write (try --direct auto or off)");
+	if (r && atomic_load(&c->src_err_blk)) {
+		const char *name = c->blocks[atomic_load(&c->src_err_blk) - 1].b->name;
+
+		if (c->src_err == -ENODATA)
+			return snap_fail(s->err, r, "block '%s': its source shrank during the save",
+					 name);
+		return snap_fail(s->err, r, "block '%s': reading its source: %s", name,
+				 strerror(-c->src_err));
+	}
 	if (r)
 		return snap_fail(s->err, r, "writing page data: %s", strerror(-r));
 	return 0;

@@ -30,6 +30,7 @@ enum op {
 	OP_FSYNC = 1u << 4,	/* fsync, syncfs */
 	OP_FTRUNCATE = 1u << 5, /* ftruncate, ftruncate64, fallocate, posix_fallocate */
 	OP_RENAME = 1u << 6,	/* rename, renameat, renameat2 */
+	OP_PREAD = 1u << 7,	/* pread, pread64 */
 };
 
 static const struct {
@@ -43,6 +44,7 @@ static const struct {
 	{ "fsync", OP_FSYNC },
 	{ "ftruncate", OP_FTRUNCATE },
 	{ "rename", OP_RENAME },
+	{ "pread", OP_PREAD },
 	{ "writes", OP_PWRITE | OP_PWRITEV | OP_WRITE },
 	{ "syncs", OP_FDATASYNC | OP_FSYNC },
 };
@@ -73,6 +75,8 @@ static struct {
 	}
 
 REAL(ssize_t, pwrite, int, const void *, size_t, off_t)
+REAL(ssize_t, pread, int, void *, size_t, off_t)
+REAL(ssize_t, pread64, int, void *, size_t, off_t)
 REAL(ssize_t, pwrite64, int, const void *, size_t, off_t)
 REAL(ssize_t, pwritev, int, const struct iovec *, int, off_t)
 REAL(ssize_t, pwritev64, int, const struct iovec *, int, off_t)
@@ -243,6 +247,26 @@ static const struct iovec *shorten(const struct iovec *iov, int *cnt, struct iov
 	one->iov_len = half(iov[0].iov_len);
 	*cnt = 1;
 	return one;
+}
+
+ssize_t pread(int fd, void *buf, size_t len, off_t off)
+{
+	if (hit(OP_PREAD, fd, NULL, "pread")) {
+		if (!cfg.short_io)
+			return fail_errno();
+		len = half(len);
+	}
+	return get_pread()(fd, buf, len, off);
+}
+
+ssize_t pread64(int fd, void *buf, size_t len, off_t off)
+{
+	if (hit(OP_PREAD, fd, NULL, "pread64")) {
+		if (!cfg.short_io)
+			return fail_errno();
+		len = half(len);
+	}
+	return get_pread64()(fd, buf, len, off);
 }
 
 ssize_t pwrite(int fd, const void *buf, size_t len, off_t off)

@@ -193,6 +193,31 @@ def short_writes(s):
     check_restore_matches(s, out, d, "short writes")
 
 
+def source_reads(s):
+    """The zero scan reads tmpfs guest memory with pread: a failing read
+    names the block and leaves nothing behind; reads cut short are
+    completed and give the same file as an undisturbed save."""
+    d = scratch("shm")
+    ref = os.path.join(d, "ref.snap")
+    ok(snapsave(*save_args(s, ref)), "reference save")
+    for err, msg in ERRNOS.items():
+        out = os.path.join(d, "src-%s.snap" % err)
+        r = snapsave(*save_args(s, out), extra_env=shim_env("pread", 2, err, substr="pc.ram"))
+        one_line_error(r, "pread %s on the source" % err, "block 'pc.ram'",
+                       "reading its source", msg)
+        check(not os.path.exists(out), "pread %s: the final path exists" % err)
+        check(not temp_leftovers(d), "pread %s left %r" % (err, temp_leftovers(d)))
+    out = os.path.join(d, "src-short.snap")
+    rep = os.path.join(d, "rep-pread")
+    ok(snapsave(*save_args(s, out), extra_env=shim_env("pread", 1, count=0, mode="short",
+                                                        substr="pc.ram", report=rep)),
+       "save with short source reads")
+    with open(rep) as f:
+        shortened = int(f.read().split()[1].split("=")[1])
+    check(shortened > 3, "only %d source reads were shortened" % shortened)
+    check(same_bytes(ref, out), "short source reads: the file differs from an undisturbed save")
+
+
 def interrupted(s, op):
     """EINTR is not an error: the call is repeated and the save succeeds."""
     d = scratch("shm")
@@ -387,6 +412,7 @@ def main():
     for err in ERRNOS:
         cases.case("inject fd:N pwrite %s" % err, fd_output_injected, s, err)
     cases.case("short writes", short_writes, s)
+    cases.case("source reads fail or come back short", source_reads, s)
     cases.case("EINTR pwrite", interrupted, s, "pwrite")
     cases.case("EINTR pwritev", interrupted, s, "pwritev")
     cases.case("real ENOSPC, threads engine", real_enospc, s, "threads")
