@@ -115,25 +115,27 @@ static int write_run(struct save_ctx *c, struct snap_io_engine *e, struct save_b
 }
 
 /*
- * Hashes the chunks that lie wholly inside unit u, from the unit's own copy
- * of its bitmap words (local[k] is word w0 + k); chunks that straddle units
- * are left for the main thread.
+ * Hashes the chunks that lie wholly inside pages [lo, hi) of unit u, reading
+ * page p at view + (p - vfirst) * 4096 and the unit's own copy of its bitmap
+ * words (local[k] is word w0 + k); chunks that straddle units are left for
+ * the main thread.
  */
-static void hash_unit(struct save_ctx *c, struct save_block *sb, const struct unit *u,
-		      const uint64_t *local, uint64_t w0)
+static void hash_range(struct save_ctx *c, const struct unit *u, const uint64_t *local, uint64_t w0,
+		       const uint8_t *view, uint64_t vfirst, uint64_t lo, uint64_t hi)
 {
+	const struct save_block *sb = &c->blocks[u->block];
 	uint64_t per = c->chunk_size / MR_PAGE_SIZE;
-	const uint8_t *base = sb->b->addr;
 
-	for (uint64_t ch = (u->first + per - 1) / per; ch * per < u->end; ch++) {
+	for (uint64_t ch = (lo + per - 1) / per; ch * per < hi; ch++) {
 		uint64_t first = ch * per;
 		uint64_t n = sb->num_pages - first < per ? sb->num_pages - first : per;
 
-		if (first + n > u->end)
+		if (first + n > hi)
 			break;
-		mr_trailer_builder_set_chunk(c->tb, u->block, ch,
-					     mr_trailer_chunk_hash(base + first * MR_PAGE_SIZE,
-								   local, first - w0 * 64, n));
+		mr_trailer_builder_set_chunk(
+			c->tb, u->block, ch,
+			mr_trailer_chunk_hash(view + (first - vfirst) * MR_PAGE_SIZE, local,
+					      first - w0 * 64, n));
 	}
 }
 
@@ -188,9 +190,13 @@ static int save_unit(struct save_ctx *c, struct snap_io_engine *e, const struct 
 			(u->end - u->first) * MR_PAGE_SIZE, MADV_POPULATE_READ);
 #endif
 
-	for (uint64_t w = u->first; w < u->end; w += SCAN_PAGES) {
-		uint64_t n = u->end - w < SCAN_PAGES ? u->end - w : SCAN_PAGES;
-		const uint8_t *view = scan_view(c, u, sc, copy, w, n, &r);
+	/* Windows at multiples of SCAN_PAGES hold whole chunks (64 KiB by default). */
+	for (uint64_t w = u->first, n; w < u->end; w += n) {
+		uint64_t stop = (w / SCAN_PAGES + 1) * SCAN_PAGES;
+		const uint8_t *view;
+
+		n = (stop < u->end ? stop : u->end) - w;
+		view = scan_view(c, u, sc, copy, w, n, &r);
 
 		if (r)
 			return r;
@@ -209,6 +215,9 @@ static int save_unit(struct save_ctx *c, struct snap_io_engine *e, const struct 
 			if (run == UINT64_MAX)
 				run = pg;
 		}
+		/* Hash a copy while it is in cache: the mapping would fault data pages in. */
+		if (copy)
+			hash_range(c, u, local, w0, view, w, w, w + n);
 	}
 	/* Nearly all data: copying would only add work to the mapping the writes need. */
 	sc->dense = normal * 8 > (u->end - u->first) * 7;
@@ -218,7 +227,8 @@ static int save_unit(struct save_ctx *c, struct snap_io_engine *e, const struct 
 			return r;
 	}
 	/* Hash while the unit is still in cache, then publish its bits. */
-	hash_unit(c, sb, u, local, w0);
+	if (!copy || c->chunk_size > SCAN_PAGES * MR_PAGE_SIZE)
+		hash_range(c, u, local, w0, base, 0, u->first, u->end);
 	for (uint64_t w = w0; w <= (u->end - 1) / 64; w++)
 		if (local[w - w0])
 			__atomic_fetch_or(&sb->bitmap[w], local[w - w0], __ATOMIC_RELAXED);
