@@ -70,7 +70,50 @@ struct save_ctx {
 struct scan {
 	uint8_t *buf; /* SCAN_PAGES pages, or NULL: map everything */
 	bool dense;   /* the last unit was nearly all data */
+	/* Source bytes [hole_from, data_at) of block hole_blk are a hole. */
+	uint32_t hole_blk;
+	uint64_t hole_from, data_at;
 };
+
+/*
+ * Is unit u, in a tmpfs source, all hole? One SEEK_DATA per unit at most,
+ * less where the last answer still covers it. SEEK_HOLE is not used: on
+ * populated memory it walks every page up to the next hole, from every unit.
+ */
+static bool unit_is_hole(const struct save_block *sb, const struct unit *u, struct scan *sc)
+{
+	uint64_t start = sb->b->fd_off + u->first * MR_PAGE_SIZE;
+	uint64_t end = sb->b->fd_off + u->end * MR_PAGE_SIZE;
+
+	if (sc->hole_blk != u->block || start < sc->hole_from || sc->data_at < start) {
+		off_t d = lseek(sb->b->fd, (off_t)start, SEEK_DATA);
+
+		if (d < 0 && errno != ENXIO)
+			return false; /* cannot tell: scan it */
+		sc->hole_blk = u->block;
+		sc->hole_from = start;
+		sc->data_at = d < 0 ? UINT64_MAX : (uint64_t)d;
+	}
+	return sc->data_at >= end;
+}
+
+/*
+ * May the scan map unit u? Only if every page has memory: a read fault on a
+ * tmpfs hole allocates a page. mincore() may miss swapped-out pages, which
+ * only sends the unit to the copy path.
+ */
+static bool unit_resident(const struct save_block *sb, const struct unit *u)
+{
+	unsigned char vec[UNIT_PAGES];
+	size_t n = (size_t)(u->end - u->first);
+
+	if (mincore((uint8_t *)sb->b->addr + u->first * MR_PAGE_SIZE, n * MR_PAGE_SIZE, vec))
+		return false;
+	for (size_t i = 0; i < n; i++)
+		if (!(vec[i] & 1))
+			return false;
+	return true;
+}
 
 typedef uint64_t v16 __attribute__((vector_size(16), aligned(16)));
 
@@ -180,9 +223,13 @@ static int save_unit(struct save_ctx *c, struct snap_io_engine *e, const struct 
 	struct save_block *sb = &c->blocks[u->block];
 	const uint8_t *base = sb->b->addr;
 	uint64_t run = UINT64_MAX, normal = 0, w0 = u->first / 64;
-	bool copy = sb->shmem && sc->buf && !sc->dense;
+	bool copy = sb->shmem && sc->buf && !(sc->dense && unit_resident(sb, u));
 	int r;
 
+	if (sb->shmem && unit_is_hole(sb, u, sc)) {
+		*ret_normal = 0;
+		return 0;
+	}
 #ifdef MADV_POPULATE_READ
 	/* Map the unit's pages in one call rather than a fault per 16 pages. */
 	if (!copy)
@@ -239,7 +286,7 @@ static int save_unit(struct save_ctx *c, struct snap_io_engine *e, const struct 
 static int save_worker(struct snap_pool *pool, void *arg, struct snap_io_engine *e)
 {
 	struct save_ctx *c = arg;
-	struct scan sc = { 0 };
+	struct scan sc = { .hole_blk = UINT32_MAX };
 	int r = 0;
 
 	/* Without the buffer every unit is scanned through the mapping. */
@@ -305,7 +352,8 @@ static int plan_block(struct save_ctx *c, size_t *cap, uint32_t idx, uint64_t *r
 	const struct snap_block *b = c->blocks[idx].b;
 	uint64_t pages = b->length / MR_PAGE_SIZE, pos = 0, skipped = 0;
 
-	if (b->fd < 0)
+	/* tmpfs holes are found per unit by the workers (unit_is_hole()). */
+	if (b->fd < 0 || c->blocks[idx].shmem)
 		return add_unit(c, cap, idx, 0, pages);
 	while (pos < b->length) {
 		off_t data = lseek(b->fd, (off_t)(b->fd_off + pos), SEEK_DATA);
