@@ -165,6 +165,20 @@ static int fd_size(int fd, uint64_t *ret)
 	return -EINVAL;
 }
 
+/* Is [start, end) of fd a hole (reads as zero)? SEEK_DATA says; a device never is. */
+static bool range_is_hole(int fd, uint64_t start, uint64_t end)
+{
+	struct stat st;
+	off_t d;
+
+	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode))
+		return false;
+	d = lseek(fd, (off_t)start, SEEK_DATA);
+	if (d < 0)
+		return errno == ENXIO;
+	return (uint64_t)d >= end;
+}
+
 static int map(struct snap_ram_map *m, int prot, char *errbuf, size_t errlen)
 {
 	void *p = mmap(NULL, m->length, prot, MAP_SHARED, m->fd, (off_t)m->offset);
@@ -266,8 +280,11 @@ int snap_ram_map_dest(const struct snap_ram_spec *s, uint64_t length, struct sna
 			 (unsigned long long)m.offset);
 		goto close_fd;
 	}
-	/* Nothing beyond the old end of file can hold data: it reads as zero. */
-	m.zeroed = size <= m.offset;
+	/*
+	 * Nothing beyond the old end of file can hold data, nor can a hole: a
+	 * memfd a manager just sized with ftruncate needs no clearing either.
+	 */
+	m.zeroed = size <= m.offset || range_is_hole(m.fd, m.offset, size < end ? size : end);
 	if (size < end) {
 		struct stat st;
 

@@ -502,6 +502,21 @@ static void test_map_dest(void **state)
 	assert_int_equal(file_size(path), 3 * 4096);
 	snap_ram_unmap(&m);
 
+	/* A sized file of holes (a manager's fresh memfd) is zero where it has no data. */
+	snprintf(path, sizeof(path), "%s", tpath(t, "holes"));
+	write_file(path, 4096);
+	assert_int_equal(truncate(path, 4 * 4096), 0);
+	s = spec(path, false, 0, 2 * 4096);
+	assert_int_equal(snap_ram_map_dest(&s, 2 * 4096, &m, err, sizeof(err)), 0);
+	assert_true(m.zeroed);
+	assert_int_equal(file_size(path), 4 * 4096);
+	snap_ram_unmap(&m);
+	s = spec(path, false, 0, 0);
+	assert_int_equal(snap_ram_map_dest(&s, 4 * 4096, &m, err, sizeof(err)), 0);
+	assert_false(m.zeroed);
+	snap_ram_unmap(&m);
+	snprintf(path, sizeof(path), "%s", tpath(t, "data"));
+
 	/* size= must match the block length. */
 	s = spec(path, true, 4096, 0);
 	err[0] = 0;
@@ -540,7 +555,8 @@ static void test_map_dest_shared_file(void **state)
 
 	s = spec(path, false, 0, 0);
 	assert_int_equal(snap_ram_map_dest(&s, 2 * 4096, &lo, err, sizeof(err)), 0);
-	assert_false(lo.zeroed);
+	/* The file has data, but only past this block: its range is a hole. */
+	assert_true(lo.zeroed);
 	assert_int_equal(file_size(path), 5 * 4096);
 	memset(lo.addr, 0x11, 2 * 4096);
 	/* Still mapped and still holding its data (a cut file would SIGBUS here). */
