@@ -223,13 +223,14 @@ static int save_unit(struct save_ctx *c, struct snap_io_engine *e, const struct 
 	struct save_block *sb = &c->blocks[u->block];
 	const uint8_t *base = sb->b->addr;
 	uint64_t run = UINT64_MAX, normal = 0, w0 = u->first / 64;
-	bool copy = sb->shmem && sc->buf && !(sc->dense && unit_resident(sb, u));
+	bool copy;
 	int r;
 
 	if (sb->shmem && unit_is_hole(sb, u, sc)) {
 		*ret_normal = 0;
 		return 0;
 	}
+	copy = sb->shmem && sc->buf && !(sc->dense && unit_resident(sb, u));
 #ifdef MADV_POPULATE_READ
 	/* Map the unit's pages in one call rather than a fault per 16 pages. */
 	if (!copy)
