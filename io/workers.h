@@ -46,8 +46,12 @@ typedef int (*snap_worker_fn)(struct snap_pool *pool, void *arg, struct snap_io_
 int snap_pool_pick_engine(struct snap_pool *pool, const char *name, bool direct, bool *ret_fallback,
 			  char *errbuf, size_t errlen);
 
-#define SNAP_DEFAULT_MAX_IO (1u << 20) /* bytes per request */
-#define SNAP_DEFAULT_DEPTH  16u	       /* requests in flight per worker, async engines */
+#define SNAP_DEFAULT_MAX_IO   (1u << 20) /* bytes per request */
+#define SNAP_MAX_DEFAULT_JOBS 16u
+
+/* Workers when -j is not given: two per online CPU, at most SNAP_MAX_DEFAULT_JOBS. */
+unsigned snap_default_jobs(void);
+#define SNAP_DEFAULT_DEPTH 16u /* requests in flight per worker, async engines */
 
 /*
  * Applies opts to the pool (jobs, request size, engine, depth) and chooses

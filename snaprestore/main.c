@@ -62,7 +62,7 @@ static void usage(FILE *f)
 		"      --no-verify           restore without checking checksums while reading\n"
 		"      --force               restore a file that lacks its completion record or\n"
 		"                            whose checksum table is damaged (unverified)\n"
-		"  -j, --jobs N              worker threads (default: online CPUs)\n"
+		"  -j, --jobs N              worker threads (default: 2 per CPU, max 16)\n"
 		"      --direct auto|on|off  O_DIRECT for page data (default auto)\n"
 		"      --io ENGINE           I/O engine: threads, uring, aio (default: best "
 		"available)\n"

@@ -48,7 +48,7 @@ static void usage(FILE *f)
 		"back\n"
 		"      --offset N            start the stream at byte N, keeping the file's first "
 		"N bytes\n"
-		"  -j, --jobs N              worker threads (default: online CPUs)\n"
+		"  -j, --jobs N              worker threads (default: 2 per CPU, max 16)\n"
 		"      --direct auto|on|off  O_DIRECT for page data (default auto)\n"
 		"      --io ENGINE           I/O engine: threads, uring, aio (default: best "
 		"available)\n"

@@ -42,6 +42,18 @@ def matrix_case(blocks, out_dir, dest_dir, engine, jobs, direct):
     os.unlink(out)
 
 
+def default_jobs(blocks, out_dir, dest_dir):
+    # without -j: two workers per online CPU, at most 16, for both tools
+    cpus = os.sysconf("SC_NPROCESSORS_ONLN")
+    want = min(2 * cpus, 16)
+    out = os.path.join(out_dir, "default-j.snap")
+    st, rst = roundtrip(blocks, out, dest_dir, what="default -j")
+    for label, s in (("save", st), ("restore", rst)):
+        check(s.get("jobs") == want, "%s --json without -j: jobs %r, expected %d (2 x %d CPUs)"
+              % (label, s.get("jobs"), want, cpus))
+    os.unlink(out)
+
+
 def aio_needs_direct(blocks, out_dir):
     out = os.path.join(out_dir, "aio-off.snap")
     r = snapsave("-o", out, "--ram", "pc.ram=" + blocks[0].src, "--io", "aio",
@@ -151,6 +163,7 @@ def main():
                 t.case(label, matrix_case, blocks, out_dir, dest_dir, engine, jobs, direct)
     if not no_direct and engine_available("aio", out_dir) is None:
         t.case("--io aio --direct off is refused clearly", aio_needs_direct, blocks, out_dir)
+    t.case("default -j is two per CPU", default_jobs, blocks, out_dir, dest_dir)
     t.case("engine fallback when io_uring/libaio cannot start", engine_fallback, blocks, out_dir,
            dest_dir, no_direct)
     t.case("--direct auto on disk and tmpfs", auto_direct, blocks, out_dir, shm_out, dest_dir)
