@@ -5,7 +5,6 @@
 # naming the file, no crash, no sanitizer report).
 
 import atexit
-import hashlib
 import os
 import random
 import shutil
@@ -37,7 +36,8 @@ SANITIZER_MARKS = ("AddressSanitizer", "LeakSanitizer", "UndefinedBehaviorSaniti
 
 # The case runner and the failure/skip vocabulary are the integration suite's.
 sys.path.insert(0, os.path.join(_here, "..", "integration"))
-from common import Cases, Failure, Skip, check, fail, note  # noqa: E402,F401
+from common import (Cases, Failure, Result, Skip, check, error_lines,  # noqa: E402,F401
+                    expect_error, fail, note, sha256)
 
 
 # ----------------------------------------------------------------- scratch
@@ -94,20 +94,6 @@ def temp_leftovers(d):
 
 
 # ----------------------------------------------------------------- running
-
-class Result:
-    def __init__(self, argv, rc, out, err, seconds):
-        self.argv = argv
-        self.rc = rc
-        self.out = out
-        self.err = err
-        self.seconds = seconds
-
-    def describe(self):
-        return "command: %s\n  exit %s\n  stderr: %s\n  stdout: %s" % (
-            " ".join(self.argv), self.rc, self.err.strip()[:3000] or "(empty)",
-            self.out.decode("utf-8", "replace").strip()[:1500] or "(empty)")
-
 
 def shim_env(op, nth, err="EIO", substr=None, count=1, mode=None, report=None):
     """Environment that makes the shim fail call `nth` of `op` (0: count only)."""
@@ -169,25 +155,9 @@ def ok(res, what):
     return res
 
 
-def error_lines(res):
-    return [l for l in res.err.splitlines() if l.strip()]
-
-
 def one_line_error(res, what, *needles):
     """Exit 1 and exactly one stderr line 'PROG: ...' holding every needle."""
-    prog = os.path.basename(res.argv[0])
-    if res.rc != 1:
-        fail("%s: expected exit 1\n  %s" % (what, res.describe()))
-    lines = error_lines(res)
-    if len(lines) != 1:
-        fail("%s: expected one line on stderr, got %d\n  %s" % (what, len(lines),
-                                                                res.describe()))
-    if not lines[0].startswith(prog + ": "):
-        fail("%s: stderr does not start with '%s: '\n  %s" % (what, prog, res.describe()))
-    for n in needles:
-        if n not in lines[0]:
-            fail("%s: stderr does not mention %r\n  %s" % (what, n, res.describe()))
-    return lines[0]
+    return expect_error(res, 1, *needles, what=what)
 
 
 # ----------------------------------------------------------------- patterns
@@ -236,16 +206,6 @@ def mixed_runs(pages, seed):
         runs.append((rng.choice(kinds), n))
         left -= n
     return runs
-
-
-def sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while True:
-            b = f.read(8 * MiB)
-            if not b:
-                return h.hexdigest()
-            h.update(b)
 
 
 def same_bytes(a, b):

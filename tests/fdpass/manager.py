@@ -95,24 +95,20 @@ def open_output(path, truncate=True, mode=0o600):
     for the buffered descriptor and a separate open(O_WRONLY|O_DIRECT).
     Returns (buffered fd, direct fd or None, reason the direct open failed)."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | (os.O_TRUNC if truncate else 0)
-    buf = os.open(path, flags, mode)
-    if os.environ.get("SNAPMR_FDPASS_NO_DIRECT"):  # exercises the fallbacks
-        return buf, None, "disabled by SNAPMR_FDPASS_NO_DIRECT"
-    try:
-        direct = os.open(path, os.O_WRONLY | os.O_DIRECT | os.O_CLOEXEC)
-        return buf, direct, None
-    except OSError as e:
-        return buf, None, e.strerror
+    return _with_direct(os.open(path, flags, mode), path, os.O_WRONLY)
 
 
 def open_input(path):
     """O_RDONLY and O_RDONLY|O_DIRECT descriptors of a saved file."""
-    buf = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    return _with_direct(os.open(path, os.O_RDONLY | os.O_CLOEXEC), path, os.O_RDONLY)
+
+
+def _with_direct(buf, path, access):
+    """(buf, a second open of path with access|O_DIRECT or None, why not)."""
     if os.environ.get("SNAPMR_FDPASS_NO_DIRECT"):  # exercises the fallbacks
         return buf, None, "disabled by SNAPMR_FDPASS_NO_DIRECT"
     try:
-        direct = os.open(path, os.O_RDONLY | os.O_DIRECT | os.O_CLOEXEC)
-        return buf, direct, None
+        return buf, os.open(path, access | os.O_DIRECT | os.O_CLOEXEC), None
     except OSError as e:
         return buf, None, e.strerror
 
