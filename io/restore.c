@@ -54,18 +54,31 @@ struct rctx {
 	bool verify_only; /* read into scratch buffers, keep going after a mismatch */
 	struct snap_pool *pool;
 	pthread_mutex_t lock;
+	pthread_mutex_t punch_lock;
 	struct snap_mismatch *bad;
 	size_t n_bad_kept;
 	atomic_uint_fast64_t n_bad;
 };
 
-/* Clear pages must read as zero: punch them out of the backing file, or memset. */
-static void zero_range(const struct snap_block *d, uint64_t first, uint64_t end)
+/*
+ * Clear pages must read as zero: punch them out of the backing file, or memset.
+ * Punches are serialized here because tmpfs serializes them on the inode lock
+ * anyway, and there the waiters spin: 4 workers restoring an idle guest into
+ * stale memory burnt 0.65 s of system time against 0.40 s with this lock, for
+ * the same wall time (bounded by the punches, 330 ns per page).
+ */
+static void zero_range(struct rctx *c, const struct snap_block *d, uint64_t first, uint64_t end)
 {
 	uint64_t off = first * MR_PAGE_SIZE, len = (end - first) * MR_PAGE_SIZE;
+	int r = -1;
 
-	if (d->fd >= 0 && fallocate(d->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
-				    (off_t)(d->fd_off + off), (off_t)len) == 0)
+	if (d->fd >= 0) {
+		pthread_mutex_lock(&c->punch_lock);
+		r = fallocate(d->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+			      (off_t)(d->fd_off + off), (off_t)len);
+		pthread_mutex_unlock(&c->punch_lock);
+	}
+	if (r == 0)
 		return;
 	memset((uint8_t *)d->addr + off, 0, len);
 }
@@ -125,7 +138,7 @@ static int read_unit(struct rctx *c, struct snap_io_engine *e, struct runit *u)
 
 		first = mr_bitmap_next_run(map, pg, u->end, true, &run_end);
 		if (first > pg && rb->dst && !rb->dst->zeroed)
-			zero_range(rb->dst, pg, first);
+			zero_range(c, rb->dst, pg, first);
 		if (first >= u->end)
 			break;
 		normal += run_end - first;
@@ -389,6 +402,7 @@ static int rctx_init(struct rctx *c, size_t n)
 	c->blocks = calloc(n ? n : 1, sizeof(*c->blocks));
 	c->bad = calloc(MAX_REPORTED, sizeof(*c->bad));
 	pthread_mutex_init(&c->lock, NULL);
+	pthread_mutex_init(&c->punch_lock, NULL);
 	return c->blocks && c->bad ? 0 : -ENOMEM;
 }
 
@@ -398,6 +412,7 @@ static void rctx_fini(struct rctx *c)
 	free(c->units);
 	free(c->bad);
 	pthread_mutex_destroy(&c->lock);
+	pthread_mutex_destroy(&c->punch_lock);
 }
 
 /* The device state's byte range: the snapmr section, or the raw tail after RAM. */
