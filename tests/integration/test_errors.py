@@ -155,7 +155,9 @@ def save_runtime(e):
           "temp files left after 'output is a directory'")
 
     r = snapsave("-o", e.out, "--ram", R, "-d", missing)
-    expect_error(r, 1, "device state", missing, "No such file", what="missing device state")
+    line = expect_error(r, 1, "device state", missing, "No such file",
+                        what="missing device state")
+    check(line.count(missing) == 1, "missing device state: the path is named twice: " + line)
     nothing_written(e)
 
     r = snapsave("-o", e.out, "--ram", R, "--offset", "4096")
@@ -169,7 +171,8 @@ def restore_runtime(e):
     dest = os.path.join(d, "pc.ram")
     missing = os.path.join(e.disk, "missing.snap")
     r = snaprestore(missing, "--all", d)
-    expect_error(r, 1, missing, "No such file", what="missing input")
+    line = expect_error(r, 1, missing, "No such file", what="missing input")
+    check(line.count(missing) == 1, "missing input: the path is named twice: " + line)
     r = snaprestore("--info", missing)
     expect_error(r, 1, missing, what="--info missing input")
     r = snaprestore(e.disk, "--all", d)
@@ -208,7 +211,8 @@ def restore_runtime(e):
     expect_error(r, 1, nodir, what="--all DIR missing")
     check(not os.path.exists(os.path.join(e.shm, "no")), "created the missing directory")
     r = snaprestore(e.snap, "--all", d, "-d", os.path.join(nodir, "dev"))
-    expect_error(r, 1, "device state", nodir, what="device state directory missing")
+    line = expect_error(r, 1, "device state", nodir, what="device state directory missing")
+    check(line.count(nodir) == 1, "device state directory missing: named twice: " + line)
     r = snaprestore(e.snap, "--ram", "pc.ram=fd:97", "--skip", "vga.vram")
     expect_error(r, 1, "pc.ram", "97", what="closed descriptor as destination")
     r = snaprestore(e.snap, "--ram", "pc.ram=%s,size=8K" % dest, "--skip", "vga.vram")
