@@ -711,7 +711,7 @@ int snap_io_open(const char *spec, int flags, mode_t mode, int *ret_fd, char *er
 	if (fd < 0) {
 		int e = errno;
 
-		seterr(errbuf, errlen, "%s: %s%s", spec, strerror(e),
+		seterr(errbuf, errlen, "%s%s", strerror(e),
 		       (flags & O_DIRECT) && e == EINVAL
 			       ? " (the file system may not support O_DIRECT)"
 			       : "");

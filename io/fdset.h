@@ -123,7 +123,7 @@ bool snap_io_is_fd_spec(const char *spec);
  * mode is ignored for them. Errors: -EINVAL (malformed spec), -EBADF (fd:N not
  * open), -ENOENT (no set N; the message lists the sets), -EACCES (no descriptor
  * matches; the message lists the set's descriptors and what was needed), or
- * open(2)'s error.
+ * open(2)'s error. errbuf never repeats spec: the caller names it.
  */
 int snap_io_open(const char *spec, int flags, mode_t mode, int *ret_fd, char *errbuf,
 		 size_t errlen);

@@ -195,6 +195,20 @@ static int map(struct snap_ram_map *m, int prot, char *errbuf, size_t errlen)
 	return 0;
 }
 
+/* snap_io_open() of s->where; a path is named in the message, fd forms name themselves. */
+static int open_where(const struct snap_ram_spec *s, int flags, mode_t mode, int *fd, char *errbuf,
+		      size_t errlen)
+{
+	char why[256];
+	int r = snap_io_open(s->where, flags, mode, fd, why, sizeof(why));
+
+	if (r < 0 && snap_io_is_fd_spec(s->where))
+		snprintf(errbuf, errlen, "%s", why);
+	else if (r < 0)
+		snprintf(errbuf, errlen, "%s: %s", s->where, why);
+	return r;
+}
+
 int snap_ram_map_source(const struct snap_ram_spec *s, struct snap_ram_map *ret, char *errbuf,
 			size_t errlen)
 {
@@ -202,7 +216,7 @@ int snap_ram_map_source(const struct snap_ram_spec *s, struct snap_ram_map *ret,
 	uint64_t size, end;
 	int r;
 
-	r = snap_io_open(s->where, O_RDONLY, 0, &m.fd, errbuf, errlen);
+	r = open_where(s, O_RDONLY, 0, &m.fd, errbuf, errlen);
 	if (r < 0)
 		return r;
 	r = fd_size(m.fd, &size);
@@ -264,7 +278,7 @@ int snap_ram_map_dest(const struct snap_ram_spec *s, uint64_t length, struct sna
 			 (unsigned long long)s->size, (unsigned long long)length);
 		return -EINVAL;
 	}
-	r = snap_io_open(s->where, O_RDWR | O_CREAT, 0600, &m.fd, errbuf, errlen);
+	r = open_where(s, O_RDWR | O_CREAT, 0600, &m.fd, errbuf, errlen);
 	if (r < 0)
 		return r;
 	m.offset = s->offset;

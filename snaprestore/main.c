@@ -356,7 +356,7 @@ static int open_input(const struct args *a, int *ret_fd, int *ret_dfd)
 
 	r = snap_io_open(a->file, O_RDONLY, 0, &fd, ebuf, sizeof(ebuf));
 	if (r < 0) {
-		cli_err("%s", ebuf); /* it names the file */
+		cli_err("%s: %s", a->file, ebuf);
 		return r;
 	}
 	/* Before the O_DIRECT probe, whose note would be noise for a directory or pipe. */
@@ -382,7 +382,7 @@ static int open_input(const struct args *a, int *ret_fd, int *ret_dfd)
 	}
 	if (r < 0) {
 		if (a->cc.opts.direct == SNAP_DIRECT_ON) {
-			cli_err("O_DIRECT: %s", ebuf);
+			cli_err("%s: O_DIRECT: %s", a->file, ebuf);
 			close(fd);
 			return r;
 		}
@@ -391,7 +391,7 @@ static int open_input(const struct args *a, int *ret_fd, int *ret_dfd)
 				 "buffered",
 				 a->file);
 		else if (strncmp(a->file, "fd:", 3))
-			cli_note("O_DIRECT unavailable (%s); reading buffered", ebuf);
+			cli_note("%s: O_DIRECT unavailable (%s); reading buffered", a->file, ebuf);
 		dfd = -1;
 	}
 	*ret_fd = fd;
@@ -408,7 +408,7 @@ static int open_devstate_out(const char *spec)
 		return fcntl(STDOUT_FILENO, F_DUPFD_CLOEXEC, 3);
 	snap_io_open(spec, O_WRONLY | O_CREAT | O_TRUNC, 0600, &fd, ebuf, sizeof(ebuf));
 	if (fd < 0)
-		cli_err("device state: %s", ebuf);
+		cli_err("device state '%s': %s", spec, ebuf);
 	return fd;
 }
 

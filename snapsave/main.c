@@ -138,7 +138,7 @@ static int open_devstate(const char *spec)
 		return fcntl(STDIN_FILENO, F_DUPFD_CLOEXEC, 3);
 	snap_io_open(spec, O_RDONLY, 0, &fd, ebuf, sizeof(ebuf));
 	if (fd < 0)
-		cli_err("device state: %s", ebuf);
+		cli_err("device state '%s': %s", spec, ebuf);
 	return fd;
 }
 
