@@ -19,6 +19,7 @@
 #include <string.h>
 #include <unistd.h>
 #include <sys/stat.h>
+#include <sys/mman.h>
 #include <sys/vfs.h>
 #include <xxhash.h>
 
@@ -143,10 +144,12 @@ static int read_unit(struct rctx *c, struct snap_io_engine *e, struct runit *u)
 			break;
 		normal += run_end - first;
 		/*
-		 * Fresh destinations are faulted in by the reads themselves. Two
-		 * alternatives measured slower (4 GiB, half data, tmpfs):
-		 * fallocate + MADV_POPULATE_WRITE per run beforehand (554/1279/
-		 * 1301 vs 1388/1298/1474 MiB/s), and reading into a bounce buffer
+		 * Fresh destinations are faulted in ahead of this by the
+		 * populators (start_populators()), or else by the reads. Two
+		 * alternatives measured slower (4 GiB, half data, tmpfs): the
+		 * reader itself doing fallocate + MADV_POPULATE_WRITE per run
+		 * before its reads (554/1279/1301 vs 1388/1298/1474 MiB/s, as it
+		 * submits nothing meanwhile), and reading into a bounce buffer
 		 * then pwrite into the file, which allocates pages without
 		 * faulting or zeroing them but copies out of a cache-cold buffer
 		 * under the file's inode lock (median 1.84 vs 1.68 s; perf: the
@@ -325,6 +328,76 @@ out:
 	return r;
 }
 
+/*
+ * Fresh destination memory (a new file, or one that is all hole) is faulted in
+ * by populator threads that walk the units ahead of the readers, with
+ * MADV_POPULATE_WRITE over each data run. Faulting under the reads instead
+ * happens inside each submission, so a reader that faults submits nothing.
+ * 4 GiB, half data, medians of 5 alternated runs: 2.46 s without, 2.24 s with
+ * one populator, 2.16 s with two; all data: 6.01 against 4.10 s.
+ */
+#define MAX_POPULATORS 4u
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23 /* Linux 5.14; older kernels say EINVAL and the reads fault */
+#endif
+
+struct populator {
+	struct rctx *c;
+	size_t first, step; /* units first, first + step, ... */
+	pthread_t tid;
+};
+
+static void *populate_units(void *arg)
+{
+	const struct populator *p = arg;
+	struct rctx *c = p->c;
+
+	for (size_t i = p->first; i < c->n_units && !atomic_load(&c->pool->stop); i += p->step) {
+		const struct runit *u = &c->units[i];
+		const struct rblock *rb = &c->blocks[u->blk];
+
+		/* Claimed by a reader already: its reads fault the pages in. */
+		if (atomic_load(&c->next_unit) > i || !rb->dst || !rb->dst->zeroed)
+			continue;
+		for (uint64_t pg = u->first, run_end; pg < u->end; pg = run_end) {
+			uint64_t first =
+				mr_bitmap_next_run(rb->info->bitmap, pg, u->end, true, &run_end);
+
+			if (first >= u->end)
+				break;
+			/* Out of memory or not supported: the reads report it. */
+			if (madvise((uint8_t *)rb->dst->addr + first * MR_PAGE_SIZE,
+				    (size_t)((run_end - first) * MR_PAGE_SIZE),
+				    MADV_POPULATE_WRITE))
+				return NULL;
+		}
+	}
+	return NULL;
+}
+
+/* One populator per CPU, at most half the readers; 0 if no block is fresh. */
+static unsigned start_populators(struct rctx *c, struct populator *p, unsigned jobs)
+{
+	long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+	unsigned n = jobs / 2, started = 0;
+	bool fresh = false;
+
+	for (size_t i = 0; i < c->n_blocks; i++)
+		fresh |= c->blocks[i].dst && c->blocks[i].dst->zeroed;
+	if (!fresh || c->verify_only)
+		return 0;
+	if (cpus > 0 && (unsigned long)cpus < n)
+		n = (unsigned)cpus;
+	n = n < 1 ? 1 : n > MAX_POPULATORS ? MAX_POPULATORS : n;
+	for (unsigned k = 0; k < n; k++) {
+		p[started] = (struct populator){ .c = c, .first = k, .step = n };
+		if (pthread_create(&p[started].tid, NULL, populate_units, &p[started]) == 0)
+			started++;
+	}
+	/* Units left to a thread that did not start are faulted by the reads. */
+	return started;
+}
+
 /* Runs the workers over c's units with engine and descriptor choice from opts. */
 static int run_reads(struct rctx *c, struct snap_pool *pool, int fd, int direct_fd,
 		     const struct snap_opts *opts, uint64_t total, double t0, bool *ret_fallback,
@@ -342,7 +415,13 @@ static int run_reads(struct rctx *c, struct snap_pool *pool, int fd, int direct_
 	c->pool = pool;
 	if (!c->n_units)
 		return 0;
+	struct populator pop[MAX_POPULATORS];
+	unsigned n_pop = start_populators(c, pop, pool->jobs);
+
 	r = snap_pool_run(pool, read_worker, c, opts, total, t0);
+	/* A failed run set pool->stop, which the populators check per unit. */
+	for (unsigned k = 0; k < n_pop; k++)
+		pthread_join(pop[k].tid, NULL);
 	/*
 	 * Only destination memory can fault under a read: tmpfs or hugetlbfs
 	 * had no page to give (a page fault cannot return ENOSPC itself).
