@@ -224,6 +224,40 @@ def partly_populated(src_dir, out_dir, shm):
     os.unlink(out)
 
 
+def shm_huge(path):
+    """True if the tmpfs holding path may back files with huge pages."""
+    best, opts = "", ""
+    with open("/proc/self/mounts") as f:
+        for line in f:
+            mnt, o = line.split()[1], line.split()[3]
+            if (path == mnt or path.startswith(mnt.rstrip("/") + "/")) and len(mnt) > len(best):
+                best, opts = mnt, o
+    return any(o.startswith("huge=") and o != "huge=never" for o in opts.split(","))
+
+
+def fresh_keeps_holes(src_dir, out_dir, shm):
+    # A new tmpfs destination gets memory for the data pages only: the
+    # populator threads fault in data runs ahead of the reads, nothing else.
+    size = 24 * MiB
+    blk = make_block("pc.ram", src_dir, pattern("mixed", size, 71), "fresh")
+    out = os.path.join(out_dir, "fresh.snap")
+    ok(snapsave("-o", out, "--ram", "pc.ram=" + blk.src), "save for a fresh restore")
+    data = blk.pat.nonzero_pages * PAGE
+    check(0 < data < size, "fresh: the pattern needs data and zero pages")
+    for opts in ([], ["-j", "2"], ["-j", "8", "--io", "threads"], ["--no-verify"]):
+        what = "fresh tmpfs destination %s" % " ".join(opts)
+        dest = os.path.join(shm, "fresh.ram")
+        ok(snaprestore(out, "--ram", "pc.ram=" + dest, *opts), "restore into a " + what)
+        used = os.stat(dest).st_blocks * 512
+        if shm_huge(dest):      # a huge page may cover zero pages too
+            check(data <= used < size, "%s: %d bytes allocated" % (what, used))
+        else:
+            check(used == data, "%s: %d bytes allocated for %d of data" % (what, used, data))
+        compare_files(blk.src, dest, what)
+        os.unlink(dest)
+    os.unlink(out)
+
+
 def stream_offset(blocks, out_dir, shm):
     # --offset N: a caller's header (libvirt style) stays in the first N bytes
     out = os.path.join(out_dir, "offset.snap")
@@ -255,6 +289,8 @@ def main():
     t.case("offset=/size= sub-ranges", subrange, src_dir, out_dir, shm)
     t.case("restore into a partly populated tmpfs file", partly_populated, src_dir, out_dir,
            shm)
+    t.case("restore into a new tmpfs file keeps zero pages as holes", fresh_keeps_holes,
+           src_dir, out_dir, shm)
     t.case("--offset keeps a header in front", stream_offset, blocks, out_dir, shm)
     t.finish()
 
