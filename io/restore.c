@@ -334,7 +334,7 @@ out:
  * MADV_POPULATE_WRITE over each data run. Faulting under the reads instead
  * happens inside each submission, so a reader that faults submits nothing.
  * 4 GiB, half data, medians of 5 alternated runs: 2.46 s without, 2.24 s with
- * one populator, 2.16 s with two; all data: 6.01 against 4.10 s.
+ * one populator, 2.16 s with two; all data, medians of 3: 6.01 against 4.10 s.
  */
 #define MAX_POPULATORS 4u
 #ifndef MADV_POPULATE_WRITE
