@@ -15,6 +15,8 @@
 #include <unistd.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/vfs.h>
+#include <linux/magic.h>
 
 int snap_parse_size(const char *s, uint64_t *ret)
 {
@@ -165,7 +167,18 @@ static int fd_size(int fd, uint64_t *ret)
 	return -EINVAL;
 }
 
-/* Is [start, end) of fd a hole (reads as zero)? SEEK_DATA says; a device never is. */
+static bool on_hugetlbfs(int fd)
+{
+	struct statfs sf;
+
+	return fstatfs(fd, &sf) == 0 && sf.f_type == HUGETLBFS_MAGIC;
+}
+
+/*
+ * Is [start, end) of fd a hole (reads as zero)? SEEK_DATA says; a device
+ * never is. hugetlbfs reports every offset as data, so there only a file
+ * without a single huge page counts.
+ */
 static bool range_is_hole(int fd, uint64_t start, uint64_t end)
 {
 	struct stat st;
@@ -173,6 +186,8 @@ static bool range_is_hole(int fd, uint64_t start, uint64_t end)
 
 	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode))
 		return false;
+	if (on_hugetlbfs(fd))
+		return st.st_blocks == 0;
 	d = lseek(fd, (off_t)start, SEEK_DATA);
 	if (d < 0)
 		return errno == ENXIO;
@@ -181,13 +196,24 @@ static bool range_is_hole(int fd, uint64_t start, uint64_t end)
 
 static int map(struct snap_ram_map *m, int prot, char *errbuf, size_t errlen)
 {
-	void *p = mmap(NULL, m->length, prot, MAP_SHARED, m->fd, (off_t)m->offset);
+	/*
+	 * A shared hugetlbfs mapping reserves huge pages for its whole length,
+	 * and fails when the pool cannot cover the holes. Reading needs none:
+	 * the save never faults a hugetlbfs hole (see source_scan() in save.c).
+	 */
+	int flags = MAP_SHARED | (prot & PROT_WRITE ? 0 : MAP_NORESERVE);
+	void *p = mmap(NULL, m->length, prot, flags, m->fd, (off_t)m->offset);
 
 	if (p == MAP_FAILED) {
 		int e = errno;
+		const char *why = strerror(e);
 
+		if (on_hugetlbfs(m->fd) && e == ENOMEM)
+			why = "not enough free huge pages for the whole block";
+		else if (on_hugetlbfs(m->fd) && e == EINVAL)
+			why = "hugetlbfs needs an offset that is a multiple of its huge page size";
 		snprintf(errbuf, errlen, "cannot map %llu bytes at offset %llu: %s",
-			 (unsigned long long)m->length, (unsigned long long)m->offset, strerror(e));
+			 (unsigned long long)m->length, (unsigned long long)m->offset, why);
 		return -e;
 	}
 	m->addr = m->map_base = p;
@@ -312,7 +338,10 @@ int snap_ram_map_dest(const struct snap_ram_spec *s, uint64_t length, struct sna
 		if (ftruncate(m.fd, (off_t)end) < 0) {
 			r = -errno;
 			snprintf(errbuf, errlen, "cannot resize '%s' to %llu bytes: %s", s->where,
-				 (unsigned long long)end, strerror(-r));
+				 (unsigned long long)end,
+				 r == -EINVAL && on_hugetlbfs(m.fd)
+					 ? "hugetlbfs needs a multiple of its huge page size"
+					 : strerror(-r));
 			goto close_fd;
 		}
 	}

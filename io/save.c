@@ -42,12 +42,21 @@ struct unit {
 	uint64_t first, end; /* page indices */
 };
 
+/*
+ * How the zero scan reads a block (see source_scan()):
+ *   SCAN_MAP    through the mapping;
+ *   SCAN_SHMEM  tmpfs or a memfd: pread copies, holes skipped (SEEK_DATA),
+ *               the mapping for runs of dense units;
+ *   SCAN_COPY   only pread copies, never a fault: hugetlbfs with holes.
+ */
+enum scan_how { SCAN_MAP, SCAN_SHMEM, SCAN_COPY };
+
 struct save_block {
 	const struct snap_block *b;
 	struct mr_block_layout l;
 	uint64_t *bitmap; /* written with atomic OR: units may share a word */
 	uint64_t num_pages;
-	bool shmem; /* the source fd is tmpfs or a memfd: scan it with pread */
+	enum scan_how how;
 };
 
 struct save_ctx {
@@ -226,11 +235,12 @@ static int save_unit(struct save_ctx *c, struct snap_io_engine *e, const struct 
 	bool copy;
 	int r;
 
-	if (sb->shmem && unit_is_hole(sb, u, sc)) {
+	if (sb->how == SCAN_SHMEM && unit_is_hole(sb, u, sc)) {
 		*ret_normal = 0;
 		return 0;
 	}
-	copy = sb->shmem && sc->buf && !(sc->dense && unit_resident(sb, u));
+	copy = sb->how == SCAN_COPY ||
+	       (sb->how == SCAN_SHMEM && !(sc->dense && unit_resident(sb, u)));
 #ifdef MADV_POPULATE_READ
 	/* Map the unit's pages in one call rather than a fault per 16 pages. */
 	if (!copy)
@@ -290,9 +300,8 @@ static int save_worker(struct snap_pool *pool, void *arg, struct snap_io_engine 
 	struct scan sc = { .hole_blk = UINT32_MAX };
 	int r = 0;
 
-	/* Without the buffer every unit is scanned through the mapping. */
 	if (posix_memalign((void **)&sc.buf, MR_PAGE_SIZE, SCAN_PAGES * MR_PAGE_SIZE))
-		sc.buf = NULL;
+		return -ENOMEM;
 	while (!atomic_load(&pool->stop)) {
 		size_t i = atomic_fetch_add(&c->next_unit, 1);
 		uint64_t normal;
@@ -333,14 +342,32 @@ static int add_unit(struct save_ctx *c, size_t *cap, uint32_t block, uint64_t fi
 	return 0;
 }
 
-/* tmpfs and memfds; not hugetlbfs, where mapping costs one entry per 2 MiB. */
-static bool is_shmem(int fd)
+/*
+ * tmpfs and memfds are scanned through copies (scan_view()). hugetlbfs maps a
+ * whole huge page per entry, so the mapping is cheap, but a read fault on a
+ * hole takes a huge page from the pool, or raises SIGBUS when the pool is
+ * empty; neither SEEK_DATA nor mincore() tells its holes from data. A file
+ * whose every huge page is allocated has no holes and is mapped; any other
+ * is read only through pread, which returns zeros for holes without
+ * allocating.
+ */
+static enum scan_how source_scan(int fd)
 {
 	struct statfs sf;
 	struct stat st;
 
-	return fd >= 0 && fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && fstatfs(fd, &sf) == 0 &&
-	       sf.f_type == TMPFS_MAGIC;
+	if (fd < 0 || fstat(fd, &st) || !S_ISREG(st.st_mode) || fstatfs(fd, &sf))
+		return SCAN_MAP;
+	if (sf.f_type == TMPFS_MAGIC)
+		return SCAN_SHMEM;
+	if (sf.f_type == HUGETLBFS_MAGIC && sf.f_bsize > 0) {
+		uint64_t hp = (uint64_t)sf.f_bsize; /* the huge page size */
+		uint64_t pages = ((uint64_t)st.st_size + hp - 1) / hp;
+
+		if ((uint64_t)st.st_blocks * 512 < pages * hp)
+			return SCAN_COPY;
+	}
+	return SCAN_MAP;
 }
 
 /*
@@ -354,7 +381,7 @@ static int plan_block(struct save_ctx *c, size_t *cap, uint32_t idx, uint64_t *r
 	uint64_t pages = b->length / MR_PAGE_SIZE, pos = 0, skipped = 0;
 
 	/* tmpfs holes are found per unit by the workers (unit_is_hole()). */
-	if (b->fd < 0 || c->blocks[idx].shmem)
+	if (b->fd < 0 || c->blocks[idx].how != SCAN_MAP)
 		return add_unit(c, cap, idx, 0, pages);
 	while (pos < b->length) {
 		off_t data = lseek(b->fd, (off_t)(b->fd_off + pos), SEEK_DATA);
@@ -538,7 +565,7 @@ static int write_head(struct save_run *s)
 
 		sb->b = &args->blocks[i];
 		sb->num_pages = sb->b->length / MR_PAGE_SIZE;
-		sb->shmem = is_shmem(sb->b->fd);
+		sb->how = source_scan(sb->b->fd);
 		r = mr_layout_block(off, strlen(sb->b->name), sb->b->length, MR_PAGES_ALIGN,
 				    &sb->l);
 		if (r)

@@ -481,12 +481,13 @@ static int do_restore(struct args *a, int fd, int dfd, const struct snap_file *f
 		bool is_new = !snap_io_is_fd_spec(spec->where) && access(spec->where, F_OK) < 0 &&
 			      errno == ENOENT;
 
+		/* Listed first: a file created and then refused (size, map) goes too. */
+		if (is_new)
+			created[n_created++] = spec->where;
 		if (snap_ram_map_dest(spec, b->length, &maps[n], ebuf, sizeof(ebuf))) {
 			cli_err("block '%s': %s", b->name, ebuf);
 			goto unmap;
 		}
-		if (is_new)
-			created[n_created++] = spec->where;
 		blocks[n] = (struct snap_block){ .name = b->name,
 						 .addr = maps[n].addr,
 						 .length = b->length,

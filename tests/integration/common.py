@@ -132,7 +132,7 @@ def _quote(a):
 
 
 def run(argv, input=None, stdin=None, timeout=600, env=None, allow_signal=False,
-        preexec_fn=None):
+        preexec_fn=None, pass_fds=()):
     """Runs argv, returns a Result with rc, out (bytes), err (str). A death by
     signal is a failure unless allow_signal."""
     argv = [str(a) for a in argv]
@@ -148,7 +148,8 @@ def run(argv, input=None, stdin=None, timeout=600, env=None, allow_signal=False,
         kw["stdin"] = subprocess.DEVNULL
     try:
         p = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                           timeout=timeout, env=env, preexec_fn=preexec_fn, **kw)
+                           timeout=timeout, env=env, preexec_fn=preexec_fn,
+                           pass_fds=pass_fds, **kw)
     except subprocess.TimeoutExpired:
         fail("timed out after %ss: %s" % (timeout, " ".join(argv)))
     res = Result(argv, p.returncode, p.stdout, p.stderr.decode("utf-8", "replace"),
