@@ -430,7 +430,14 @@ static int run_reads(struct rctx *c, struct snap_pool *pool, int fd, int direct_
 		const struct runit *u = pool->err_cookie;
 		const struct rblock *rb = &c->blocks[u->blk];
 		struct statfs sf;
+		struct stat st;
 
+		/* Or the file was cut short under the reads. */
+		if (rb->dst->fd >= 0 && fstat(rb->dst->fd, &st) == 0 && S_ISREG(st.st_mode) &&
+		    (uint64_t)st.st_size < rb->dst->fd_off + rb->dst->length)
+			return snap_fail(err, r,
+					 "block '%s': its destination shrank during the restore",
+					 rb->info->name);
 		if (rb->dst->fd >= 0 && fstatfs(rb->dst->fd, &sf) == 0 && sf.f_bavail == 0)
 			r = -ENOSPC;
 		return snap_fail(err, r, "block '%s': cannot allocate its destination memory: %s",

@@ -640,6 +640,21 @@ static int write_pages(struct save_run *s, double t0)
 		return snap_fail(
 			s->err, r,
 			"the file system refused an O_DIRECT write (try --direct auto or off)");
+	/*
+	 * A source cut short under the scan reads as holes past its new end
+	 * (SEEK_DATA says ENXIO), not as an error: refuse a file that would
+	 * restore zeros for memory the guest had. The writes from the lost
+	 * range fail with EFAULT, which this names better too.
+	 */
+	for (size_t i = 0; i < args->n_blocks; i++) {
+		const struct snap_block *b = c->blocks[i].b;
+		struct stat st;
+
+		if (b->fd >= 0 && fstat(b->fd, &st) == 0 && S_ISREG(st.st_mode) &&
+		    (uint64_t)st.st_size < b->fd_off + b->length)
+			return snap_fail(s->err, r ? r : -ENODATA,
+					 "block '%s': its source shrank during the save", b->name);
+	}
 	if (r && atomic_load(&c->src_err_blk)) {
 		const char *name = c->blocks[atomic_load(&c->src_err_blk) - 1].b->name;
 

@@ -426,6 +426,7 @@ static int do_restore(struct args *a, int fd, int dfd, const struct snap_file *f
 	char ebuf[512];
 	int devstate_fd = -1, ret = 1;
 
+	cli_install_fault_handler("the restore was abandoned");
 	for (size_t i = 0; i < a->n_ram; i++)
 		if (!mr_image_block(img, a->ram[i].name)) {
 			cli_err("%s: block '%s' is not in the file", a->file, a->ram[i].name);
@@ -482,12 +483,15 @@ static int do_restore(struct args *a, int fd, int dfd, const struct snap_file *f
 			      errno == ENOENT;
 
 		/* Listed first: a file created and then refused (size, map) goes too. */
-		if (is_new)
+		if (is_new) {
 			created[n_created++] = spec->where;
+			cli_remove_on_fault(spec->where);
+		}
 		if (snap_ram_map_dest(spec, b->length, &maps[n], ebuf, sizeof(ebuf))) {
 			cli_err("block '%s': %s", b->name, ebuf);
 			goto unmap;
 		}
+		cli_watch_memory(b->name, maps[n].addr, b->length);
 		blocks[n] = (struct snap_block){ .name = b->name,
 						 .addr = maps[n].addr,
 						 .length = b->length,
@@ -531,6 +535,7 @@ static int do_restore(struct args *a, int fd, int dfd, const struct snap_file *f
 	have_stats = true;
 	ret = 0;
 unmap:
+	cli_forget_memory();
 	if (devstate_fd >= 0)
 		close(devstate_fd);
 	for (size_t i = 0; i < n; i++)

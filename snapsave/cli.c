@@ -252,6 +252,116 @@ static void on_signal(int sig)
 	raise(sig);
 }
 
+/*
+ * Guest memory is read and written through shared mappings. If a backing
+ * file is cut short under us (or its storage fails), touching the lost range
+ * raises SIGBUS: name the block and end like any other failure rather than
+ * die with "Bus error". The handler makes only async-signal-safe calls.
+ */
+struct watched {
+	const char *name;
+	uintptr_t base;
+	size_t len;
+};
+
+static struct watched watched[CLI_MAX_BLOCKS];
+static volatile sig_atomic_t n_watched;
+static const char *fault_remove[CLI_MAX_BLOCKS];
+static volatile sig_atomic_t n_fault_remove;
+static const char *fault_what = "the run was abandoned";
+static int fault_taken;
+
+void cli_watch_memory(const char *name, const void *base, size_t len)
+{
+	if (n_watched < CLI_MAX_BLOCKS) {
+		watched[n_watched] = (struct watched){ name, (uintptr_t)base, len };
+		n_watched = n_watched + 1;
+	}
+}
+
+void cli_remove_on_fault(const char *path)
+{
+	if (n_fault_remove < CLI_MAX_BLOCKS) {
+		fault_remove[n_fault_remove] = path;
+		n_fault_remove = n_fault_remove + 1;
+	}
+}
+
+void cli_forget_memory(void)
+{
+	n_watched = 0;
+	n_fault_remove = 0;
+}
+
+static void put(char *buf, size_t *len, size_t cap, const char *s)
+{
+	while (*s && *len + 1 < cap)
+		buf[(*len)++] = *s++;
+}
+
+static void put_hex(char *buf, size_t *len, size_t cap, uint64_t v)
+{
+	char tmp[19] = "0x";
+	int n = 2;
+
+	for (int shift = 60; shift >= 0; shift -= 4)
+		if (v >> shift || shift == 0 || n > 2)
+			tmp[n++] = "0123456789abcdef"[(v >> shift) & 15];
+	tmp[n] = 0;
+	put(buf, len, cap, tmp);
+}
+
+static void on_fault(int sig, siginfo_t *si, void *uc)
+{
+	uintptr_t a = (uintptr_t)si->si_addr;
+	char msg[1024];
+	size_t len = 0;
+	int i;
+
+	(void)uc;
+	for (i = 0; i < n_watched; i++)
+		if (a - watched[i].base < watched[i].len)
+			break;
+	if (i == n_watched) { /* not guest memory: a real bug, keep the core dump */
+		signal(sig, SIG_DFL);
+		return;
+	}
+	/* One line, however many threads fault: the first one ends the process. */
+	if (__atomic_exchange_n(&fault_taken, 1, __ATOMIC_SEQ_CST))
+		for (;;)
+			pause();
+	if (progress_shown)
+		put(msg, &len, sizeof(msg), "\n");
+	put(msg, &len, sizeof(msg), cli_prog);
+	put(msg, &len, sizeof(msg), ": block '");
+	put(msg, &len, sizeof(msg), watched[i].name);
+	put(msg, &len, sizeof(msg), "': its memory at offset ");
+	put_hex(msg, &len, sizeof(msg), a - watched[i].base);
+	put(msg, &len, sizeof(msg),
+	    " vanished (SIGBUS): the backing file was truncated or its "
+	    "storage failed; ");
+	put(msg, &len, sizeof(msg), fault_what);
+	put(msg, &len, sizeof(msg), "\n");
+	if (write(STDERR_FILENO, msg, len) < 0) {
+		/* nothing more can be done about it */
+	}
+	snap_outfile_signal_cleanup();
+	for (i = 0; i < n_fault_remove; i++)
+		unlink(fault_remove[i]);
+	_exit(1);
+}
+
+void cli_install_fault_handler(const char *what)
+{
+	struct sigaction sa = { 0 };
+
+	fault_what = what;
+	sa.sa_sigaction = on_fault;
+	sa.sa_flags = SA_SIGINFO;
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGBUS, &sa, NULL);
+}
+
 void cli_install_signal_cleanup(void)
 {
 	struct sigaction sa = { 0 };

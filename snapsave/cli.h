@@ -80,6 +80,20 @@ void cli_print_stats_json(FILE *f, const char *status, const struct snap_stats *
 /* Installs SIGINT/SIGTERM/SIGHUP handlers that remove the save's temporary file. */
 void cli_install_signal_cleanup(void);
 
+/*
+ * SIGBUS inside guest memory (a backing file cut short, failed storage):
+ * cli_install_fault_handler() makes it one error line naming the block,
+ * ending with what (e.g. "the save was abandoned"), removes the save's
+ * temporary file and the paths given to cli_remove_on_fault(), and exits 1.
+ * cli_watch_memory() registers each block's mapping; names and paths must
+ * outlive the run.
+ */
+void cli_install_fault_handler(const char *what);
+void cli_watch_memory(const char *name, const void *base, size_t len);
+void cli_remove_on_fault(const char *path);
+/* Before the mappings go: their addresses may be reused. */
+void cli_forget_memory(void);
+
 /* --add-fd fd=F,set=N[,opaque=S]: 0, or 2 after printing the error. */
 int cli_add_fd(const char *arg);
 /* --fd-socket PATH|fd:N: receives descriptors until "start"; 0 or 1 after printing. */

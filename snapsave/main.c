@@ -163,12 +163,14 @@ int main(int argc, char **argv)
 	if (a.cc.fd_socket && cli_fd_socket_start(a.cc.fd_socket))
 		goto free_specs;
 
+	cli_install_fault_handler("the save was abandoned");
 	for (size_t i = 0; i < a.n_ram; i++) {
 		r = snap_ram_map_source(&a.ram[i], &maps[i], ebuf, sizeof(ebuf));
 		if (r) {
 			cli_err("block '%s': %s", a.ram[i].name, ebuf);
 			goto unmap;
 		}
+		cli_watch_memory(a.ram[i].name, maps[i].addr, maps[i].length);
 		blocks[i] = (struct snap_block){ .name = a.ram[i].name,
 						 .addr = maps[i].addr,
 						 .length = maps[i].length,
@@ -227,6 +229,7 @@ close_devstate:
 	if (devstate_fd >= 0)
 		close(devstate_fd);
 unmap:
+	cli_forget_memory();
 	for (size_t i = 0; i < a.n_ram; i++)
 		snap_ram_unmap(&maps[i]);
 free_specs:

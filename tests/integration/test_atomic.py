@@ -2,8 +2,9 @@
 # SPDX-License-Identifier: MIT
 # No partial file at the final path: failed saves (bad block source, a
 # device-state source that errors, ENOSPC on a small tmpfs, SIGTERM/SIGINT/
-# SIGHUP mid-save) leave neither an output nor a .NAME.snapmr-* temp file,
-# and a good file already at the final path stays intact.
+# SIGHUP mid-save, guest memory cut short under a save or a restore) leave
+# neither an output nor a .NAME.snapmr-* temp file, and a good file already at
+# the final path stays intact.
 
 import os
 import signal
@@ -264,6 +265,79 @@ def sigkill(e):
         os.unlink(os.path.join(d, n))
 
 
+def cut_check(p, what):
+    """Waits for p (stderr piped); asserts one error line that names the block
+    and says its memory went away (a SIGBUS caught, or a read or a write that
+    found the file shorter)."""
+    rc = p.wait(timeout=120)
+    err = p.stderr.read().decode()
+    p.stderr.close()
+    lines = [l for l in err.splitlines() if l.strip()]
+    check(rc == 1, "%s: exit status %d, expected 1 (stderr: %s)" % (what, rc, err.strip()))
+    check(len(lines) == 1, "%s: expected one line on stderr, got %r" % (what, lines))
+    check("'pc.ram'" in lines[0] and ("shrank" in lines[0] or "SIGBUS" in lines[0]),
+          "%s: the error does not say the block's memory went away: %r" % (what, lines[0]))
+    note("  %s: %s" % (what, lines[0]))
+    return lines[0]
+
+
+def source_cut(e):
+    # The guest RAM file (8 MiB of data, then 56 MiB of zeros) is cut to
+    # 12 MiB while a slow save (4 KiB writes, one worker) writes its data:
+    # never a crash, never success with zeros for the lost memory, no file
+    # left behind. A disk file is scanned through its mapping, so the scan
+    # of the lost range is a SIGBUS, caught; tmpfs is scanned with pread.
+    layout = Pattern([("rand", 2048, None), ("zero", 14336, None)], 5)
+    for where in (e.shm, e.disk):
+        src = make_block("pc.ram", where, layout, "cut").src
+        d = os.path.join(e.disk, "cut-%s" % ("shm" if where == e.shm else "disk"))
+        os.makedirs(d)
+        final = os.path.join(d, "vm.snap")
+        what = "source in %s cut during the save" % where
+        p = subprocess.Popen([SNAPSAVE, "-o", final, "--ram", "pc.ram=" + src, "-j", "1",
+                              "--io", "threads", "--max-io-size", "4K"],
+                             stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        tmp = wait_for_temp(d, p, min_alloc=MiB)
+        if tmp is None:
+            p.wait()
+            fail("%s: the save ended before the cut: %s" % (what, p.stderr.read()))
+        os.truncate(src, 12 * MiB)
+        line = cut_check(p, what)
+        if where == e.disk:
+            check("SIGBUS" in line, "%s: expected the caught SIGBUS, got %r" % (what, line))
+        check_clean(d, final, None, what)
+        os.unlink(src)
+
+
+def dest_cut(e):
+    # The destination file is cut to 1 MiB in the middle of a slow restore:
+    # one error line, and the file the restore created is removed.
+    src = make_block("pc.ram", e.shm, pattern("random", 64 * MiB, 6), "cutsrc").src
+    snap = os.path.join(e.disk, "cut.snap")
+    ok(snapsave("-o", snap, "--ram", "pc.ram=" + src), "save for the destination cut")
+    os.unlink(src)
+    for opts in ([], ["--no-verify"]):
+        dest = os.path.join(e.shm, "cut-dest.ram")
+        what = "destination cut during the restore %s" % " ".join(opts)
+        p = subprocess.Popen([SNAPRESTORE, snap, "--ram", "pc.ram=" + dest, "-j", "1",
+                              "--io", "threads", "--max-io-size", "4K"] + opts,
+                             stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        t0 = time.monotonic()
+        while p.poll() is None and time.monotonic() - t0 < 30:
+            try:
+                if allocated(dest) >= MiB:
+                    break
+            except FileNotFoundError:
+                pass
+            time.sleep(0.002)
+        if p.poll() is not None:
+            fail("%s: the restore ended before the cut: %s" % (what, p.stderr.read()))
+        os.truncate(dest, MiB)
+        cut_check(p, what)
+        check(not os.path.exists(dest), "%s: the destination it created is still there" % what)
+    os.unlink(snap)
+
+
 def main():
     require_binaries()
     e = setup()
@@ -275,6 +349,8 @@ def main():
         t.case("%s while blocked on device state" % sig.name, signal_while_blocked, e, sig)
     t.case("SIGTERM during a large save", sigterm_large, e)
     t.case("SIGKILL keeps the final path intact", sigkill, e)
+    t.case("a source cut short during the save", source_cut, e)
+    t.case("a destination cut short during the restore", dest_cut, e)
     t.finish()
 
 
