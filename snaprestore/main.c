@@ -412,6 +412,49 @@ static int open_devstate_out(const char *spec)
 	return fd;
 }
 
+static bool same_file(const struct stat *x, const struct stat *y)
+{
+	return x->st_dev == y->st_dev && x->st_ino == y->st_ino;
+}
+
+/*
+ * Refuses what would destroy data before a byte is written: a destination
+ * that is the input file itself, two blocks overlapping in one file, a
+ * device-state output that is the input (O_TRUNC would empty it).
+ */
+static int check_targets(const struct args *a, int fd, const struct snap_block *blocks,
+			 const struct snap_ram_map *maps, size_t n)
+{
+	struct stat in, si, sj;
+
+	if (fstat(fd, &in) < 0)
+		return 0;
+	for (size_t i = 0; i < n; i++) {
+		if (fstat(maps[i].fd, &si) < 0)
+			continue;
+		if (same_file(&si, &in)) {
+			cli_err("block '%s': its destination is the input file %s", blocks[i].name,
+				a->file);
+			return 1;
+		}
+		for (size_t j = 0; j < i; j++)
+			if (fstat(maps[j].fd, &sj) == 0 && same_file(&si, &sj) &&
+			    maps[i].offset < maps[j].offset + maps[j].length &&
+			    maps[j].offset < maps[i].offset + maps[i].length) {
+				cli_err("blocks '%s' and '%s' overlap in the same destination "
+					"(give each its own file or offset=)",
+					blocks[j].name, blocks[i].name);
+				return 1;
+			}
+	}
+	if (a->cc.devstate && strcmp(a->cc.devstate, "-") && !snap_io_is_fd_spec(a->cc.devstate) &&
+	    stat(a->cc.devstate, &si) == 0 && same_file(&si, &in)) {
+		cli_err("device state '%s' is the input file", a->cc.devstate);
+		return 1;
+	}
+	return 0;
+}
+
 static int do_restore(struct args *a, int fd, int dfd, const struct snap_file *f)
 {
 	const struct mr_image *img = f->img;
@@ -500,6 +543,8 @@ static int do_restore(struct args *a, int fd, int dfd, const struct snap_file *f
 						 .zeroed = maps[n].zeroed };
 		n++;
 	}
+	if (check_targets(a, fd, blocks, maps, n))
+		goto unmap;
 	if (a->cc.devstate) {
 		devstate_fd = open_devstate_out(a->cc.devstate);
 		if (devstate_fd < 0)

@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <sys/stat.h>
 
 #define MAX_BLOCKS CLI_MAX_BLOCKS
 
@@ -142,6 +143,28 @@ static int open_devstate(const char *spec)
 	return fd;
 }
 
+/*
+ * The output must not be one of the RAM sources: a path would be renamed
+ * over the guest's memory file, a descriptor overwritten while it is read.
+ */
+static bool output_is_source(const struct args *a, const struct snap_outfile *out,
+			     const struct snap_ram_map *maps)
+{
+	struct stat so, ss;
+
+	/* A path is replaced, so what counts is the file it names now. */
+	if (snap_io_is_fd_spec(a->output) ? fstat(out->fd, &so) < 0 : stat(a->output, &so) < 0)
+		return false;
+	for (size_t i = 0; i < a->n_ram; i++)
+		if (fstat(maps[i].fd, &ss) == 0 && ss.st_dev == so.st_dev &&
+		    ss.st_ino == so.st_ino) {
+			cli_err("%s: the output is the source of block '%s'", a->output,
+				a->ram[i].name);
+			return true;
+		}
+	return false;
+}
+
 int main(int argc, char **argv)
 {
 	struct args a = { 0 };
@@ -187,6 +210,10 @@ int main(int argc, char **argv)
 	r = snap_outfile_open(&out, a.output, a.cc.opts.direct, a.cc.offset, ebuf, sizeof(ebuf));
 	if (r) {
 		cli_err("%s: %s", a.output, ebuf);
+		goto close_devstate;
+	}
+	if (output_is_source(&a, &out, maps)) {
+		snap_outfile_abort(&out);
 		goto close_devstate;
 	}
 	if (out.direct_refused && strncmp(a.output, "fd:", 3))

@@ -221,6 +221,48 @@ def restore_runtime(e):
     expect_error(r, 1, e.snap, what="--offset past the end")
 
 
+def destructive_targets(e):
+    # Files that the run would destroy are refused before a byte is written,
+    # with one line; the files stay as they were.
+    snap = os.path.join(e.disk, "victim.snap")
+    shutil.copyfile(e.snap, snap)
+    h = sha256(snap)
+    r = snaprestore(snap, "--ram", "pc.ram=" + snap, "--skip", "vga.vram")
+    expect_error(r, 1, "pc.ram", "input file", what="destination is the input file")
+    r = snaprestore(snap, "--all", os.path.join(e.shm, "dsall"), "-d", snap)
+    expect_error(r, 1, "device state", snap, "input file", what="device state over the input")
+    check(sha256(snap) == h, "a refused restore changed its input file")
+    os.unlink(snap)
+
+    dest = os.path.join(e.shm, "shared.ram")
+    for vga in ("", ",offset=512K"):
+        r = snaprestore(e.snap, "--ram", "pc.ram=" + dest, "--ram", "vga.vram=" + dest + vga)
+        expect_error(r, 1, "pc.ram", "vga.vram", "overlap", what="two blocks overlap%s" % vga)
+        check(not os.path.exists(dest), "a refused restore left the file it created")
+    # side by side in one file is fine
+    ok(snaprestore(e.snap, "--ram", "pc.ram=" + dest, "--ram", "vga.vram=%s,offset=1M" % dest),
+       "two blocks side by side in one file")
+    check(os.path.getsize(dest) == 2 * MiB, "two blocks side by side: size %d" % (
+        os.path.getsize(dest)))
+    os.unlink(dest)
+
+    src = os.path.join(e.shm, "self.ram")
+    shutil.copyfile(e.src, src)
+    h = sha256(src)
+    r = snapsave("-o", src, "--ram", "pc.ram=" + src)
+    expect_error(r, 1, src, "pc.ram", "source", what="output is the RAM source")
+    fd = os.open(src, os.O_RDWR)
+    try:
+        r = snapsave("-o", "fd:%d" % fd, "--ram", "vga.vram=" + e.src, "--ram", "pc.ram=" + src,
+                     pass_fds=(fd,))
+        expect_error(r, 1, "pc.ram", "source", what="fd output is the RAM source")
+    finally:
+        os.close(fd)
+    check(sha256(src) == h and not temp_leftovers(e.shm),
+          "a refused save changed its source or left a temporary file")
+    os.unlink(src)
+
+
 def as_nobody(e):
     if os.geteuid() != 0:
         # not root: permission checks apply to us directly
@@ -283,6 +325,7 @@ def main():
     t.case("snaprestore usage errors exit 2", restore_usage, e)
     t.case("snapsave bad inputs exit 1", save_runtime, e)
     t.case("snaprestore bad inputs exit 1", restore_runtime, e)
+    t.case("targets that would destroy data are refused", destructive_targets, e)
     t.case("permission denied (as nobody when root)", as_nobody, e)
     t.finish()
 
