@@ -226,8 +226,16 @@ static int open_where(const struct snap_ram_spec *s, int flags, mode_t mode, int
 		      size_t errlen)
 {
 	char why[256];
-	int r = snap_io_open(s->where, flags, mode, fd, why, sizeof(why));
+	struct stat st;
+	int r;
 
+	/* Guest memory is mapped: never block in open() on a FIFO nobody writes to. */
+	if (!snap_io_is_fd_spec(s->where) && stat(s->where, &st) == 0 &&
+	    (S_ISFIFO(st.st_mode) || S_ISSOCK(st.st_mode))) {
+		snprintf(errbuf, errlen, "'%s' is not a regular file, memfd or device", s->where);
+		return -EINVAL;
+	}
+	r = snap_io_open(s->where, flags, mode, fd, why, sizeof(why));
 	if (r < 0 && snap_io_is_fd_spec(s->where))
 		snprintf(errbuf, errlen, "%s", why);
 	else if (r < 0)

@@ -164,6 +164,16 @@ def save_runtime(e):
     expect_error(r, 1, e.out, "--offset", what="--offset without an existing file")
     nothing_written(e)
 
+    # a FIFO nobody writes to: refused at once, not a hang in open()
+    fifo = os.path.join(e.shm, "fifo")
+    os.mkfifo(fifo)
+    r = snapsave("-o", e.out, "--ram", "pc.ram=%s,size=1M" % fifo, timeout=20)
+    expect_error(r, 1, "pc.ram", fifo, what="FIFO as a RAM source")
+    r = snaprestore(e.snap, "--ram", "pc.ram=" + fifo, "--skip", "vga.vram", timeout=20)
+    expect_error(r, 1, "pc.ram", fifo, what="FIFO as a destination")
+    os.unlink(fifo)
+    nothing_written(e)
+
 
 def restore_runtime(e):
     d = os.path.join(e.shm, "rt")
