@@ -216,7 +216,13 @@ int snap_pool_run(struct snap_pool *pool, snap_worker_fn fn, void *arg,
 			opts->progress(opts->progress_arg, &pr);
 			if (atomic_load(&pool->finished) == started)
 				break;
-			usleep(interval * 1000u);
+			/*
+			 * Short naps: sleeping the whole interval would hold the
+			 * run up to 500 ms past the workers' end.
+			 */
+			for (unsigned ms = 0;
+			     ms < interval && atomic_load(&pool->finished) != started; ms += 5)
+				usleep(5000);
 		}
 	}
 	for (unsigned i = 0; i < started; i++)

@@ -68,7 +68,7 @@ static void usage(FILE *f)
 		"available)\n"
 		"      --queue-depth N       requests in flight per worker (async engines)\n"
 		"      --max-io-size SIZE    bytes per request (default 1M)\n"
-		"      --progress            show progress on stderr\n"
+		"      --progress[=json]     progress on stderr (json: one object per line)\n"
 		"      --json                print statistics (or --info) as JSON on stdout\n"
 		"  -h, --help                show this help\n"
 		"  -V, --version             show the version\n"

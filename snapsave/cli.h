@@ -38,7 +38,7 @@ enum cli_opt {
 		{ "io", required_argument, NULL, CLI_OPT_IO },                \
 		{ "queue-depth", required_argument, NULL, CLI_OPT_QD },       \
 		{ "max-io-size", required_argument, NULL, CLI_OPT_MAXIO },    \
-		{ "progress", no_argument, NULL, CLI_OPT_PROGRESS },          \
+		{ "progress", optional_argument, NULL, CLI_OPT_PROGRESS },    \
 		{ "json", no_argument, NULL, CLI_OPT_JSON },                  \
 		{ "offset", required_argument, NULL, CLI_OPT_OFFSET },        \
 		{ "add-fd", required_argument, NULL, CLI_OPT_ADD_FD },        \

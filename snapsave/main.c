@@ -55,7 +55,7 @@ static void usage(FILE *f)
 		"available)\n"
 		"      --queue-depth N       requests in flight per worker (async engines)\n"
 		"      --max-io-size SIZE    bytes per request (default 1M)\n"
-		"      --progress            show progress on stderr\n"
+		"      --progress[=json]     progress on stderr (json: one object per line)\n"
 		"      --json                print statistics as JSON on stdout\n"
 		"      --no-sync             do not fdatasync (unsafe; for tests on tmpfs)\n"
 		"  -h, --help                show this help\n"

@@ -4,6 +4,7 @@
 # (both for saving and restoring), request sizes and queue depths, plus
 # --direct on against tmpfs: it works or fails with a clear message.
 
+import json
 import os
 import sys
 
@@ -138,6 +139,52 @@ def engine_fallback(blocks, out_dir, dest_dir, no_direct):
           "failed --io uring left files: %r" % os.listdir(out_dir))
 
 
+def progress(blocks, out_dir, dest_dir):
+    # --progress: one line rewritten with \r, ended by a newline, at 100 %;
+    # --progress=json: one query-migrate style object per line, done never
+    # going back, the last one complete; anything else is a usage error.
+    total = sum(b.pat.size for b in blocks)
+    out = os.path.join(out_dir, "progress.snap")
+    ram = []
+    for b in blocks:
+        ram += ["--ram", "%s=%s" % (b.name, b.src)]
+    slow = ["-j", "1", "--io", "threads", "--max-io-size", "4K"]
+    r = ok(snapsave("-o", out, "--progress", *(ram + slow)), "save --progress")
+    check(r.err.startswith("\rsnapsave: ") and r.err.endswith("\n") and "100%" in r.err,
+          "save --progress: stderr %r" % r.err[-300:])
+    check(r.err.count("\n") == 1, "save --progress: more than one line: %r" % r.err[-300:])
+    dests = []
+    for i, b in enumerate(blocks):
+        dests += ["--ram", "%s=%s" % (b.name, os.path.join(dest_dir, "p%d.ram" % i))]
+    for tool, args in ((snapsave, ["-o", out] + ram), (snaprestore, [out] + dests)):
+        r = ok(tool("--progress=json", *(args + slow)), "--progress=json")
+        lines = [l for l in r.err.splitlines() if l.strip()]
+        check(lines, "--progress=json printed nothing")
+        done = -1
+        for line in lines:
+            try:
+                o = json.loads(line)
+            except ValueError:
+                fail("--progress=json: not JSON: %r" % line)
+            ram_o = o.get("ram", {})
+            check(o.get("status") == "active" and ram_o.get("total") == total,
+                  "--progress=json: %r (total %d)" % (line, total))
+            check(ram_o["done"] >= done and ram_o["remaining"] == total - ram_o["done"],
+                  "--progress=json: done went back or remaining is wrong: %r" % line)
+            check(o.get("total-time-ms", -1) >= 0 and o.get("mib-per-s", -1) >= 0,
+                  "--progress=json: %r" % line)
+            done = ram_o["done"]
+        check(done == total, "--progress=json: last line %r, expected done %d" % (lines[-1],
+                                                                                 total))
+        note("  %s --progress=json: %d lines" % (os.path.basename(r.argv[0]), len(lines)))
+    for i in range(len(blocks)):
+        compare_files(blocks[i].src, os.path.join(dest_dir, "p%d.ram" % i), "after progress")
+        os.unlink(os.path.join(dest_dir, "p%d.ram" % i))
+    r = snapsave("-o", out, "--progress=xml", *ram)
+    expect_error(r, 2, "--progress", "xml", what="--progress=xml")
+    os.unlink(out)
+
+
 def main():
     require_binaries()
     src_dir = scratch("shm")
@@ -164,6 +211,7 @@ def main():
     if not no_direct and engine_available("aio", out_dir) is None:
         t.case("--io aio --direct off is refused clearly", aio_needs_direct, blocks, out_dir)
     t.case("default -j is two per CPU", default_jobs, blocks, out_dir, dest_dir)
+    t.case("--progress and --progress=json", progress, blocks, out_dir, dest_dir)
     t.case("engine fallback when io_uring/libaio cannot start", engine_fallback, blocks, out_dir,
            dest_dir, no_direct)
     t.case("--direct auto on disk and tmpfs", auto_direct, blocks, out_dir, shm_out, dest_dir)
