@@ -470,6 +470,7 @@ static int do_restore(struct args *a, int fd, int dfd, const struct snap_file *f
 	int devstate_fd = -1, ret = 1;
 
 	cli_install_fault_handler("the restore was abandoned");
+	cli_install_signal_cleanup();
 	for (size_t i = 0; i < a->n_ram; i++)
 		if (!mr_image_block(img, a->ram[i].name)) {
 			cli_err("%s: block '%s' is not in the file", a->file, a->ram[i].name);
@@ -528,7 +529,7 @@ static int do_restore(struct args *a, int fd, int dfd, const struct snap_file *f
 		/* Listed first: a file created and then refused (size, map) goes too. */
 		if (is_new) {
 			created[n_created++] = spec->where;
-			cli_remove_on_fault(spec->where);
+			cli_remove_on_abort(spec->where);
 		}
 		if (snap_ram_map_dest(spec, b->length, &maps[n], ebuf, sizeof(ebuf))) {
 			cli_err("block '%s': %s", b->name, ebuf);

@@ -265,13 +265,6 @@ void cli_print_stats_json(FILE *f, const char *status, const struct snap_stats *
 		st->direct ? "true" : "false", st->direct_fell_back ? "true" : "false");
 }
 
-static void on_signal(int sig)
-{
-	snap_outfile_signal_cleanup();
-	signal(sig, SIG_DFL);
-	raise(sig);
-}
-
 /*
  * Guest memory is read and written through shared mappings. If a backing
  * file is cut short under us (or its storage fails), touching the lost range
@@ -286,8 +279,8 @@ struct watched {
 
 static struct watched watched[CLI_MAX_BLOCKS];
 static volatile sig_atomic_t n_watched;
-static const char *fault_remove[CLI_MAX_BLOCKS];
-static volatile sig_atomic_t n_fault_remove;
+static const char *abort_remove[CLI_MAX_BLOCKS];
+static volatile sig_atomic_t n_abort_remove;
 static const char *fault_what = "the run was abandoned";
 static int fault_taken;
 
@@ -299,18 +292,32 @@ void cli_watch_memory(const char *name, const void *base, size_t len)
 	}
 }
 
-void cli_remove_on_fault(const char *path)
+void cli_remove_on_abort(const char *path)
 {
-	if (n_fault_remove < CLI_MAX_BLOCKS) {
-		fault_remove[n_fault_remove] = path;
-		n_fault_remove = n_fault_remove + 1;
+	if (n_abort_remove < CLI_MAX_BLOCKS) {
+		abort_remove[n_abort_remove] = path;
+		n_abort_remove = n_abort_remove + 1;
 	}
 }
 
 void cli_forget_memory(void)
 {
 	n_watched = 0;
-	n_fault_remove = 0;
+	n_abort_remove = 0;
+}
+
+static void remove_registered(void)
+{
+	for (int i = 0; i < n_abort_remove; i++)
+		unlink(abort_remove[i]);
+}
+
+static void on_signal(int sig)
+{
+	snap_outfile_signal_cleanup();
+	remove_registered();
+	signal(sig, SIG_DFL);
+	raise(sig);
 }
 
 static void put(char *buf, size_t *len, size_t cap, const char *s)
@@ -366,8 +373,7 @@ static void on_fault(int sig, siginfo_t *si, void *uc)
 		/* nothing more can be done about it */
 	}
 	snap_outfile_signal_cleanup();
-	for (i = 0; i < n_fault_remove; i++)
-		unlink(fault_remove[i]);
+	remove_registered();
 	_exit(1);
 }
 

@@ -77,20 +77,23 @@ void cli_json_str(FILE *f, const char *s);
 /* Prints statistics as one JSON object, query-migrate style. */
 void cli_print_stats_json(FILE *f, const char *status, const struct snap_stats *st);
 
-/* Installs SIGINT/SIGTERM/SIGHUP handlers that remove the save's temporary file. */
+/*
+ * Installs SIGINT/SIGTERM/SIGHUP handlers that remove the save's temporary
+ * file and the paths given to cli_remove_on_abort() (files a restore created).
+ */
 void cli_install_signal_cleanup(void);
 
 /*
  * SIGBUS inside guest memory (a backing file cut short, failed storage):
  * cli_install_fault_handler() makes it one error line naming the block,
  * ending with what (e.g. "the save was abandoned"), removes the save's
- * temporary file and the paths given to cli_remove_on_fault(), and exits 1.
+ * temporary file and the paths given to cli_remove_on_abort(), and exits 1.
  * cli_watch_memory() registers each block's mapping; names and paths must
  * outlive the run.
  */
 void cli_install_fault_handler(const char *what);
 void cli_watch_memory(const char *name, const void *base, size_t len);
-void cli_remove_on_fault(const char *path);
+void cli_remove_on_abort(const char *path);
 /* Before the mappings go: their addresses may be reused. */
 void cli_forget_memory(void);
 

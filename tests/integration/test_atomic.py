@@ -338,6 +338,39 @@ def dest_cut(e):
     os.unlink(snap)
 
 
+def restore_signal(e):
+    # SIGTERM in the middle of a slow restore: the destination file it
+    # created is removed (it holds half a guest); one that existed stays.
+    src = make_block("pc.ram", e.shm, pattern("random", 64 * MiB, 7), "sigsrc").src
+    snap = os.path.join(e.disk, "sig.snap")
+    ok(snapsave("-o", snap, "--ram", "pc.ram=" + src), "save for the restore signal")
+    os.unlink(src)
+    for existing in (False, True):
+        dest = os.path.join(e.shm, "sig-dest.ram")
+        if existing:
+            write_bytes(dest, b"\xee" * MiB)
+        what = "SIGTERM during a restore into %s file" % ("an existing" if existing else "a new")
+        p = subprocess.Popen([SNAPRESTORE, snap, "--ram", "pc.ram=" + dest, "-j", "1",
+                              "--io", "threads", "--max-io-size", "4K"],
+                             stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        t0 = time.monotonic()
+        while p.poll() is None and time.monotonic() - t0 < 30:
+            if os.path.exists(dest) and allocated(dest) >= 4 * MiB:
+                break
+            time.sleep(0.002)
+        if p.poll() is not None:
+            fail("%s: the restore ended first: %s" % (what, p.stderr.read()))
+        p.send_signal(signal.SIGTERM)
+        rc = p.wait(timeout=60)
+        p.stderr.close()
+        check(rc == -signal.SIGTERM, "%s: exit status %d" % (what, rc))
+        check(os.path.exists(dest) == existing, "%s: the destination %s" % (
+            what, "is gone" if existing else "it created is still there"))
+        if existing:
+            os.unlink(dest)
+    os.unlink(snap)
+
+
 def main():
     require_binaries()
     e = setup()
@@ -351,6 +384,7 @@ def main():
     t.case("SIGKILL keeps the final path intact", sigkill, e)
     t.case("a source cut short during the save", source_cut, e)
     t.case("a destination cut short during the restore", dest_cut, e)
+    t.case("SIGTERM during a restore removes what it created", restore_signal, e)
     t.finish()
 
 
