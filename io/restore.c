@@ -56,6 +56,7 @@ struct rctx {
 	struct snap_pool *pool;
 	pthread_mutex_t lock;
 	pthread_mutex_t punch_lock;
+	bool clearer; /* a clearer thread punches the clear pages, not the readers */
 	struct snap_mismatch *bad;
 	size_t n_bad_kept;
 	atomic_uint_fast64_t n_bad;
@@ -63,10 +64,11 @@ struct rctx {
 
 /*
  * Clear pages must read as zero: punch them out of the backing file, or memset.
- * Punches are serialized here because tmpfs serializes them on the inode lock
- * anyway, and there the waiters spin: 4 workers restoring an idle guest into
- * stale memory burnt 0.65 s of system time against 0.40 s with this lock, for
- * the same wall time (bounded by the punches, 330 ns per page).
+ * The clearer thread (clear_units()) does this, or the readers if it could not
+ * start. Punches are serialized here because tmpfs serializes them on the
+ * inode lock anyway, and there the waiters spin: 4 workers restoring an idle
+ * guest into stale memory burnt 0.65 s of system time against 0.40 s with this
+ * lock, for the same wall time (bounded by the punches, 330 ns per page).
  */
 static void zero_range(struct rctx *c, const struct snap_block *d, uint64_t first, uint64_t end)
 {
@@ -138,7 +140,7 @@ static int read_unit(struct rctx *c, struct snap_io_engine *e, struct runit *u)
 		uint64_t run_end, first;
 
 		first = mr_bitmap_next_run(map, pg, u->end, true, &run_end);
-		if (first > pg && rb->dst && !rb->dst->zeroed)
+		if (first > pg && rb->dst && !rb->dst->zeroed && !c->clearer)
 			zero_range(c, rb->dst, pg, first);
 		if (first >= u->end)
 			break;
@@ -398,6 +400,49 @@ static unsigned start_populators(struct rctx *c, struct populator *p, unsigned j
 	return started;
 }
 
+/*
+ * Stale destination memory (a block not known to be all zero) has its clear
+ * pages punched out by one thread that walks the units beside the readers.
+ * tmpfs takes punches one at a time anyway (330 ns per page), and a reader
+ * that punched, or waited for the lock, submitted no read meanwhile. 4 GiB
+ * into fallocated tmpfs, medians of 6 alternated runs: idle guest 0.32 s
+ * against 0.44 s with the readers punching; half data 1.17 s both ways.
+ */
+static void *clear_units(void *arg)
+{
+	struct rctx *c = arg;
+
+	for (size_t i = 0; i < c->n_units && !atomic_load(&c->pool->stop); i++) {
+		const struct runit *u = &c->units[i];
+		const struct rblock *rb = &c->blocks[u->blk];
+
+		if (!rb->dst || rb->dst->zeroed)
+			continue;
+		for (uint64_t pg = u->first, run_end; pg < u->end; pg = run_end) {
+			uint64_t first =
+				mr_bitmap_next_run(rb->info->bitmap, pg, u->end, false, &run_end);
+
+			if (first >= u->end)
+				break;
+			zero_range(c, rb->dst, first, run_end);
+		}
+	}
+	return NULL;
+}
+
+/* True if the clearer started; otherwise the readers clear as they go. */
+static bool start_clearer(struct rctx *c, pthread_t *tid)
+{
+	bool stale = false;
+
+	for (size_t i = 0; i < c->n_blocks; i++)
+		stale |= c->blocks[i].dst && !c->blocks[i].dst->zeroed;
+	if (!stale || c->verify_only)
+		return false;
+	c->clearer = pthread_create(tid, NULL, clear_units, c) == 0;
+	return c->clearer;
+}
+
 /* Runs the workers over c's units with engine and descriptor choice from opts. */
 static int run_reads(struct rctx *c, struct snap_pool *pool, int fd, int direct_fd,
 		     const struct snap_opts *opts, uint64_t total, double t0, bool *ret_fallback,
@@ -417,11 +462,15 @@ static int run_reads(struct rctx *c, struct snap_pool *pool, int fd, int direct_
 		return 0;
 	struct populator pop[MAX_POPULATORS];
 	unsigned n_pop = start_populators(c, pop, pool->jobs);
+	pthread_t clearer;
+	bool clearing = start_clearer(c, &clearer);
 
 	r = snap_pool_run(pool, read_worker, c, opts, total, t0);
-	/* A failed run set pool->stop, which the populators check per unit. */
+	/* A failed run set pool->stop, which these threads check per unit. */
 	for (unsigned k = 0; k < n_pop; k++)
 		pthread_join(pop[k].tid, NULL);
+	if (clearing)
+		pthread_join(clearer, NULL);
 	/*
 	 * Only destination memory can fault under a read: tmpfs or hugetlbfs
 	 * had no page to give (a page fault cannot return ENOSPC itself).
