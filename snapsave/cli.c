@@ -338,11 +338,47 @@ static void put_hex(char *buf, size_t *len, size_t cap, uint64_t v)
 	put(buf, len, cap, tmp);
 }
 
+/* A JSON string body: quotes, backslashes and control bytes escaped. */
+static void put_json(char *buf, size_t *len, size_t cap, const char *s)
+{
+	for (; *s; s++) {
+		unsigned char ch = (unsigned char)*s;
+		char esc[7] = "\\u00";
+
+		if (ch == '"' || ch == '\\') {
+			esc[1] = (char)ch;
+			esc[2] = 0;
+		} else if (ch < 0x20 || ch == 0x7f) {
+			esc[4] = "0123456789abcdef"[ch >> 4];
+			esc[5] = "0123456789abcdef"[ch & 15];
+			esc[6] = 0;
+		} else {
+			esc[0] = (char)ch;
+			esc[1] = 0;
+		}
+		put(buf, len, cap, esc);
+	}
+}
+
+static void write_all(int fd, const char *p, size_t len)
+{
+	while (len) {
+		ssize_t n = write(fd, p, len);
+
+		if (n <= 0 && errno != EINTR)
+			return; /* nothing more can be done about it */
+		if (n > 0) {
+			p += n;
+			len -= (size_t)n;
+		}
+	}
+}
+
 static void on_fault(int sig, siginfo_t *si, void *uc)
 {
 	uintptr_t a = (uintptr_t)si->si_addr;
-	char msg[1024];
-	size_t len = 0;
+	char body[640], line[1024];
+	size_t n = 0, len = 0;
 	int i;
 
 	(void)uc;
@@ -357,20 +393,29 @@ static void on_fault(int sig, siginfo_t *si, void *uc)
 	if (__atomic_exchange_n(&fault_taken, 1, __ATOMIC_SEQ_CST))
 		for (;;)
 			pause();
-	if (progress_shown)
-		put(msg, &len, sizeof(msg), "\n");
-	put(msg, &len, sizeof(msg), cli_prog);
-	put(msg, &len, sizeof(msg), ": block '");
-	put(msg, &len, sizeof(msg), watched[i].name);
-	put(msg, &len, sizeof(msg), "': its memory at offset ");
-	put_hex(msg, &len, sizeof(msg), a - watched[i].base);
-	put(msg, &len, sizeof(msg),
+	put(body, &n, sizeof(body), "block '");
+	put(body, &n, sizeof(body), watched[i].name);
+	put(body, &n, sizeof(body), "': its memory at offset ");
+	put_hex(body, &n, sizeof(body), a - watched[i].base);
+	put(body, &n, sizeof(body),
 	    " vanished (SIGBUS): the backing file was truncated or its "
 	    "storage failed; ");
-	put(msg, &len, sizeof(msg), fault_what);
-	put(msg, &len, sizeof(msg), "\n");
-	if (write(STDERR_FILENO, msg, len) < 0) {
-		/* nothing more can be done about it */
+	put(body, &n, sizeof(body), fault_what);
+	body[n] = 0;
+	if (progress_shown)
+		put(line, &len, sizeof(line), "\n");
+	put(line, &len, sizeof(line), cli_prog);
+	put(line, &len, sizeof(line), ": ");
+	put(line, &len, sizeof(line), body);
+	put(line, &len, sizeof(line), "\n");
+	write_all(STDERR_FILENO, line, len);
+	/* A manager on --fd-socket gets its result line, as for any failure. */
+	if (fd_sock >= 0) {
+		len = 0;
+		put(line, &len, sizeof(line), "{\"status\": \"failed\", \"error\": \"");
+		put_json(line, &len, sizeof(line), body);
+		put(line, &len, sizeof(line), "\"}\n");
+		write_all(fd_sock, line, len);
 	}
 	snap_outfile_signal_cleanup();
 	remove_registered();

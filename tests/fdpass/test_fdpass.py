@@ -394,6 +394,35 @@ def case_socket_failed(t):
           "restore result line %r" % res.result)
 
 
+def case_socket_source_cut(t):
+    """A RAM source cut short mid-save, caught as SIGBUS, still gets the
+    manager its result line: status failed, with the error from stderr."""
+    src = t.path("ram.src")
+    with open(src, "wb") as f:  # 8 MiB written slowly, then zeros the scan reads
+        f.write(os.urandom(8 << 20) + bytes(56 << 20))
+    buf, direct, why = t.output("cut.snap")
+    if direct is None:
+        note("no O_DIRECT (%s): the source-cut case is skipped" % why)
+        return
+    ram = t.fd(os.open(src, os.O_RDONLY | os.O_CLOEXEC))
+    s = M.Session([SNAPSAVE, "-o", "/dev/fdset/1", "--ram", "ram0=/dev/fdset/2", "-j", "1",
+                   "--io", "threads", "--max-io-size", "4K"], sockdir=t.dir)
+    for fd, opaque in out_set(buf, direct):
+        s.add_fd(fd, 1, opaque)
+    s.add_fd(ram, 2, "ram0")
+    check(s.start() == "ok", "start reply %r" % s.replies)
+    t0 = time.monotonic()
+    while os.fstat(buf).st_blocks * 512 < (1 << 20) and s.proc.poll() is None \
+            and time.monotonic() - t0 < 30:
+        time.sleep(0.002)
+    check(s.proc.poll() is None, "the save ended before the cut")
+    os.truncate(src, 12 << 20)
+    res = s.finish()
+    line = one_error(res, 1, "snapsave", "block 'ram0'", "SIGBUS", what="source cut")
+    check(res.result == {"status": "failed", "error": line[len("snapsave: "):]},
+          "result line %r does not carry the error %r" % (res.result, line))
+
+
 # -------------------------------------------------------------------- 3. offset
 
 def stream_check(t, fd, hdr_len, what):
@@ -1079,6 +1108,7 @@ CASES = [
     ("socket-pair", case_socket_pair),
     ("socket-path", case_socket_path),
     ("socket-failed", case_socket_failed),
+    ("socket-source-cut", case_socket_source_cut),
     ("offset-header", case_offset_header),
     ("offset-libvirt", case_offset_libvirt),
     ("offset-stale-tail", case_offset_stale_tail),
