@@ -55,33 +55,18 @@ struct rctx {
 	bool verify_only; /* read into scratch buffers, keep going after a mismatch */
 	struct snap_pool *pool;
 	pthread_mutex_t lock;
-	pthread_mutex_t punch_lock;
-	bool clearer; /* a clearer thread punches the clear pages, not the readers */
 	struct snap_mismatch *bad;
 	size_t n_bad_kept;
 	atomic_uint_fast64_t n_bad;
 };
 
-/*
- * Clear pages must read as zero: punch them out of the backing file, or memset.
- * The clearer thread (clear_units()) does this, or the readers if it could not
- * start. Punches are serialized here because tmpfs serializes them on the
- * inode lock anyway, and there the waiters spin: 4 workers restoring an idle
- * guest into stale memory burnt 0.65 s of system time against 0.40 s with this
- * lock, for the same wall time (bounded by the punches, 330 ns per page).
- */
-static void zero_range(struct rctx *c, const struct snap_block *d, uint64_t first, uint64_t end)
+/* Clear pages must read as zero: punch them out of the backing file, or memset. */
+static void zero_range(const struct snap_block *d, uint64_t first, uint64_t end)
 {
 	uint64_t off = first * MR_PAGE_SIZE, len = (end - first) * MR_PAGE_SIZE;
-	int r = -1;
 
-	if (d->fd >= 0) {
-		pthread_mutex_lock(&c->punch_lock);
-		r = fallocate(d->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
-			      (off_t)(d->fd_off + off), (off_t)len);
-		pthread_mutex_unlock(&c->punch_lock);
-	}
-	if (r == 0)
+	if (d->fd >= 0 && fallocate(d->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+				    (off_t)(d->fd_off + off), (off_t)len) == 0)
 		return;
 	memset((uint8_t *)d->addr + off, 0, len);
 }
@@ -140,8 +125,6 @@ static int read_unit(struct rctx *c, struct snap_io_engine *e, struct runit *u)
 		uint64_t run_end, first;
 
 		first = mr_bitmap_next_run(map, pg, u->end, true, &run_end);
-		if (first > pg && rb->dst && !rb->dst->zeroed && !c->clearer)
-			zero_range(c, rb->dst, pg, first);
 		if (first >= u->end)
 			break;
 		normal += run_end - first;
@@ -403,10 +386,11 @@ static unsigned start_populators(struct rctx *c, struct populator *p, unsigned j
 /*
  * Stale destination memory (a block not known to be all zero) has its clear
  * pages punched out by one thread that walks the units beside the readers.
- * tmpfs takes punches one at a time anyway (330 ns per page), and a reader
- * that punched, or waited for the lock, submitted no read meanwhile. 4 GiB
- * into fallocated tmpfs, medians of 6 alternated runs: idle guest 0.32 s
- * against 0.44 s with the readers punching; half data 1.17 s both ways.
+ * tmpfs takes punches one at a time on the inode lock anyway (330 ns per
+ * page), and its waiters spin: readers that punched their own units, under a
+ * lock of ours, submitted no read meanwhile. 4 GiB into fallocated tmpfs,
+ * medians of 6 alternated runs: idle guest 0.32 s against 0.44 s with the
+ * readers punching; half data 1.17 s both ways.
  */
 static void *clear_units(void *arg)
 {
@@ -424,23 +408,19 @@ static void *clear_units(void *arg)
 
 			if (first >= u->end)
 				break;
-			zero_range(c, rb->dst, first, run_end);
+			zero_range(rb->dst, first, run_end);
 		}
 	}
 	return NULL;
 }
 
-/* True if the clearer started; otherwise the readers clear as they go. */
-static bool start_clearer(struct rctx *c, pthread_t *tid)
+/* Does any destination need clearing? (verify_only has none.) */
+static bool any_stale(const struct rctx *c)
 {
-	bool stale = false;
-
 	for (size_t i = 0; i < c->n_blocks; i++)
-		stale |= c->blocks[i].dst && !c->blocks[i].dst->zeroed;
-	if (!stale || c->verify_only)
-		return false;
-	c->clearer = pthread_create(tid, NULL, clear_units, c) == 0;
-	return c->clearer;
+		if (c->blocks[i].dst && !c->blocks[i].dst->zeroed)
+			return true;
+	return false;
 }
 
 /* Runs the workers over c's units with engine and descriptor choice from opts. */
@@ -463,7 +443,8 @@ static int run_reads(struct rctx *c, struct snap_pool *pool, int fd, int direct_
 	struct populator pop[MAX_POPULATORS];
 	unsigned n_pop = start_populators(c, pop, pool->jobs);
 	pthread_t clearer;
-	bool clearing = start_clearer(c, &clearer);
+	bool stale = any_stale(c);
+	bool clearing = stale && pthread_create(&clearer, NULL, clear_units, c) == 0;
 
 	r = snap_pool_run(pool, read_worker, c, opts, total, t0);
 	/* A failed run set pool->stop, which these threads check per unit. */
@@ -471,6 +452,8 @@ static int run_reads(struct rctx *c, struct snap_pool *pool, int fd, int direct_
 		pthread_join(pop[k].tid, NULL);
 	if (clearing)
 		pthread_join(clearer, NULL);
+	else if (stale) /* no thread for it: clear after the reads */
+		clear_units(c);
 	/*
 	 * Only destination memory can fault under a read: tmpfs or hugetlbfs
 	 * had no page to give (a page fault cannot return ENOSPC itself).
@@ -479,11 +462,9 @@ static int run_reads(struct rctx *c, struct snap_pool *pool, int fd, int direct_
 		const struct runit *u = pool->err_cookie;
 		const struct rblock *rb = &c->blocks[u->blk];
 		struct statfs sf;
-		struct stat st;
 
 		/* Or the file was cut short under the reads. */
-		if (rb->dst->fd >= 0 && fstat(rb->dst->fd, &st) == 0 && S_ISREG(st.st_mode) &&
-		    (uint64_t)st.st_size < rb->dst->fd_off + rb->dst->length)
+		if (snap_block_shrank(rb->dst))
 			return snap_fail(err, r,
 					 "block '%s': its destination shrank during the restore",
 					 rb->info->name);
@@ -537,7 +518,6 @@ static int rctx_init(struct rctx *c, size_t n)
 	c->blocks = calloc(n ? n : 1, sizeof(*c->blocks));
 	c->bad = calloc(MAX_REPORTED, sizeof(*c->bad));
 	pthread_mutex_init(&c->lock, NULL);
-	pthread_mutex_init(&c->punch_lock, NULL);
 	return c->blocks && c->bad ? 0 : -ENOMEM;
 }
 
@@ -547,7 +527,6 @@ static void rctx_fini(struct rctx *c)
 	free(c->units);
 	free(c->bad);
 	pthread_mutex_destroy(&c->lock);
-	pthread_mutex_destroy(&c->punch_lock);
 }
 
 /* The device state's byte range: the snapmr section, or the raw tail after RAM. */

@@ -380,7 +380,7 @@ static int plan_block(struct save_ctx *c, size_t *cap, uint32_t idx, uint64_t *r
 	const struct snap_block *b = c->blocks[idx].b;
 	uint64_t pages = b->length / MR_PAGE_SIZE, pos = 0, skipped = 0;
 
-	/* tmpfs holes are found per unit by the workers (unit_is_hole()). */
+	/* tmpfs holes are found per unit (unit_is_hole()); hugetlbfs reports none. */
 	if (b->fd < 0 || c->blocks[idx].how != SCAN_MAP)
 		return add_unit(c, cap, idx, 0, pages);
 	while (pos < b->length) {
@@ -646,15 +646,11 @@ static int write_pages(struct save_run *s, double t0)
 	 * restore zeros for memory the guest had. The writes from the lost
 	 * range fail with EFAULT, which this names better too.
 	 */
-	for (size_t i = 0; i < args->n_blocks; i++) {
-		const struct snap_block *b = c->blocks[i].b;
-		struct stat st;
-
-		if (b->fd >= 0 && fstat(b->fd, &st) == 0 && S_ISREG(st.st_mode) &&
-		    (uint64_t)st.st_size < b->fd_off + b->length)
+	for (size_t i = 0; i < args->n_blocks; i++)
+		if (snap_block_shrank(c->blocks[i].b))
 			return snap_fail(s->err, r ? r : -ENODATA,
-					 "block '%s': its source shrank during the save", b->name);
-	}
+					 "block '%s': its source shrank during the save",
+					 c->blocks[i].b->name);
 	if (r && atomic_load(&c->src_err_blk)) {
 		const char *name = c->blocks[atomic_load(&c->src_err_blk) - 1].b->name;
 

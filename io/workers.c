@@ -10,6 +10,7 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include <sys/stat.h>
 
 int snap_fail(struct snap_err *err, int code, const char *fmt, ...)
 {
@@ -229,4 +230,12 @@ int snap_pool_run(struct snap_pool *pool, snap_worker_fn fn, void *arg,
 		pthread_join(th[i], NULL);
 	free(th);
 	return atomic_load(&pool->err);
+}
+
+bool snap_block_shrank(const struct snap_block *b)
+{
+	struct stat st;
+
+	return b->fd >= 0 && fstat(b->fd, &st) == 0 && S_ISREG(st.st_mode) &&
+	       (uint64_t)st.st_size < b->fd_off + b->length;
 }

@@ -76,6 +76,12 @@ int snap_fail(struct snap_err *err, int code, const char *fmt, ...)
 /* Monotonic seconds. */
 double snap_now(void);
 
+/*
+ * Is b's backing file now shorter than the block (cut short by another
+ * process while it was mapped)? Only regular files can tell.
+ */
+bool snap_block_shrank(const struct snap_block *b);
+
 /* Records err as the pool's first error and asks the others to stop. */
 void snap_pool_fail(struct snap_pool *pool, int err);
 

@@ -412,11 +412,6 @@ static int open_devstate_out(const char *spec)
 	return fd;
 }
 
-static bool same_file(const struct stat *x, const struct stat *y)
-{
-	return x->st_dev == y->st_dev && x->st_ino == y->st_ino;
-}
-
 /*
  * Refuses what would destroy data before a byte is written: a destination
  * that is the input file itself, two blocks overlapping in one file, a
@@ -432,13 +427,13 @@ static int check_targets(const struct args *a, int fd, const struct snap_block *
 	for (size_t i = 0; i < n; i++) {
 		if (fstat(maps[i].fd, &si) < 0)
 			continue;
-		if (same_file(&si, &in)) {
+		if (cli_same_file(&si, &in)) {
 			cli_err("block '%s': its destination is the input file %s", blocks[i].name,
 				a->file);
 			return 1;
 		}
 		for (size_t j = 0; j < i; j++)
-			if (fstat(maps[j].fd, &sj) == 0 && same_file(&si, &sj) &&
+			if (fstat(maps[j].fd, &sj) == 0 && cli_same_file(&si, &sj) &&
 			    maps[i].offset < maps[j].offset + maps[j].length &&
 			    maps[j].offset < maps[i].offset + maps[i].length) {
 				cli_err("blocks '%s' and '%s' overlap in the same destination "
@@ -448,7 +443,7 @@ static int check_targets(const struct args *a, int fd, const struct snap_block *
 			}
 	}
 	if (a->cc.devstate && strcmp(a->cc.devstate, "-") && !snap_io_is_fd_spec(a->cc.devstate) &&
-	    stat(a->cc.devstate, &si) == 0 && same_file(&si, &in)) {
+	    stat(a->cc.devstate, &si) == 0 && cli_same_file(&si, &in)) {
 		cli_err("device state '%s' is the input file", a->cc.devstate);
 		return 1;
 	}
@@ -461,8 +456,7 @@ static int do_restore(struct args *a, int fd, int dfd, const struct snap_file *f
 	struct snap_ram_map maps[MAX_BLOCKS] = { 0 };
 	struct snap_block blocks[MAX_BLOCKS];
 	struct snap_ram_spec all_specs[MAX_BLOCKS] = { 0 };
-	const char *created[MAX_BLOCKS];
-	size_t n = 0, n_created = 0;
+	size_t n = 0;
 	struct snap_restore_args ra = { 0 };
 	struct snap_stats st;
 	struct snap_err err;
@@ -527,10 +521,8 @@ static int do_restore(struct args *a, int fd, int dfd, const struct snap_file *f
 			      errno == ENOENT;
 
 		/* Listed first: a file created and then refused (size, map) goes too. */
-		if (is_new) {
-			created[n_created++] = spec->where;
+		if (is_new)
 			cli_remove_on_abort(spec->where);
-		}
 		if (snap_ram_map_dest(spec, b->length, &maps[n], ebuf, sizeof(ebuf))) {
 			cli_err("block '%s': %s", b->name, ebuf);
 			goto unmap;
@@ -581,13 +573,13 @@ static int do_restore(struct args *a, int fd, int dfd, const struct snap_file *f
 	have_stats = true;
 	ret = 0;
 unmap:
+	if (ret)
+		cli_remove_aborted();
 	cli_forget_memory();
 	if (devstate_fd >= 0)
 		close(devstate_fd);
 	for (size_t i = 0; i < n; i++)
 		snap_ram_unmap(&maps[i]);
-	for (size_t i = 0; ret && i < n_created; i++)
-		unlink(created[i]);
 	for (size_t i = 0; i < img->n_blocks && i < MAX_BLOCKS; i++)
 		free(all_specs[i].where);
 	return ret;

@@ -230,17 +230,37 @@ void cli_progress_end(void)
 	progress_shown = false;
 }
 
+/*
+ * One byte of a JSON string: quotes, backslashes and control bytes escaped,
+ * UTF-8 (>= 0x80) passed through. Async-signal-safe (on_fault() uses it).
+ */
+static const char *json_char(unsigned char ch, char esc[7])
+{
+	static const char hex[] = "0123456789abcdef";
+
+	if (ch == '"' || ch == '\\') {
+		esc[0] = '\\';
+		esc[1] = (char)ch;
+		esc[2] = 0;
+	} else if (ch < 0x20 || ch == 0x7f) {
+		memcpy(esc, "\\u00", 4);
+		esc[4] = hex[ch >> 4];
+		esc[5] = hex[ch & 15];
+		esc[6] = 0;
+	} else {
+		esc[0] = (char)ch;
+		esc[1] = 0;
+	}
+	return esc;
+}
+
 void cli_json_str(FILE *f, const char *s)
 {
+	char esc[7];
+
 	fputc('"', f);
-	for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-		if (*p == '"' || *p == '\\')
-			fprintf(f, "\\%c", *p);
-		else if (*p < 0x20 || *p == 0x7f) /* UTF-8 (>= 0x80) passes through */
-			fprintf(f, "\\u%04x", *p);
-		else
-			fputc(*p, f);
-	}
+	for (const unsigned char *p = (const unsigned char *)s; *p; p++)
+		fputs(json_char(*p, esc), f);
 	fputc('"', f);
 }
 
@@ -306,7 +326,7 @@ void cli_forget_memory(void)
 	n_abort_remove = 0;
 }
 
-static void remove_registered(void)
+void cli_remove_aborted(void)
 {
 	for (int i = 0; i < n_abort_remove; i++)
 		unlink(abort_remove[i]);
@@ -315,7 +335,7 @@ static void remove_registered(void)
 static void on_signal(int sig)
 {
 	snap_outfile_signal_cleanup();
-	remove_registered();
+	cli_remove_aborted();
 	signal(sig, SIG_DFL);
 	raise(sig);
 }
@@ -338,26 +358,13 @@ static void put_hex(char *buf, size_t *len, size_t cap, uint64_t v)
 	put(buf, len, cap, tmp);
 }
 
-/* A JSON string body: quotes, backslashes and control bytes escaped. */
+/* A JSON string body (without its quotes). */
 static void put_json(char *buf, size_t *len, size_t cap, const char *s)
 {
-	for (; *s; s++) {
-		unsigned char ch = (unsigned char)*s;
-		char esc[7] = "\\u00";
+	char esc[7];
 
-		if (ch == '"' || ch == '\\') {
-			esc[1] = (char)ch;
-			esc[2] = 0;
-		} else if (ch < 0x20 || ch == 0x7f) {
-			esc[4] = "0123456789abcdef"[ch >> 4];
-			esc[5] = "0123456789abcdef"[ch & 15];
-			esc[6] = 0;
-		} else {
-			esc[0] = (char)ch;
-			esc[1] = 0;
-		}
-		put(buf, len, cap, esc);
-	}
+	for (; *s; s++)
+		put(buf, len, cap, json_char((unsigned char)*s, esc));
 }
 
 static void write_all(int fd, const char *p, size_t len)
@@ -418,7 +425,7 @@ static void on_fault(int sig, siginfo_t *si, void *uc)
 		write_all(fd_sock, line, len);
 	}
 	snap_outfile_signal_cleanup();
-	remove_registered();
+	cli_remove_aborted();
 	_exit(1);
 }
 
@@ -443,6 +450,11 @@ void cli_install_signal_cleanup(void)
 	sigaction(SIGTERM, &sa, NULL);
 	sigaction(SIGHUP, &sa, NULL);
 	signal(SIGPIPE, SIG_IGN);
+}
+
+bool cli_same_file(const struct stat *x, const struct stat *y)
+{
+	return x->st_dev == y->st_dev && x->st_ino == y->st_ino;
 }
 
 int cli_add_fd(const char *arg)

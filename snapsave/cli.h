@@ -9,6 +9,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <sys/stat.h>
 
 extern const char *cli_prog;
 
@@ -94,8 +95,13 @@ void cli_install_signal_cleanup(void);
 void cli_install_fault_handler(const char *what);
 void cli_watch_memory(const char *name, const void *base, size_t len);
 void cli_remove_on_abort(const char *path);
+/* Removes the cli_remove_on_abort() paths now (a run that failed). */
+void cli_remove_aborted(void);
 /* Before the mappings go: their addresses may be reused. */
 void cli_forget_memory(void);
+
+/* Do x and y (from stat or fstat) describe the same file? */
+bool cli_same_file(const struct stat *x, const struct stat *y);
 
 /* --add-fd fd=F,set=N[,opaque=S]: 0, or 2 after printing the error. */
 int cli_add_fd(const char *arg);

@@ -309,6 +309,27 @@ def source_cut(e):
         os.unlink(src)
 
 
+def slow_restore(snap, dest, opts, min_alloc, what):
+    """Starts a slow restore (4 KiB reads, one worker) of snap into dest and
+    returns it, stderr piped, once dest holds min_alloc bytes."""
+    p = subprocess.Popen([SNAPRESTORE, snap, "--ram", "pc.ram=" + dest, "-j", "1",
+                          "--io", "threads", "--max-io-size", "4K"] + opts,
+                         stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    t0 = time.monotonic()
+    while p.poll() is None and time.monotonic() - t0 < 30:
+        try:
+            if allocated(dest) >= min_alloc:
+                return p
+        except FileNotFoundError:
+            pass
+        time.sleep(0.002)
+    if p.poll() is None:
+        p.kill()
+    p.wait()
+    fail("%s: the restore ended before it held %d bytes: %s" % (what, min_alloc,
+                                                                p.stderr.read()))
+
+
 def dest_cut(e):
     # The destination file is cut to 1 MiB in the middle of a slow restore:
     # one error line, and the file the restore created is removed.
@@ -319,19 +340,7 @@ def dest_cut(e):
     for opts in ([], ["--no-verify"]):
         dest = os.path.join(e.shm, "cut-dest.ram")
         what = "destination cut during the restore %s" % " ".join(opts)
-        p = subprocess.Popen([SNAPRESTORE, snap, "--ram", "pc.ram=" + dest, "-j", "1",
-                              "--io", "threads", "--max-io-size", "4K"] + opts,
-                             stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        t0 = time.monotonic()
-        while p.poll() is None and time.monotonic() - t0 < 30:
-            try:
-                if allocated(dest) >= MiB:
-                    break
-            except FileNotFoundError:
-                pass
-            time.sleep(0.002)
-        if p.poll() is not None:
-            fail("%s: the restore ended before the cut: %s" % (what, p.stderr.read()))
+        p = slow_restore(snap, dest, opts, MiB, what)
         os.truncate(dest, MiB)
         cut_check(p, what)
         check(not os.path.exists(dest), "%s: the destination it created is still there" % what)
@@ -350,16 +359,7 @@ def restore_signal(e):
         if existing:
             write_bytes(dest, b"\xee" * MiB)
         what = "SIGTERM during a restore into %s file" % ("an existing" if existing else "a new")
-        p = subprocess.Popen([SNAPRESTORE, snap, "--ram", "pc.ram=" + dest, "-j", "1",
-                              "--io", "threads", "--max-io-size", "4K"],
-                             stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        t0 = time.monotonic()
-        while p.poll() is None and time.monotonic() - t0 < 30:
-            if os.path.exists(dest) and allocated(dest) >= 4 * MiB:
-                break
-            time.sleep(0.002)
-        if p.poll() is not None:
-            fail("%s: the restore ended first: %s" % (what, p.stderr.read()))
+        p = slow_restore(snap, dest, [], 4 * MiB, what)
         p.send_signal(signal.SIGTERM)
         rc = p.wait(timeout=60)
         p.stderr.close()
