@@ -27,6 +27,10 @@ enum snap_direct {
 struct snap_err {
 	int code;      /* -errno */
 	char msg[512]; /* lower case, no file name, no trailing period */
+	/* Where, when known (callers zero the struct first): for the public error. */
+	bool has_off;
+	uint64_t off;	 /* file offset */
+	char block[256]; /* RAM block name, "" if none */
 };
 
 struct snap_progress {
