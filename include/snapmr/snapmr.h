@@ -170,8 +170,8 @@ struct snapmr_save_args {
  * direct_fd that is not the same file as fd, an output that is not a regular
  * file); -E2BIG a struct size the library does not know with non-zero extra
  * bytes; -EBADMSG a raw device-state tail that is not a valid stream tail;
- * -ENOSPC, -EIO, -EFBIG from the writes; -EFAULT guest memory shrank under
- * the save; -ENOMEM.
+ * -ENOSPC, -EIO, -EFBIG from the writes; -ENODATA or -EFAULT guest memory was
+ * cut short under the save (a truncated backing file); -ENOMEM.
  */
 SNAPMR_API int snapmr_save(const struct snapmr_save_args *args, const struct snapmr_opts *opts,
 			   struct snapmr_stats *ret_stats, struct snapmr_error *err);
