@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 struct snapmr_file {
 	struct snap_file *f;
@@ -210,6 +211,29 @@ static int blocks_in(const struct snapmr_block *in, size_t n, struct snap_block 
 	return 0;
 }
 
+/*
+ * The file is found again from its end (the completion record), so only a
+ * regular file reads back; an O_DIRECT twin of another file would scatter
+ * the pages elsewhere.
+ */
+static int check_output(int fd, int direct_fd, struct snapmr_error *err)
+{
+	struct stat st, dst;
+
+	if (fstat(fd, &st) < 0)
+		return fail(err, -errno, "the output descriptor cannot be examined");
+	if (!S_ISREG(st.st_mode))
+		return fail(err, -EINVAL, "the output is not a regular file");
+	if (direct_fd < 0)
+		return 0;
+	if (fstat(direct_fd, &dst) < 0)
+		return fail(err, -errno, "the O_DIRECT descriptor cannot be examined");
+	if (dst.st_dev != st.st_dev || dst.st_ino != st.st_ino)
+		return fail(err, -EINVAL,
+			    "the O_DIRECT descriptor is not the same file as the output");
+	return 0;
+}
+
 int snapmr_save(const struct snapmr_save_args *args, const struct snapmr_opts *opts,
 		struct snapmr_stats *ret_stats, struct snapmr_error *err)
 {
@@ -229,6 +253,9 @@ int snapmr_save(const struct snapmr_save_args *args, const struct snapmr_opts *o
 		return fail_args(err, r, "save arguments");
 	if (a.devstate > SNAPMR_DEVSTATE_RAW)
 		return fail(err, -EINVAL, "unknown device-state kind");
+	r = check_output(a.fd, a.direct_fd, err);
+	if (r)
+		return r;
 	r = opts_in(&o, &prl, opts, err);
 	if (r)
 		return r;

@@ -296,6 +296,46 @@ static void test_restore(void **state)
 	munmap(mem, RAM_BYTES);
 }
 
+/* Outputs that could not be read back are refused before anything is written. */
+static void test_save_refusals(void **state)
+{
+	struct fixture *fx = *state;
+	struct snapmr_error err = SNAPMR_INIT(struct snapmr_error);
+	struct snapmr_block blk = SNAPMR_INIT(struct snapmr_block);
+	struct snapmr_save_args sa = SNAPMR_INIT(struct snapmr_save_args);
+	char other[] = "/var/tmp/test-api-other.XXXXXX";
+	int pfd[2], ofd;
+
+	blk.name = "pc.ram";
+	blk.addr = fx->ram;
+	blk.length = RAM_BYTES;
+	blk.fd = -1;
+	sa.blocks = &blk;
+	sa.n_blocks = 1;
+	sa.devstate_fd = -1;
+
+	assert_int_equal(pipe(pfd), 0);
+	sa.fd = pfd[1];
+	sa.direct_fd = -1;
+	assert_int_equal(snapmr_save(&sa, NULL, NULL, &err), -EINVAL);
+	assert_non_null(strstr(err.message, "not a regular file"));
+	close(pfd[0]);
+	close(pfd[1]);
+
+	ofd = mkstemp(other);
+	assert_true(ofd >= 0);
+	sa.fd = ofd;
+	sa.direct_fd = fx->fd; /* another file */
+	assert_int_equal(snapmr_save(&sa, NULL, NULL, &err), -EINVAL);
+	assert_non_null(strstr(err.message, "not the same file"));
+	struct stat st;
+
+	assert_int_equal(fstat(ofd, &st), 0);
+	assert_int_equal(st.st_size, 0); /* nothing written */
+	close(ofd);
+	unlink(other);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -305,6 +345,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_read_pages_corrupt, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_map_block, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_restore, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_save_refusals, setup, teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
