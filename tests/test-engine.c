@@ -449,10 +449,7 @@ int main(void)
 	for (size_t i = 0; names[i]; i++) {
 		cur_ops = snap_io_engine_find(names[i]);
 		print_message("engine %s\n", names[i]);
-		/* The function behind cmocka_run_group_tests_name(), which only takes a literal
-		 * name. */
-		failed += _cmocka_run_group_tests(names[i], tests, sizeof(tests) / sizeof(tests[0]),
-						  group_setup, NULL);
+		failed += cmocka_run_group_tests_name(names[i], tests, group_setup, NULL);
 	}
 	return failed ? 1 : 0;
 }
