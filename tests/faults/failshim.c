@@ -2,7 +2,10 @@
 /*
  * failshim: an LD_PRELOAD library that makes the Nth matching write, sync,
  * truncate or rename fail with a chosen errno (or come back short), so the
- * fault tests can hit every I/O step of a save. Configured from the
+ * fault tests can hit every I/O step of a save. Writes submitted through
+ * io_uring or libaio never pass through libc, so those are caught at
+ * submission and redirected to /dev/full: the kernel itself completes them
+ * with ENOSPC (or, in short mode, writes half). Configured from the
  * environment; see tests/faults/README.md.
  */
 /* Define pwrite and pwrite64 as two symbols, not one redirected name. */
@@ -11,6 +14,7 @@
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -22,15 +26,25 @@
 #include <sys/types.h>
 #include <sys/uio.h>
 
+#include "config.h"
+#if HAVE_LIBURING
+#include <liburing.h>
+#endif
+#if HAVE_LIBAIO
+#include <libaio.h>
+#endif
+
 enum op {
-	OP_PWRITE = 1u << 0,	/* pwrite, pwrite64 */
-	OP_PWRITEV = 1u << 1,	/* pwritev, pwritev64, pwritev2, pwritev64v2 */
-	OP_WRITE = 1u << 2,	/* write, writev */
-	OP_FDATASYNC = 1u << 3, /* fdatasync */
-	OP_FSYNC = 1u << 4,	/* fsync, syncfs */
-	OP_FTRUNCATE = 1u << 5, /* ftruncate, ftruncate64, fallocate, posix_fallocate */
-	OP_RENAME = 1u << 6,	/* rename, renameat, renameat2 */
-	OP_PREAD = 1u << 7,	/* pread, pread64 */
+	OP_PWRITE = 1u << 0,	  /* pwrite, pwrite64 */
+	OP_PWRITEV = 1u << 1,	  /* pwritev, pwritev64, pwritev2, pwritev64v2 */
+	OP_WRITE = 1u << 2,	  /* write, writev */
+	OP_FDATASYNC = 1u << 3,	  /* fdatasync */
+	OP_FSYNC = 1u << 4,	  /* fsync, syncfs */
+	OP_FTRUNCATE = 1u << 5,	  /* ftruncate, ftruncate64, fallocate, posix_fallocate */
+	OP_RENAME = 1u << 6,	  /* rename, renameat, renameat2 */
+	OP_PREAD = 1u << 7,	  /* pread, pread64 */
+	OP_URING_WRITE = 1u << 8, /* io_uring write SQEs, at io_uring_submit*() */
+	OP_AIO_WRITE = 1u << 9,	  /* libaio write iocbs, at io_submit() */
 };
 
 static const struct {
@@ -45,6 +59,8 @@ static const struct {
 	{ "ftruncate", OP_FTRUNCATE },
 	{ "rename", OP_RENAME },
 	{ "pread", OP_PREAD },
+	{ "uring-write", OP_URING_WRITE },
+	{ "aio-write", OP_AIO_WRITE },
 	{ "writes", OP_PWRITE | OP_PWRITEV | OP_WRITE },
 	{ "syncs", OP_FDATASYNC | OP_FSYNC },
 };
@@ -60,6 +76,7 @@ static struct {
 	const char *report; /* FAILSHIM_REPORT: file to append the call count to at exit */
 	atomic_uint_fast64_t calls;
 	atomic_uint_fast64_t failed;
+	int dev_full; /* where failing asynchronous writes are sent */
 } cfg;
 
 /* The real functions, looked up on first use (memcpy: ISO C has no object-to-function cast). */
@@ -162,6 +179,7 @@ __attribute__((constructor)) static void failshim_init(void)
 	if (cfg.substr && !*cfg.substr)
 		cfg.substr = NULL;
 	cfg.report = getenv("FAILSHIM_REPORT");
+	cfg.dev_full = open("/dev/full", O_WRONLY | O_CLOEXEC);
 	cfg.ready = true;
 }
 
@@ -448,3 +466,160 @@ int renameat2(int dfrom, const char *from, int dto, const char *to, unsigned fla
 	FAIL_CALL(OP_RENAME, -1, rename_path(from, to), "renameat2");
 	return get_renameat2()(dfrom, from, dto, to, flags);
 }
+
+#if HAVE_LIBURING
+/*
+ * io_uring: registered files are slots, so remember which descriptor each
+ * slot of each ring holds (the engines register a handful).
+ */
+#define SLOTS 64
+static struct {
+	const struct io_uring *ring;
+	int fd[SLOTS];
+} slots[16];
+
+static int *slot_table(const struct io_uring *ring)
+{
+	for (size_t i = 0; i < sizeof(slots) / sizeof(slots[0]); i++) {
+		if (slots[i].ring == ring)
+			return slots[i].fd;
+		if (!slots[i].ring) {
+			slots[i].ring = ring;
+			for (int k = 0; k < SLOTS; k++)
+				slots[i].fd[k] = -1;
+			return slots[i].fd;
+		}
+	}
+	return NULL;
+}
+
+REAL(int, io_uring_register_files, struct io_uring *, const int *, unsigned)
+REAL(int, io_uring_register_files_update, struct io_uring *, unsigned, const int *, unsigned)
+REAL(int, io_uring_submit, struct io_uring *)
+REAL(int, io_uring_submit_and_wait, struct io_uring *, unsigned)
+
+int io_uring_register_files(struct io_uring *ring, const int *files, unsigned nr)
+{
+	int *t = slot_table(ring);
+
+	for (unsigned i = 0; t && i < nr && i < SLOTS; i++)
+		t[i] = files[i];
+	return get_io_uring_register_files()(ring, files, nr);
+}
+
+int io_uring_register_files_update(struct io_uring *ring, unsigned off, const int *files,
+				   unsigned nr)
+{
+	int *t = slot_table(ring);
+
+	for (unsigned i = 0; t && i < nr && off + i < SLOTS; i++)
+		t[off + i] = files[i];
+	return get_io_uring_register_files_update()(ring, off, files, nr);
+}
+
+/* The writes about to be submitted: a hit goes to /dev/full, or is halved. */
+static void uring_inject(struct io_uring *ring)
+{
+	struct io_uring_sq *sq = &ring->sq;
+
+	for (unsigned i = sq->sqe_head; i != sq->sqe_tail; i++) {
+		struct io_uring_sqe *sqe = &sq->sqes[i & sq->ring_mask];
+		int *t = slot_table(ring);
+		int fd;
+
+		if (sqe->opcode != IORING_OP_WRITE && sqe->opcode != IORING_OP_WRITEV)
+			continue;
+		fd = sqe->flags & IOSQE_FIXED_FILE
+			     ? (t && sqe->fd >= 0 && sqe->fd < SLOTS ? t[sqe->fd] : -1)
+			     : sqe->fd;
+		if (!hit(OP_URING_WRITE, fd, NULL, "io_uring write"))
+			continue;
+		if (cfg.short_io && sqe->opcode == IORING_OP_WRITE) {
+			sqe->len = (unsigned)half(sqe->len);
+		} else if (cfg.dev_full >= 0) {
+			sqe->flags &= (unsigned char)~IOSQE_FIXED_FILE;
+			sqe->fd = cfg.dev_full;
+		}
+	}
+}
+
+int io_uring_submit(struct io_uring *ring)
+{
+	uring_inject(ring);
+	return get_io_uring_submit()(ring);
+}
+
+int io_uring_submit_and_wait(struct io_uring *ring, unsigned wait_nr)
+{
+	uring_inject(ring);
+	return get_io_uring_submit_and_wait()(ring, wait_nr);
+}
+#endif
+
+#if HAVE_LIBAIO
+/*
+ * libaio cannot write to /dev/full (no write_iter: io_submit refuses the
+ * iocb with EINVAL), so a hit is remembered at submission and its
+ * completion rewritten to the chosen errno when io_getevents() returns it.
+ */
+static struct iocb *aio_hits[256];
+static pthread_mutex_t aio_lock = PTHREAD_MUTEX_INITIALIZER;
+
+REAL(int, io_submit, io_context_t, long, struct iocb **)
+REAL(int, io_getevents, io_context_t, long, long, struct io_event *, struct timespec *)
+
+static void aio_remember(struct iocb *io)
+{
+	pthread_mutex_lock(&aio_lock);
+	for (size_t i = 0; i < sizeof(aio_hits) / sizeof(aio_hits[0]); i++)
+		if (!aio_hits[i]) {
+			aio_hits[i] = io;
+			break;
+		}
+	pthread_mutex_unlock(&aio_lock);
+}
+
+static bool aio_take(const struct iocb *io)
+{
+	bool found = false;
+
+	pthread_mutex_lock(&aio_lock);
+	for (size_t i = 0; i < sizeof(aio_hits) / sizeof(aio_hits[0]) && !found; i++)
+		if (aio_hits[i] == io) {
+			aio_hits[i] = NULL;
+			found = true;
+		}
+	pthread_mutex_unlock(&aio_lock);
+	return found;
+}
+
+int io_submit(io_context_t ctx, long nr, struct iocb **ios)
+{
+	for (long i = 0; i < nr; i++) {
+		struct iocb *io = ios[i];
+
+		if (io->aio_lio_opcode != IO_CMD_PWRITE && io->aio_lio_opcode != IO_CMD_PWRITEV)
+			continue;
+		if (!hit(OP_AIO_WRITE, io->aio_fildes, NULL, "libaio write"))
+			continue;
+		if (cfg.short_io && io->aio_lio_opcode == IO_CMD_PWRITE)
+			io->u.c.nbytes = half(io->u.c.nbytes);
+		else
+			aio_remember(io);
+	}
+	return get_io_submit()(ctx, nr, ios);
+}
+
+int io_getevents(io_context_t ctx, long min_nr, long nr, struct io_event *events,
+		 struct timespec *timeout)
+{
+	int n = get_io_getevents()(ctx, min_nr, nr, events, timeout);
+
+	for (int i = 0; i < n; i++)
+		if (aio_take(events[i].obj)) {
+			events[i].res = (unsigned long)-(long)cfg.err;
+			events[i].res2 = 0;
+		}
+	return n;
+}
+#endif

@@ -7,9 +7,9 @@
 # file, byte for byte, no temporary file is left (except after SIGKILL), and
 # no restore from what is left succeeds with wrong data.
 #
-# Page writes go through pwritev only with --io threads (io_uring and libaio
-# submit them to the kernel directly), so injected saves use --io threads;
-# the real-ENOSPC cases also run the default engine.
+# Page writes go through pwritev only with --io threads; io_uring and libaio
+# submit them to the kernel directly, so the shim catches those at
+# submission (uring-write, aio-write): the injected cases run each engine.
 
 import os
 import random
@@ -94,11 +94,13 @@ def check_restore_matches(s, snap, d, what):
 
 # ------------------------------------------------------------ injected faults
 
-def injected(s, op, err, direct):
+def injected(s, op, err, direct, engine="threads"):
     """Fails each (or a sample of each) `op` call of a save, with and without
     a previous complete file at the final path."""
+    if snapsave("--io", engine, "--version").rc != 0:
+        raise Skip("the %s engine is not built or cannot start here" % engine)
     d = scratch("disk") if direct == "on" else scratch("shm")
-    extra = ["--direct", direct]
+    extra = ["--direct", direct, "--io", engine]
     if direct == "on":
         probe = snapsave("-o", os.path.join(d, "probe.snap"), "--ram", "pc.ram=" + s.old_ram,
                          "--direct", "on", "--io", "threads")
@@ -137,8 +139,8 @@ def injected(s, op, err, direct):
             else:
                 check(not os.path.exists(final), "%s: %s exists" % (what, final))
     os.unlink(old)
-    note("     %s %s --direct %s: %d of %d calls failed in turn" % (op, err, direct,
-                                                                     len(picks), n))
+    note("     %s %s --direct %s --io %s: %d of %d calls failed in turn" % (
+        op, err, direct, engine, len(picks), n))
 
 
 def fd_output_injected(s, err):
@@ -409,6 +411,14 @@ def main():
             cases.case("inject %s %s" % (op, err), injected, s, op, err, "off")
     for err in ERRNOS:
         cases.case("inject pwritev %s --direct on" % err, injected, s, "pwritev", err, "on")
+        # libaio completions take any errno (the engine needs O_DIRECT); io_uring's
+        # writes go to /dev/full: ENOSPC only.
+        cases.case("inject aio-write %s --direct on" % err, injected, s, "aio-write", err,
+                   "on", "aio")
+        if err == "ENOSPC":
+            for direct in ("off", "on"):
+                cases.case("inject uring-write %s --direct %s" % (err, direct), injected, s,
+                           "uring-write", err, direct, "uring")
     for err in ERRNOS:
         cases.case("inject fd:N pwrite %s" % err, fd_output_injected, s, err)
     cases.case("short writes", short_writes, s)
