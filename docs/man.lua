@@ -32,10 +32,10 @@ local function roff(s)
 	return s
 end
 
--- Code is set in bold and may break after a comma (\\:), so that a long
--- option string does not stretch its line. It is not hyphenated: \\% in
+-- Code is set in bold and may break after a comma (\:), so that a long
+-- option string does not stretch its line. It is not hyphenated: \% in
 -- front of each of its words, but only where a word starts (after a space
--- or at the start of a line), since inside a word \\% marks a hyphenation
+-- or at the start of a line), since inside a word \% marks a hyphenation
 -- point instead.
 local function code_inline(c, word_start)
 	local s = roff(c.text):gsub(' ', ' \\%%'):gsub(',', ',\\:')
