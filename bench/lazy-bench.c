@@ -10,7 +10,9 @@
  * Prints one line per method: median seconds to the first page and to the
  * whole block over N runs (default 3).
  */
-#define _GNU_SOURCE
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* MAP_ANONYMOUS, POSIX_FADV_DONTNEED */
+#endif
 #include <snapmr/snapmr.h>
 
 #include <fcntl.h>
