@@ -441,7 +441,7 @@ static void test_map_dest(void **state)
 	/* A new file is created at the block length, and zero. */
 	snprintf(path, sizeof(path), "%s", tpath(t, "new"));
 	s = spec(path, false, 0, 0);
-	assert_int_equal(snap_ram_map_dest(&s, 3 * 4096, &m, err, sizeof(err)), 0);
+	assert_int_equal(snap_ram_map_dest(&s, -1, 3 * 4096, &m, err, sizeof(err)), 0);
 	assert_true(m.zeroed);
 	assert_int_equal(m.length, 3 * 4096);
 	assert_int_equal(file_size(path), 3 * 4096);
@@ -470,7 +470,7 @@ static void test_map_dest(void **state)
 	snprintf(path, sizeof(path), "%s", tpath(t, "empty"));
 	write_file(path, 0);
 	s = spec(path, false, 0, 0);
-	assert_int_equal(snap_ram_map_dest(&s, 2 * 4096, &m, err, sizeof(err)), 0);
+	assert_int_equal(snap_ram_map_dest(&s, -1, 2 * 4096, &m, err, sizeof(err)), 0);
 	assert_true(m.zeroed);
 	assert_int_equal(file_size(path), 2 * 4096);
 	snap_ram_unmap(&m);
@@ -479,7 +479,7 @@ static void test_map_dest(void **state)
 	snprintf(path, sizeof(path), "%s", tpath(t, "data"));
 	write_file(path, 4096);
 	s = spec(path, false, 0, 0);
-	assert_int_equal(snap_ram_map_dest(&s, 2 * 4096, &m, err, sizeof(err)), 0);
+	assert_int_equal(snap_ram_map_dest(&s, -1, 2 * 4096, &m, err, sizeof(err)), 0);
 	assert_false(m.zeroed);
 	assert_int_equal(file_size(path), 2 * 4096);
 	for (uint64_t i = 0; i < 4096; i++)
@@ -489,14 +489,14 @@ static void test_map_dest(void **state)
 	snap_ram_unmap(&m);
 
 	/* Exactly the right size: untouched. */
-	assert_int_equal(snap_ram_map_dest(&s, 2 * 4096, &m, err, sizeof(err)), 0);
+	assert_int_equal(snap_ram_map_dest(&s, -1, 2 * 4096, &m, err, sizeof(err)), 0);
 	assert_false(m.zeroed);
 	assert_int_equal(file_size(path), 2 * 4096);
 	snap_ram_unmap(&m);
 
 	/* With an offset: the part past the old end is zero. */
 	s = spec(path, false, 0, 2 * 4096);
-	assert_int_equal(snap_ram_map_dest(&s, 4096, &m, err, sizeof(err)), 0);
+	assert_int_equal(snap_ram_map_dest(&s, -1, 4096, &m, err, sizeof(err)), 0);
 	assert_true(m.zeroed);
 	assert_int_equal(m.offset, 2 * 4096);
 	assert_int_equal(file_size(path), 3 * 4096);
@@ -507,12 +507,12 @@ static void test_map_dest(void **state)
 	write_file(path, 4096);
 	assert_int_equal(truncate(path, 4 * 4096), 0);
 	s = spec(path, false, 0, 2 * 4096);
-	assert_int_equal(snap_ram_map_dest(&s, 2 * 4096, &m, err, sizeof(err)), 0);
+	assert_int_equal(snap_ram_map_dest(&s, -1, 2 * 4096, &m, err, sizeof(err)), 0);
 	assert_true(m.zeroed);
 	assert_int_equal(file_size(path), 4 * 4096);
 	snap_ram_unmap(&m);
 	s = spec(path, false, 0, 0);
-	assert_int_equal(snap_ram_map_dest(&s, 4 * 4096, &m, err, sizeof(err)), 0);
+	assert_int_equal(snap_ram_map_dest(&s, -1, 4 * 4096, &m, err, sizeof(err)), 0);
 	assert_false(m.zeroed);
 	snap_ram_unmap(&m);
 	snprintf(path, sizeof(path), "%s", tpath(t, "data"));
@@ -520,17 +520,17 @@ static void test_map_dest(void **state)
 	/* size= must match the block length. */
 	s = spec(path, true, 4096, 0);
 	err[0] = 0;
-	assert_int_equal(snap_ram_map_dest(&s, 2 * 4096, &m, err, sizeof(err)), -EINVAL);
+	assert_int_equal(snap_ram_map_dest(&s, -1, 2 * 4096, &m, err, sizeof(err)), -EINVAL);
 	assert_true(err[0] != 0);
 	s = spec(path, true, 2 * 4096, 0);
-	assert_int_equal(snap_ram_map_dest(&s, 2 * 4096, &m, err, sizeof(err)), 0);
+	assert_int_equal(snap_ram_map_dest(&s, -1, 2 * 4096, &m, err, sizeof(err)), 0);
 	snap_ram_unmap(&m);
 
 	/* A directory, and a path in a missing directory. */
 	s = spec(t->dir, false, 0, 0);
-	assert_true(snap_ram_map_dest(&s, 4096, &m, err, sizeof(err)) < 0);
+	assert_true(snap_ram_map_dest(&s, -1, 4096, &m, err, sizeof(err)) < 0);
 	s = spec(tpath(t, "nodir/x"), false, 0, 0);
-	assert_int_equal(snap_ram_map_dest(&s, 4096, &m, err, sizeof(err)), -ENOENT);
+	assert_int_equal(snap_ram_map_dest(&s, -1, 4096, &m, err, sizeof(err)), -ENOENT);
 }
 
 /*
@@ -548,13 +548,13 @@ static void test_map_dest_shared_file(void **state)
 
 	snprintf(path, sizeof(path), "%s", tpath(t, "shared"));
 	s = spec(path, false, 0, 4 * 4096);
-	assert_int_equal(snap_ram_map_dest(&s, 4096, &hi, err, sizeof(err)), 0);
+	assert_int_equal(snap_ram_map_dest(&s, -1, 4096, &hi, err, sizeof(err)), 0);
 	assert_true(hi.zeroed);
 	assert_int_equal(file_size(path), 5 * 4096);
 	memset(hi.addr, 0xcd, 4096);
 
 	s = spec(path, false, 0, 0);
-	assert_int_equal(snap_ram_map_dest(&s, 2 * 4096, &lo, err, sizeof(err)), 0);
+	assert_int_equal(snap_ram_map_dest(&s, -1, 2 * 4096, &lo, err, sizeof(err)), 0);
 	/* The file has data, but only past this block: its range is a hole. */
 	assert_true(lo.zeroed);
 	assert_int_equal(file_size(path), 5 * 4096);
@@ -581,7 +581,7 @@ static void test_map_dest_fd(void **state)
 	assert_true(fd >= 0);
 	snprintf(where, sizeof(where), "fd:%d", fd);
 	s = spec(where, false, 0, 0);
-	assert_int_equal(snap_ram_map_dest(&s, 2 * 4096, &m, err, sizeof(err)), 0);
+	assert_int_equal(snap_ram_map_dest(&s, -1, 2 * 4096, &m, err, sizeof(err)), 0);
 	assert_true(m.zeroed);
 	assert_int_not_equal(m.fd, fd);
 	memset(m.addr, 0x42, 2 * 4096);
@@ -593,7 +593,7 @@ static void test_map_dest_fd(void **state)
 	assert_int_equal(b, 0x42);
 
 	/* Now it holds data: not zeroed. */
-	assert_int_equal(snap_ram_map_dest(&s, 2 * 4096, &m, err, sizeof(err)), 0);
+	assert_int_equal(snap_ram_map_dest(&s, -1, 2 * 4096, &m, err, sizeof(err)), 0);
 	assert_false(m.zeroed);
 	snap_ram_unmap(&m);
 	close(fd);
@@ -603,12 +603,12 @@ static void test_map_dest_fd(void **state)
 	assert_true(fd >= 0);
 	snprintf(where, sizeof(where), "fd:%d", fd);
 	s = spec(where, false, 0, 0);
-	assert_true(snap_ram_map_dest(&s, 2 * 4096, &m, err, sizeof(err)) < 0);
+	assert_true(snap_ram_map_dest(&s, -1, 2 * 4096, &m, err, sizeof(err)) < 0);
 	close(fd);
 
 	/* Not a descriptor number. */
 	s = spec("fd:x", false, 0, 0);
-	assert_int_equal(snap_ram_map_dest(&s, 4096, &m, err, sizeof(err)), -EINVAL);
+	assert_int_equal(snap_ram_map_dest(&s, -1, 4096, &m, err, sizeof(err)), -EINVAL);
 }
 
 int main(void)
