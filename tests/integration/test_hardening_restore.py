@@ -9,9 +9,12 @@
 import json
 import os
 import pwd
+import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import *  # noqa: E402,F401,F403
@@ -255,6 +258,57 @@ def devstate_is_ram_dest(s):
     check_untouched(dest, data, "destination passed as fd:N")
 
 
+def caught_running(snap, d, dev, base, what):
+    """Starts a restore of snap into --all d with -d dev and stops it
+    (SIGSTOP) as soon as its temporary device-state file exists."""
+    for _ in range(20):
+        shutil.rmtree(d, ignore_errors=True)
+        p = subprocess.Popen([SNAPRESTORE, snap, "--all", d, "-d", dev, "-j", "1", "--io",
+                              "threads", "--max-io-size", "4K"],
+                             stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        t0 = time.monotonic()
+        while p.poll() is None and time.monotonic() - t0 < 30:
+            if temp_leftovers(base):
+                p.send_signal(signal.SIGSTOP)
+                break
+        if p.poll() is None:
+            return p
+        p.wait()
+    fail("%s: the restore always ended before it could be stopped" % what)
+
+
+def interrupted(s):
+    # SIGTERM, and SIGBUS from a block file cut short, in the middle of a slow
+    # restore into --all DIR with -d: every file the run created goes (the
+    # block files and the device state's temporary file), the existing -d
+    # output stays as it was.
+    shm = scratch("shm")
+    base = scratch()
+    src = make_block("pc.ram", shm, pattern("random", 48 * MiB, 8)).src
+    snap = os.path.join(base, "slow.snap")
+    ok(snapsave("-o", snap, "--ram", "pc.ram=" + src, "-d", "/dev/null"), "save for the signal")
+    os.unlink(src)
+    dev, data = victim(base, "dev.out")
+    for how in ("SIGTERM", "SIGBUS"):
+        d = os.path.join(shm, "out-" + how)
+        p = caught_running(snap, d, dev, base, how)
+        # Stopped right after it created its files: the signal or the cut
+        # lands before the restore can finish.
+        if how == "SIGTERM":
+            p.send_signal(signal.SIGTERM)
+        else:
+            os.truncate(os.path.join(d, "pc.ram"), 0)
+        p.send_signal(signal.SIGCONT)
+        rc = p.wait(timeout=60)
+        err = p.stderr.read().decode("utf-8", "replace")
+        want = -signal.SIGTERM if how == "SIGTERM" else 1
+        check(rc == want, "%s: exit %d, expected %d: %s" % (how, rc, want, err))
+        check(os.listdir(d) == [], "%s: DIR holds %r" % (how, os.listdir(d)))
+        check(temp_leftovers(base) == [], "%s: temporary files left: %r" % (
+            how, temp_leftovers(base)))
+        check_untouched(dev, data, "%s: existing -d output" % how)
+
+
 # ------------------------------------------------------------------ stdout
 
 def to_dev_full():
@@ -377,6 +431,7 @@ def main():
     t.case("-d: replaced on success, through a named symlink too", devstate_success, s)
     t.case("-d naming a block destination is refused, destination intact",
            devstate_is_ram_dest, s)
+    t.case("SIGTERM and SIGBUS remove the created files and the -d temporary", interrupted, s)
     t.case("stdout full or closed: exit 1 with one line", stdout_failures, s)
     t.case("JSON output is valid UTF-8 for non-UTF-8 names", non_utf8_json, s)
     t.finish()
