@@ -463,6 +463,15 @@ static int open_devstate_out(const char *spec, struct devstate_out *o)
 		o->in_place_truncate = o->has_target && S_ISREG(o->target.st_mode);
 		return 0;
 	}
+	/* A device or FIFO (also /dev/stdout on a pipe) cannot be renamed over. */
+	o->has_target = stat(spec, &o->target) == 0;
+	if (o->has_target && !S_ISREG(o->target.st_mode)) {
+		if (snap_io_open(spec, O_WRONLY, 0, &o->fd, ebuf, sizeof(ebuf)) < 0) {
+			cli_err("device state '%s': %s", spec, ebuf);
+			return -1;
+		}
+		return 0;
+	}
 	/* A symlink the user named is followed: the file goes next to its target. */
 	if (lstat(spec, &st) == 0 && S_ISLNK(st.st_mode)) {
 		o->real = realpath(spec, NULL);
@@ -472,14 +481,6 @@ static int open_devstate_out(const char *spec, struct devstate_out *o)
 			return -1;
 		}
 		path = o->real;
-	}
-	o->has_target = stat(path, &o->target) == 0;
-	if (o->has_target && !S_ISREG(o->target.st_mode)) {
-		if (snap_io_open(path, O_WRONLY, 0, &o->fd, ebuf, sizeof(ebuf)) < 0) {
-			cli_err("device state '%s': %s", spec, ebuf);
-			return -1;
-		}
-		return 0;
 	}
 	r = snap_open_parent(path, &o->dirfd, &o->name);
 	if (r < 0) {

@@ -220,6 +220,16 @@ def devstate_success(s):
     write_bytes(dev, b"old")
     ok(snaprestore(s.good, "--skip", "pc.ram", "--skip", "pc.rom", "-d", link), "-d symlink")
     check(os.path.islink(link) and read(dev) == DEVSTATE, "-d through a symlink")
+    # A dangling one: refused, nothing created where it points.
+    dangling = os.path.join(base, "dangling")
+    os.symlink(os.path.join(base, "nothing"), dangling)
+    r = snaprestore(s.good, "--skip", "pc.ram", "--skip", "pc.rom", "-d", dangling)
+    expect_error(r, 1, "dangling", what="-d a dangling symlink")
+    check(not os.path.lexists(os.path.join(base, "nothing")), "-d created a dangling link's target")
+    # /dev/stdout on a pipe is written in place.
+    r = ok(snaprestore(s.good, "--skip", "pc.ram", "--skip", "pc.rom", "-d", "/dev/stdout"),
+           "-d /dev/stdout")
+    check(r.out == DEVSTATE, "-d /dev/stdout on a pipe: %d bytes" % len(r.out))
 
 
 def devstate_is_ram_dest(s):
