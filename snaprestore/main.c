@@ -506,14 +506,19 @@ static int open_devstate_out(const char *spec, struct devstate_out *o)
 	return 0;
 }
 
-/* Syncs the output and, for a path, renames it into place and syncs the directory. */
-static int commit_devstate_out(struct devstate_out *o)
+static int sync_devstate_out(const struct devstate_out *o)
 {
 	/* Pipes and terminals cannot be synced (EINVAL); files must be. */
 	if (fsync(o->fd) < 0 && errno != EINVAL && errno != EROFS) {
 		cli_err("device state '%s': %s", o->spec, strerror(errno));
 		return -1;
 	}
+	return 0;
+}
+
+/* For a path: renames the synced output into place and syncs the directory. */
+static int commit_devstate_out(struct devstate_out *o)
+{
 	if (!o->tmp[0])
 		return 0;
 	if (renameat(o->dirfd, o->tmp, o->dirfd, o->name) < 0) {
@@ -729,6 +734,8 @@ static int do_restore(struct args *a, int fd, int dfd, const struct snap_file *f
 		goto fail;
 	}
 	cli_progress_end();
+	if (dso.fd >= 0 && sync_devstate_out(&dso))
+		goto fail;
 	if (st.engine_fallback)
 		cli_note("the preferred I/O engine cannot start here; using '%s'", st.engine);
 	if (st.direct_fell_back)
