@@ -291,7 +291,7 @@ def interrupted(s):
     # SIGTERM, and SIGBUS from a block file cut short, in the middle of a slow
     # restore into --all DIR with -d: every file the run created goes (the
     # block files and the device state's temporary file), the existing -d
-    # output stays as it was.
+    # output stays as it was, and so does a file renamed over a created one.
     shm = scratch("shm")
     base = scratch()
     src = make_block("pc.ram", shm, pattern("random", 48 * MiB, 8)).src
@@ -299,20 +299,27 @@ def interrupted(s):
     ok(snapsave("-o", snap, "--ram", "pc.ram=" + src, "-d", "/dev/null"), "save for the signal")
     os.unlink(src)
     dev, data = victim(base, "dev.out")
-    for how in ("SIGTERM", "SIGBUS"):
+    for how in ("SIGTERM", "SIGBUS", "replaced"):
         d = os.path.join(shm, "out-" + how)
         p = caught_running(snap, d, dev, base, how)
         # Stopped right after it created its files: the signal or the cut
         # lands before the restore can finish.
-        if how == "SIGTERM":
-            p.send_signal(signal.SIGTERM)
-        else:
+        if how == "SIGBUS":
             os.truncate(os.path.join(d, "pc.ram"), 0)
+        else:
+            p.send_signal(signal.SIGTERM)
+        if how == "replaced":
+            # Another file now has the name: the cleanup must leave it alone.
+            other, odata = victim(d, "other", b"someone else's file")
+            os.rename(other, os.path.join(d, "pc.ram"))
         p.send_signal(signal.SIGCONT)
         rc = p.wait(timeout=60)
         err = p.stderr.read().decode("utf-8", "replace")
-        want = -signal.SIGTERM if how == "SIGTERM" else 1
+        want = 1 if how == "SIGBUS" else -signal.SIGTERM
         check(rc == want, "%s: exit %d, expected %d: %s" % (how, rc, want, err))
+        if how == "replaced":
+            check_untouched(os.path.join(d, "pc.ram"), odata, "a file renamed over a created one")
+            os.unlink(os.path.join(d, "pc.ram"))
         check(os.listdir(d) == [], "%s: DIR holds %r" % (how, os.listdir(d)))
         check(temp_leftovers(base) == [], "%s: temporary files left: %r" % (
             how, temp_leftovers(base)))
@@ -441,7 +448,7 @@ def main():
     t.case("-d: replaced on success, through a named symlink too", devstate_success, s)
     t.case("-d naming a block destination is refused, destination intact",
            devstate_is_ram_dest, s)
-    t.case("SIGTERM and SIGBUS remove the created files and the -d temporary", interrupted, s)
+    t.case("SIGTERM and SIGBUS remove the created files and the -d temporary, not a replacement", interrupted, s)
     t.case("stdout full or closed: exit 1 with one line", stdout_failures, s)
     t.case("JSON output is valid UTF-8 for non-UTF-8 names", non_utf8_json, s)
     t.finish()
