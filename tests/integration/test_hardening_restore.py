@@ -448,7 +448,8 @@ def main():
     t.case("-d: replaced on success, through a named symlink too", devstate_success, s)
     t.case("-d naming a block destination is refused, destination intact",
            devstate_is_ram_dest, s)
-    t.case("SIGTERM and SIGBUS remove the created files and the -d temporary, not a replacement", interrupted, s)
+    t.case("SIGTERM and SIGBUS remove the created files and the -d temporary, not a "
+           "replacement", interrupted, s)
     t.case("stdout full or closed: exit 1 with one line", stdout_failures, s)
     t.case("JSON output is valid UTF-8 for non-UTF-8 names", non_utf8_json, s)
     t.finish()
