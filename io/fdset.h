@@ -98,6 +98,19 @@ int snap_fdset_query(struct snap_fdset_entry **ret_entries, size_t *ret_n);
  */
 int snap_fdset_describe(char *buf, size_t len);
 
+/* Room for one snap_json_escape() piece and its NUL. */
+#define SNAP_JSON_ESCAPE_MAX 7
+
+/*
+ * JSON string content for the character at s (not its NUL): a well-formed
+ * UTF-8 sequence passes through whole; '"', '\\', control bytes and every
+ * byte that starts no well-formed sequence become \u00XX (that is, such a
+ * byte is read as Latin-1), so the text is always valid UTF-8. Writes the
+ * NUL-terminated piece to out and returns the bytes of s consumed (1 to 4).
+ * Async-signal-safe.
+ */
+size_t snap_json_escape(const char *s, char out[SNAP_JSON_ESCAPE_MAX]);
+
 /* Closes every descriptor and forgets every set (for tests and exit). */
 void snap_fdset_clear(void);
 

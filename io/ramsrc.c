@@ -246,7 +246,7 @@ static int open_where(const struct snap_ram_spec *s, int flags, mode_t mode, int
 int snap_ram_map_source(const struct snap_ram_spec *s, struct snap_ram_map *ret, char *errbuf,
 			size_t errlen)
 {
-	struct snap_ram_map m = { .fd = -1 };
+	struct snap_ram_map m = { .fd = -1, .dirfd = -1 };
 	uint64_t size, end;
 	int r;
 
@@ -300,10 +300,195 @@ close_fd:
 	return r;
 }
 
-int snap_ram_map_dest(const struct snap_ram_spec *s, uint64_t length, struct snap_ram_map *ret,
-		      char *errbuf, size_t errlen)
+int snap_open_parent(const char *path, int *ret_dirfd, const char **ret_name)
 {
-	struct snap_ram_map m = { .fd = -1 };
+	const char *slash = strrchr(path, '/');
+	char *dir;
+	int fd;
+
+	if (slash && !slash[1])
+		return -EISDIR;
+	if (!slash) {
+		dir = strdup(".");
+	} else if (slash == path) {
+		dir = strdup("/");
+	} else {
+		dir = strndup(path, (size_t)(slash - path));
+	}
+	if (!dir)
+		return -ENOMEM;
+	fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	free(dir);
+	if (fd < 0)
+		return -errno;
+	*ret_dirfd = fd;
+	*ret_name = slash ? slash + 1 : path;
+	return 0;
+}
+
+int snap_create_temp_at(int dirfd, const char *name, char *tmp, size_t tmplen)
+{
+	static const char digits[] = "abcdefghijklmnopqrstuvwxyz0123456789";
+
+	/* ".", "-", ".snapmr-" and six characters: 16 bytes besides NAME. */
+	if (tmplen < NAME_MAX + 1)
+		return -EINVAL;
+	for (int tries = 0; tries < 100; tries++) {
+		unsigned char rnd[6];
+		char suffix[7];
+		int fd;
+
+		if (getentropy(rnd, sizeof(rnd)) < 0)
+			return -errno;
+		for (size_t i = 0; i < sizeof(rnd); i++)
+			suffix[i] = digits[rnd[i] % (sizeof(digits) - 1)];
+		suffix[6] = 0;
+		snprintf(tmp, tmplen, ".%.*s.snapmr-%s", NAME_MAX - 15, name, suffix);
+		fd = openat(dirfd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+		if (fd >= 0)
+			return fd;
+		if (errno != EEXIST)
+			return -errno;
+	}
+	return -EEXIST;
+}
+
+static const char symlink_refused[] =
+	"is a symbolic link (not followed: remove it or pick another directory)";
+
+/*
+ * Why an existing entry of the --all directory may not be written, or NULL:
+ * only a plain file of this user's, not linked from anywhere else, is reused.
+ */
+static const char *unsafe_entry(const struct stat *st, char *buf, size_t len)
+{
+	if (S_ISLNK(st->st_mode))
+		return symlink_refused;
+	if (!S_ISREG(st->st_mode))
+		return "exists and is not a regular file";
+	if (st->st_nlink != 1) {
+		snprintf(buf, len,
+			 "has %llu hard links (another name could see the guest's memory)",
+			 (unsigned long long)st->st_nlink);
+		return buf;
+	}
+	if (st->st_uid != geteuid()) {
+		snprintf(buf, len,
+			 "is owned by uid %u, not by this user (its owner could read the guest's "
+			 "memory)",
+			 (unsigned)st->st_uid);
+		return buf;
+	}
+	return NULL;
+}
+
+/*
+ * Opens s->where (see snap_ram_map_dest()) read-write: created with O_EXCL
+ * when missing, else the existing file. Fills m->fd and, when created,
+ * m->created, m->dirfd, m->own_dirfd and m->name.
+ */
+static int open_dest(const struct snap_ram_spec *s, int dirfd, struct snap_ram_map *m, char *errbuf,
+		     size_t errlen)
+{
+	int nofollow = dirfd >= 0 ? O_NOFOLLOW : 0;
+	const char *name;
+	char why[160];
+	int pdir, r;
+
+	if (dirfd < 0 && snap_io_is_fd_spec(s->where))
+		return open_where(s, O_RDWR, 0, &m->fd, errbuf, errlen);
+	if (dirfd >= 0) {
+		pdir = dirfd;
+		name = strrchr(s->where, '/') ? strrchr(s->where, '/') + 1 : s->where;
+	} else {
+		r = snap_open_parent(s->where, &pdir, &name);
+		if (r < 0) {
+			snprintf(errbuf, errlen, "%s: %s", s->where, strerror(-r));
+			return r;
+		}
+	}
+	/* An entry can vanish between the two opens: look again, a few times. */
+	for (int tries = 0; tries < 3; tries++) {
+		struct stat st, fst;
+		const char *bad;
+
+		m->fd = openat(pdir, name, O_RDWR | O_CREAT | O_EXCL | nofollow | O_CLOEXEC, 0600);
+		if (m->fd >= 0) {
+			m->created = true;
+			m->dirfd = pdir;
+			m->own_dirfd = dirfd < 0;
+			m->name = name;
+			return 0;
+		}
+		if (errno != EEXIST)
+			break;
+		if (fstatat(pdir, name, &st, dirfd >= 0 ? AT_SYMLINK_NOFOLLOW : 0) < 0) {
+			if (errno == ENOENT)
+				continue;
+			break;
+		}
+		bad = dirfd >= 0 ? unsafe_entry(&st, why, sizeof(why)) : NULL;
+		/* Guest memory is mapped: never block in open() on a FIFO nobody writes to. */
+		if (!bad && (S_ISFIFO(st.st_mode) || S_ISSOCK(st.st_mode)))
+			bad = "is not a regular file, memfd or device";
+		if (bad) {
+			snprintf(errbuf, errlen, "%s: %s", s->where, bad);
+			r = -EPERM;
+			goto fail;
+		}
+		m->fd = openat(pdir, name,
+			       O_RDWR | nofollow | O_CLOEXEC | (dirfd >= 0 ? O_NONBLOCK : 0));
+		if (m->fd < 0 && errno == ENOENT)
+			continue;
+		if (m->fd < 0)
+			break;
+		/* What was opened is what was checked (nothing swapped in between). */
+		if (dirfd >= 0 &&
+		    (fstat(m->fd, &fst) < 0 || fst.st_dev != st.st_dev || fst.st_ino != st.st_ino ||
+		     unsafe_entry(&fst, why, sizeof(why)))) {
+			snprintf(errbuf, errlen, "%s: changed while being opened", s->where);
+			close(m->fd);
+			m->fd = -1;
+			r = -EPERM;
+			goto fail;
+		}
+		if (dirfd < 0)
+			close(pdir);
+		return 0;
+	}
+	r = -errno;
+	if (r == -ELOOP && dirfd >= 0)
+		snprintf(errbuf, errlen, "%s: %s", s->where, symlink_refused);
+	else if (r == -ENOENT && dirfd < 0)
+		snprintf(errbuf, errlen, "%s: %s (a dangling symbolic link is not followed)",
+			 s->where, strerror(-r));
+	else
+		snprintf(errbuf, errlen, "%s: %s", s->where, strerror(-r));
+fail:
+	if (dirfd < 0)
+		close(pdir);
+	m->fd = -1;
+	return r;
+}
+
+/* Undoes open_dest(): closes, and removes the file only if the name still holds it. */
+static void close_dest(struct snap_ram_map *m)
+{
+	struct stat st, now;
+
+	if (m->created && fstat(m->fd, &st) == 0 &&
+	    fstatat(m->dirfd, m->name, &now, AT_SYMLINK_NOFOLLOW) == 0 && st.st_dev == now.st_dev &&
+	    st.st_ino == now.st_ino)
+		unlinkat(m->dirfd, m->name, 0);
+	close(m->fd);
+	if (m->own_dirfd)
+		close(m->dirfd);
+}
+
+int snap_ram_map_dest(const struct snap_ram_spec *s, int dirfd, uint64_t length,
+		      struct snap_ram_map *ret, char *errbuf, size_t errlen)
+{
+	struct snap_ram_map m = { .fd = -1, .dirfd = -1 };
 	uint64_t size, end;
 	int r;
 
@@ -312,7 +497,7 @@ int snap_ram_map_dest(const struct snap_ram_spec *s, uint64_t length, struct sna
 			 (unsigned long long)s->size, (unsigned long long)length);
 		return -EINVAL;
 	}
-	r = open_where(s, O_RDWR | O_CREAT, 0600, &m.fd, errbuf, errlen);
+	r = open_dest(s, dirfd, &m, errbuf, errlen);
 	if (r < 0)
 		return r;
 	m.offset = s->offset;
@@ -360,7 +545,7 @@ int snap_ram_map_dest(const struct snap_ram_spec *s, uint64_t length, struct sna
 	return 0;
 
 close_fd:
-	close(m.fd);
+	close_dest(&m);
 	return r;
 }
 
@@ -371,6 +556,8 @@ void snap_ram_unmap(struct snap_ram_map *m)
 		return;
 	munmap(m->map_base, m->map_len);
 	close(m->fd);
+	if (m->own_dirfd)
+		close(m->dirfd);
 	memset(m, 0, sizeof(*m));
-	m->fd = -1;
+	m->fd = m->dirfd = -1;
 }

@@ -26,6 +26,11 @@ struct snap_ram_map {
 	bool zeroed;	 /* restore: the destination was created or empty, all zero */
 	size_t map_len;	 /* bytes mapped (length rounded for the mapping) */
 	void *map_base;
+	/* Restore: this call created the file (its O_CREAT|O_EXCL open succeeded). */
+	bool created;
+	int dirfd;	  /* created: the directory holding it, else -1 */
+	bool own_dirfd;	  /* dirfd is closed by snap_ram_unmap() */
+	const char *name; /* created: its name in dirfd (points into the spec) */
 };
 
 /*
@@ -49,9 +54,34 @@ int snap_ram_map_source(const struct snap_ram_spec *s, struct snap_ram_map *ret,
 /*
  * Opens (creating if needed) and maps a restore destination of `length`
  * bytes, growing a regular file or memfd that is too small.
+ *
+ * With dirfd < 0, s->where is fd:N, /dev/fdset/N or a path the user named:
+ * a symlink there is followed (to an existing file only). With dirfd >= 0
+ * (snaprestore --all), s->where is DIR/NAME with dirfd open on DIR, and NAME
+ * is opened in dirfd without following a symlink; an existing NAME is used
+ * only if it is a regular file with one link owned by this user (else
+ * -EPERM, errbuf says why).
+ *
+ * A missing file is created with O_CREAT|O_EXCL, mode 0600, and only then
+ * is ret->created set, with ret->dirfd and ret->name saying where it is (the
+ * caller's dirfd, or its parent directory opened here) so that a failed run
+ * can remove exactly that file. On failure this call leaves nothing created.
  */
-int snap_ram_map_dest(const struct snap_ram_spec *s, uint64_t length, struct snap_ram_map *ret,
-		      char *errbuf, size_t errlen);
+int snap_ram_map_dest(const struct snap_ram_spec *s, int dirfd, uint64_t length,
+		      struct snap_ram_map *ret, char *errbuf, size_t errlen);
+
+/*
+ * Opens the directory holding path (O_RDONLY|O_DIRECTORY) and points *ret_name
+ * at path's last component. -EISDIR when path ends in '/'.
+ */
+int snap_open_parent(const char *path, int *ret_dirfd, const char **ret_name);
+
+/*
+ * Creates a new file ".NAME.snapmr-XXXXXX" (NAME shortened to fit) in dirfd
+ * with O_CREAT|O_EXCL|O_NOFOLLOW, mode 0600, opened O_WRONLY|O_CLOEXEC; its
+ * name goes to tmp (tmplen >= NAME_MAX + 1). Returns the descriptor or -errno.
+ */
+int snap_create_temp_at(int dirfd, const char *name, char *tmp, size_t tmplen);
 
 /* Unmaps and closes what a map function filled in; a zeroed struct is left alone. */
 void snap_ram_unmap(struct snap_ram_map *m);

@@ -13,6 +13,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -399,37 +400,182 @@ static int open_input(const struct args *a, int *ret_fd, int *ret_dfd)
 	return 0;
 }
 
-static int open_devstate_out(const char *spec)
-{
-	char ebuf[256];
-	int fd = -1;
+/*
+ * The device-state output. A path is written to a new temporary file in its
+ * directory and renamed over it only once the restore succeeded and the data
+ * is synced: a failed run leaves an existing file as it was and creates
+ * nothing. '-', fd:N, /dev/fdset/N and an existing device or FIFO are written
+ * in place.
+ */
+struct devstate_out {
+	const char *spec;
+	int fd;
+	int dirfd;		/* a path's directory, else -1 */
+	const char *name;	/* the final name in dirfd */
+	char tmp[NAME_MAX + 1]; /* the temporary name in dirfd, "" in place */
+	char *real;		/* a symlink's target path (owned) */
+	struct stat target;	/* the file the output is or replaces */
+	bool has_target;
+	bool in_place_truncate; /* fd:N and fdset files are emptied, as ever */
+};
 
-	if (!strcmp(spec, "-"))
-		return fcntl(STDOUT_FILENO, F_DUPFD_CLOEXEC, 3);
-	snap_io_open(spec, O_WRONLY | O_CREAT | O_TRUNC, 0600, &fd, ebuf, sizeof(ebuf));
-	if (fd < 0)
-		cli_err("device state '%s': %s", spec, ebuf);
-	return fd;
+/* The signals whose handler removes created files: held while a file is created and registered. */
+static void hold_signals(bool hold, sigset_t *old)
+{
+	sigset_t set;
+
+	if (!hold) {
+		sigprocmask(SIG_SETMASK, old, NULL);
+		return;
+	}
+	sigemptyset(&set);
+	sigaddset(&set, SIGINT);
+	sigaddset(&set, SIGTERM);
+	sigaddset(&set, SIGHUP);
+	sigprocmask(SIG_BLOCK, &set, old);
+}
+
+static int open_devstate_out(const char *spec, struct devstate_out *o)
+{
+	const char *path = spec;
+	char ebuf[256];
+	struct stat st;
+	sigset_t old;
+	int r;
+
+	*o = (struct devstate_out){ .spec = spec, .fd = -1, .dirfd = -1 };
+	if (!strcmp(spec, "-")) {
+		o->fd = fcntl(STDOUT_FILENO, F_DUPFD_CLOEXEC, 3);
+		if (o->fd < 0) {
+			cli_err("device state '-': stdout: %s", strerror(errno));
+			return -1;
+		}
+		o->has_target = fstat(o->fd, &o->target) == 0;
+		return 0;
+	}
+	if (snap_io_is_fd_spec(spec)) {
+		/* Emptied only after the role checks (see check_targets()). */
+		if (snap_io_open(spec, O_WRONLY, 0, &o->fd, ebuf, sizeof(ebuf)) < 0) {
+			cli_err("device state '%s': %s", spec, ebuf);
+			return -1;
+		}
+		o->has_target = fstat(o->fd, &o->target) == 0;
+		o->in_place_truncate = o->has_target && S_ISREG(o->target.st_mode);
+		return 0;
+	}
+	/* A device or FIFO (also /dev/stdout on a pipe) cannot be renamed over. */
+	o->has_target = stat(spec, &o->target) == 0;
+	if (o->has_target && !S_ISREG(o->target.st_mode)) {
+		if (snap_io_open(spec, O_WRONLY, 0, &o->fd, ebuf, sizeof(ebuf)) < 0) {
+			cli_err("device state '%s': %s", spec, ebuf);
+			return -1;
+		}
+		return 0;
+	}
+	/* A symlink the user named is followed: the file goes next to its target. */
+	if (lstat(spec, &st) == 0 && S_ISLNK(st.st_mode)) {
+		o->real = realpath(spec, NULL);
+		if (!o->real) {
+			cli_err("device state '%s': %s", spec,
+				errno == ENOENT ? "dangling symbolic link" : strerror(errno));
+			return -1;
+		}
+		path = o->real;
+	}
+	r = snap_open_parent(path, &o->dirfd, &o->name);
+	if (r < 0) {
+		cli_err("device state '%s': %s", spec, strerror(-r));
+		return -1;
+	}
+	hold_signals(true, &old);
+	o->fd = snap_create_temp_at(o->dirfd, o->name, o->tmp, sizeof(o->tmp));
+	r = o->fd < 0 ? o->fd : 0;
+	if (o->fd >= 0 && (fstat(o->fd, &st) < 0 || cli_remove_on_abort(o->dirfd, o->tmp, &st))) {
+		unlinkat(o->dirfd, o->tmp, 0);
+		close(o->fd);
+		o->fd = -1;
+		r = -ENOSPC;
+	}
+	hold_signals(false, &old);
+	if (r < 0) {
+		o->tmp[0] = 0;
+		cli_err("device state '%s': cannot create a file next to it: %s", spec,
+			strerror(-r));
+		return -1;
+	}
+	return 0;
+}
+
+static int sync_devstate_out(const struct devstate_out *o)
+{
+	/* Pipes and terminals cannot be synced (EINVAL); files must be. */
+	if (fsync(o->fd) < 0 && errno != EINVAL && errno != EROFS) {
+		cli_err("device state '%s': %s", o->spec, strerror(errno));
+		return -1;
+	}
+	return 0;
+}
+
+/* For a path: renames the synced output into place and syncs the directory. */
+static int commit_devstate_out(struct devstate_out *o)
+{
+	if (!o->tmp[0])
+		return 0;
+	if (renameat(o->dirfd, o->tmp, o->dirfd, o->name) < 0) {
+		cli_err("device state '%s': cannot rename the finished file into place: %s",
+			o->spec, strerror(errno));
+		return -1;
+	}
+	o->tmp[0] = 0;
+	if (fsync(o->dirfd) < 0 && errno != EINVAL) {
+		cli_err("device state '%s': syncing its directory after the rename: %s", o->spec,
+			strerror(errno));
+		return -1;
+	}
+	return 0;
+}
+
+/* Closes the output; a temporary file left over is removed by cli_remove_aborted(). */
+static void close_devstate_out(struct devstate_out *o)
+{
+	if (o->fd >= 0)
+		close(o->fd);
+	if (o->dirfd >= 0)
+		close(o->dirfd);
+	free(o->real);
+	o->fd = o->dirfd = -1;
+	o->real = NULL;
 }
 
 /*
- * Refuses what would destroy data before a byte is written: a destination
- * that is the input file itself, two blocks overlapping in one file, a
- * device-state output that is the input (O_TRUNC would empty it).
+ * Refuses, before a byte is written, every pair of roles that may not share
+ * a file: a destination that is the input file itself, two blocks
+ * overlapping in one file, a device-state output that is the input or any
+ * block's destination (--ram or --all).
  */
 static int check_targets(const struct args *a, int fd, const struct snap_block *blocks,
-			 const struct snap_ram_map *maps, size_t n)
+			 const struct snap_ram_map *maps, size_t n, const struct devstate_out *dso)
 {
 	struct stat in, si, sj;
+	bool ds = dso && dso->has_target;
 
 	if (fstat(fd, &in) < 0)
 		return 0;
+	if (ds && cli_same_file(&dso->target, &in)) {
+		cli_err("device state '%s' is the input file %s", dso->spec, a->file);
+		return 1;
+	}
 	for (size_t i = 0; i < n; i++) {
 		if (fstat(maps[i].fd, &si) < 0)
 			continue;
 		if (cli_same_file(&si, &in)) {
 			cli_err("block '%s': its destination is the input file %s", blocks[i].name,
 				a->file);
+			return 1;
+		}
+		if (ds && cli_same_file(&si, &dso->target)) {
+			cli_err("device state '%s' is the destination of block '%s'", dso->spec,
+				blocks[i].name);
 			return 1;
 		}
 		for (size_t j = 0; j < i; j++)
@@ -442,12 +588,47 @@ static int check_targets(const struct args *a, int fd, const struct snap_block *
 				return 1;
 			}
 	}
-	if (a->cc.devstate && strcmp(a->cc.devstate, "-") && !snap_io_is_fd_spec(a->cc.devstate) &&
-	    stat(a->cc.devstate, &si) == 0 && cli_same_file(&si, &in)) {
-		cli_err("device state '%s' is the input file", a->cc.devstate);
-		return 1;
-	}
 	return 0;
+}
+
+/* Opens (creating it 0700 if missing) the --all directory; -1 after the error line. */
+static int open_all_dir(const char *dir)
+{
+	int dfd;
+
+	if (mkdir(dir, 0700) < 0 && errno != EEXIST) {
+		cli_err("--all %s: %s", dir, strerror(errno));
+		return -1;
+	}
+	dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (dfd < 0)
+		cli_err("--all %s: %s", dir, strerror(errno));
+	return dfd;
+}
+
+/* Maps block b's destination; a file this created is registered for removal on failure. */
+static int map_block(const struct mr_block_info *b, const struct snap_ram_spec *spec, int dirfd,
+		     struct snap_ram_map *m)
+{
+	char ebuf[512];
+	struct stat st;
+	sigset_t old;
+	int r;
+
+	hold_signals(true, &old);
+	r = snap_ram_map_dest(spec, dirfd, b->length, m, ebuf, sizeof(ebuf));
+	if (r == 0 && m->created &&
+	    (fstat(m->fd, &st) < 0 || cli_remove_on_abort(m->dirfd, m->name, &st))) {
+		snprintf(ebuf, sizeof(ebuf), "%s: cannot register it for removal on failure",
+			 spec->where);
+		unlinkat(m->dirfd, m->name, 0);
+		snap_ram_unmap(m);
+		r = -ENOSPC;
+	}
+	hold_signals(false, &old);
+	if (r)
+		cli_err("block '%s': %s", b->name, ebuf);
+	return r;
 }
 
 static int do_restore(struct args *a, int fd, int dfd, const struct snap_file *f)
@@ -458,10 +639,10 @@ static int do_restore(struct args *a, int fd, int dfd, const struct snap_file *f
 	struct snap_ram_spec all_specs[MAX_BLOCKS] = { 0 };
 	size_t n = 0;
 	struct snap_restore_args ra = { 0 };
+	struct devstate_out dso = { .fd = -1, .dirfd = -1 };
 	struct snap_stats st;
 	struct snap_err err;
-	char ebuf[512];
-	int devstate_fd = -1, ret = 1;
+	int all_dirfd = -1, ret = 1;
 
 	cli_install_fault_handler("the restore was abandoned");
 	cli_install_signal_cleanup();
@@ -481,17 +662,19 @@ static int do_restore(struct args *a, int fd, int dfd, const struct snap_file *f
 			a->file);
 		return 1;
 	}
-	if (a->all_dir && mkdir(a->all_dir, 0700) < 0 && errno != EEXIST) {
-		cli_err("--all %s: %s", a->all_dir, strerror(errno));
-		return 1;
-	}
 	if (img->n_blocks > MAX_BLOCKS) {
 		cli_err("%s: more than %d blocks", a->file, MAX_BLOCKS);
 		return 1;
 	}
+	if (a->all_dir) {
+		all_dirfd = open_all_dir(a->all_dir);
+		if (all_dirfd < 0)
+			return 1;
+	}
 	for (size_t i = 0; i < img->n_blocks; i++) {
 		const struct mr_block_info *b = &img->blocks[i];
 		const struct snap_ram_spec *spec = NULL;
+		int in_dir = -1;
 
 		for (size_t j = 0; j < a->n_ram; j++)
 			if (!strcmp(a->ram[j].name, b->name))
@@ -504,29 +687,21 @@ static int do_restore(struct args *a, int fd, int dfd, const struct snap_file *f
 			encode_name(b->name, enc, sizeof(enc));
 			if (asprintf(&path, "%s/%s", a->all_dir, enc) < 0) {
 				cli_err("out of memory");
-				goto unmap;
+				goto fail;
 			}
 			snprintf(all_specs[i].name, sizeof(all_specs[i].name), "%s", b->name);
 			all_specs[i].where = path;
 			spec = &all_specs[i];
+			in_dir = all_dirfd;
 		}
 		if (!spec) {
 			cli_err("%s: block '%s' has no destination (use --ram '%s=DEST', --all DIR "
 				"or --skip '%s')",
 				a->file, b->name, b->name, b->name);
-			goto unmap;
+			goto fail;
 		}
-		/* Files this restore creates are removed again if it fails. */
-		bool is_new = !snap_io_is_fd_spec(spec->where) && access(spec->where, F_OK) < 0 &&
-			      errno == ENOENT;
-
-		/* Listed first: a file created and then refused (size, map) goes too. */
-		if (is_new)
-			cli_remove_on_abort(spec->where);
-		if (snap_ram_map_dest(spec, b->length, &maps[n], ebuf, sizeof(ebuf))) {
-			cli_err("block '%s': %s", b->name, ebuf);
-			goto unmap;
-		}
+		if (map_block(b, spec, in_dir, &maps[n]))
+			goto fail;
 		cli_watch_memory(b->name, maps[n].addr, b->length);
 		blocks[n] = (struct snap_block){ .name = b->name,
 						 .addr = maps[n].addr,
@@ -536,12 +711,13 @@ static int do_restore(struct args *a, int fd, int dfd, const struct snap_file *f
 						 .zeroed = maps[n].zeroed };
 		n++;
 	}
-	if (check_targets(a, fd, blocks, maps, n))
-		goto unmap;
-	if (a->cc.devstate) {
-		devstate_fd = open_devstate_out(a->cc.devstate);
-		if (devstate_fd < 0)
-			goto unmap;
+	if (a->cc.devstate && open_devstate_out(a->cc.devstate, &dso))
+		goto fail;
+	if (check_targets(a, fd, blocks, maps, n, a->cc.devstate ? &dso : NULL))
+		goto fail;
+	if (dso.in_place_truncate && ftruncate(dso.fd, 0) < 0) {
+		cli_err("device state '%s': %s", dso.spec, strerror(errno));
+		goto fail;
 	}
 	ra = (struct snap_restore_args){
 		.fd = fd,
@@ -549,37 +725,41 @@ static int do_restore(struct args *a, int fd, int dfd, const struct snap_file *f
 		.file = f,
 		.blocks = blocks,
 		.n_blocks = n,
-		.devstate_fd = devstate_fd,
+		.devstate_fd = dso.fd,
 		.devstate_raw = a->cc.devstate_raw,
 	};
 	if (snap_restore(&ra, &a->cc.opts, &st, &err)) {
 		cli_progress_end();
 		cli_err("%s: %s", a->file, err.msg);
-		goto unmap;
+		goto fail;
 	}
 	cli_progress_end();
-	/* Pipes and terminals cannot be synced (EINVAL); files must be. */
-	if (devstate_fd >= 0 && fsync(devstate_fd) < 0 && errno != EINVAL && errno != EROFS) {
-		cli_err("device state '%s': %s", a->cc.devstate, strerror(errno));
-		goto unmap;
-	}
+	if (dso.fd >= 0 && sync_devstate_out(&dso))
+		goto fail;
 	if (st.engine_fallback)
 		cli_note("the preferred I/O engine cannot start here; using '%s'", st.engine);
 	if (st.direct_fell_back)
 		cli_note("O_DIRECT was refused for some reads; they went through the page cache");
-	if (a->cc.json)
+	if (a->cc.json) {
 		cli_print_stats_json(stdout, "completed", &st);
+		/* Unreported statistics fail the run before the device state is renamed in. */
+		if (cli_stdout_flush())
+			goto fail;
+	}
+	if (dso.fd >= 0 && commit_devstate_out(&dso))
+		goto fail;
 	last_stats = st;
 	have_stats = true;
 	ret = 0;
-unmap:
+fail:
 	if (ret)
 		cli_remove_aborted();
 	cli_forget_memory();
-	if (devstate_fd >= 0)
-		close(devstate_fd);
+	close_devstate_out(&dso);
 	for (size_t i = 0; i < n; i++)
 		snap_ram_unmap(&maps[i]);
+	if (all_dirfd >= 0)
+		close(all_dirfd);
 	for (size_t i = 0; i < img->n_blocks && i < MAX_BLOCKS; i++)
 		free(all_specs[i].where);
 	return ret;
@@ -666,6 +846,7 @@ int main(int argc, char **argv)
 	int fd = -1, dfd = -1, ret = 1, r;
 
 	cli_prog = "snaprestore";
+	cli_reserve_std_fds();
 	signal(SIGPIPE, SIG_IGN);
 	r = parse_args(argc, argv, &a);
 	if (r) {
@@ -718,6 +899,9 @@ close_fds:
 free_specs:
 	for (size_t i = 0; i < a.n_ram; i++)
 		snap_ram_spec_clear(&a.ram[i]);
+	/* --info, --json, --verify's list, --help: what was printed must have arrived. */
+	if (cli_stdout_close() && !ret)
+		ret = 1;
 	cli_fd_socket_finish(ret == 0, ret == 0 && have_stats ? &last_stats : NULL);
 	snap_fdset_clear();
 	return ret;

@@ -8,7 +8,9 @@
 #include "outfile.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
+#include <limits.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdlib.h>
@@ -230,38 +232,58 @@ void cli_progress_end(void)
 	progress_shown = false;
 }
 
-/*
- * One byte of a JSON string: quotes, backslashes and control bytes escaped,
- * UTF-8 (>= 0x80) passed through. Async-signal-safe (on_fault() uses it).
- */
-static const char *json_char(unsigned char ch, char esc[7])
-{
-	static const char hex[] = "0123456789abcdef";
-
-	if (ch == '"' || ch == '\\') {
-		esc[0] = '\\';
-		esc[1] = (char)ch;
-		esc[2] = 0;
-	} else if (ch < 0x20 || ch == 0x7f) {
-		memcpy(esc, "\\u00", 4);
-		esc[4] = hex[ch >> 4];
-		esc[5] = hex[ch & 15];
-		esc[6] = 0;
-	} else {
-		esc[0] = (char)ch;
-		esc[1] = 0;
-	}
-	return esc;
-}
-
 void cli_json_str(FILE *f, const char *s)
 {
-	char esc[7];
+	char esc[SNAP_JSON_ESCAPE_MAX];
 
 	fputc('"', f);
-	for (const unsigned char *p = (const unsigned char *)s; *p; p++)
-		fputs(json_char(*p, esc), f);
+	while (*s) {
+		s += snap_json_escape(s, esc);
+		fputs(esc, f);
+	}
 	fputc('"', f);
+}
+
+void cli_reserve_std_fds(void)
+{
+	/*
+	 * A closed 0, 1 or 2 would be what the next open() returns: a block
+	 * file or the device-state output would then receive printf's output.
+	 * /dev/null opened the wrong way round takes the slot and fails every
+	 * transfer there with EBADF, as the closed descriptor did.
+	 */
+	for (int fd = 0; fd < 3; fd++)
+		if (fcntl(fd, F_GETFD) < 0 && errno == EBADF &&
+		    open("/dev/null", fd ? O_RDONLY : O_WRONLY) < 0)
+			return;
+}
+
+static bool stdout_reported;
+
+int cli_stdout_flush(void)
+{
+	bool failed = ferror(stdout);
+
+	if (stdout_reported)
+		return 1;
+	errno = 0;
+	if (fflush(stdout) == 0 && !failed)
+		return 0;
+	cli_err("stdout: %s", strerror(errno ? errno : EIO));
+	stdout_reported = true;
+	return 1;
+}
+
+int cli_stdout_close(void)
+{
+	int r = cli_stdout_flush();
+
+	/* EBADF: stdout was closed and nothing was written to it, which is fine. */
+	if (fclose(stdout) != 0 && errno != EBADF && !r) {
+		cli_err("stdout: %s", strerror(errno));
+		r = 1;
+	}
+	return r;
 }
 
 void cli_print_stats_json(FILE *f, const char *status, const struct snap_stats *st)
@@ -299,7 +321,16 @@ struct watched {
 
 static struct watched watched[CLI_MAX_BLOCKS];
 static volatile sig_atomic_t n_watched;
-static const char *abort_remove[CLI_MAX_BLOCKS];
+/* A file this run created: removed on failure while its name still holds its inode. */
+struct created {
+	int dirfd;
+	dev_t dev;
+	ino_t ino;
+	char name[NAME_MAX + 1];
+};
+
+/* Every block file and the device-state output's temporary file. */
+static struct created abort_remove[CLI_MAX_BLOCKS + 1];
 static volatile sig_atomic_t n_abort_remove;
 static const char *fault_what = "the run was abandoned";
 static int fault_taken;
@@ -312,12 +343,21 @@ void cli_watch_memory(const char *name, const void *base, size_t len)
 	}
 }
 
-void cli_remove_on_abort(const char *path)
+int cli_remove_on_abort(int dirfd, const char *name, const struct stat *st)
 {
-	if (n_abort_remove < CLI_MAX_BLOCKS) {
-		abort_remove[n_abort_remove] = path;
-		n_abort_remove = n_abort_remove + 1;
-	}
+	struct created *c;
+
+	if (n_abort_remove == CLI_MAX_BLOCKS + 1 || strlen(name) > NAME_MAX)
+		return -ENOSPC;
+	c = &abort_remove[n_abort_remove];
+	c->dirfd = dirfd;
+	c->dev = st->st_dev;
+	c->ino = st->st_ino;
+	memcpy(c->name, name, strlen(name) + 1);
+	/* Filled in before it counts: a signal handler may read it any time. */
+	__atomic_signal_fence(__ATOMIC_SEQ_CST);
+	n_abort_remove = n_abort_remove + 1;
+	return 0;
 }
 
 void cli_forget_memory(void)
@@ -326,10 +366,20 @@ void cli_forget_memory(void)
 	n_abort_remove = 0;
 }
 
+/*
+ * Async-signal-safe (fstatat and unlinkat are): a name someone replaced since
+ * (a symlink, another file) is left alone, never what it points to.
+ */
 void cli_remove_aborted(void)
 {
-	for (int i = 0; i < n_abort_remove; i++)
-		unlink(abort_remove[i]);
+	for (int i = 0; i < n_abort_remove; i++) {
+		const struct created *c = &abort_remove[i];
+		struct stat st;
+
+		if (fstatat(c->dirfd, c->name, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+		    st.st_dev == c->dev && st.st_ino == c->ino)
+			unlinkat(c->dirfd, c->name, 0);
+	}
 }
 
 static void on_signal(int sig)
@@ -358,13 +408,18 @@ static void put_hex(char *buf, size_t *len, size_t cap, uint64_t v)
 	put(buf, len, cap, tmp);
 }
 
-/* A JSON string body (without its quotes). */
+/* A JSON string body (without its quotes); snap_json_escape() is async-signal-safe. */
 static void put_json(char *buf, size_t *len, size_t cap, const char *s)
 {
-	char esc[7];
+	char esc[SNAP_JSON_ESCAPE_MAX];
 
-	for (; *s; s++)
-		put(buf, len, cap, json_char((unsigned char)*s, esc));
+	while (*s) {
+		s += snap_json_escape(s, esc);
+		/* Whole pieces only: a cut UTF-8 sequence would make the line invalid. */
+		if (*len + strlen(esc) + 1 > cap)
+			break;
+		put(buf, len, cap, esc);
+	}
 }
 
 static void write_all(int fd, const char *p, size_t len)

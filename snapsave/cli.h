@@ -75,12 +75,26 @@ void cli_progress_end(void);
 
 /* Prints a JSON string literal. */
 void cli_json_str(FILE *f, const char *s);
+/*
+ * First thing in main(): a closed stdin, stdout or stderr gets /dev/null
+ * opened the wrong way round, so no file the tool opens takes its number and
+ * a write to a closed stdout still fails.
+ */
+void cli_reserve_std_fds(void);
+/*
+ * Flushes stdout; if that or any earlier write to it failed (full disk,
+ * closed descriptor, reader gone), prints "prog: stdout: why" once and
+ * returns 1. A tool that printed results must not exit 0 then.
+ */
+int cli_stdout_flush(void);
+/* cli_stdout_flush(), then fclose(stdout) checked too: the last call before exit. */
+int cli_stdout_close(void);
 /* Prints statistics as one JSON object, query-migrate style. */
 void cli_print_stats_json(FILE *f, const char *status, const struct snap_stats *st);
 
 /*
  * Installs SIGINT/SIGTERM/SIGHUP handlers that remove the save's temporary
- * file and the paths given to cli_remove_on_abort() (files a restore created).
+ * file and the files given to cli_remove_on_abort() (files a restore created).
  */
 void cli_install_signal_cleanup(void);
 
@@ -88,14 +102,20 @@ void cli_install_signal_cleanup(void);
  * SIGBUS inside guest memory (a backing file cut short, failed storage):
  * cli_install_fault_handler() makes it one error line naming the block,
  * ending with what (e.g. "the save was abandoned"), removes the save's
- * temporary file and the paths given to cli_remove_on_abort(), and exits 1.
- * cli_watch_memory() registers each block's mapping; names and paths must
- * outlive the run.
+ * temporary file and the files given to cli_remove_on_abort(), and exits 1.
+ * cli_watch_memory() registers each block's mapping; names must outlive the
+ * run.
  */
 void cli_install_fault_handler(const char *what);
 void cli_watch_memory(const char *name, const void *base, size_t len);
-void cli_remove_on_abort(const char *path);
-/* Removes the cli_remove_on_abort() paths now (a run that failed). */
+/*
+ * A file this run created (its O_CREAT|O_EXCL open succeeded): name inside the
+ * directory dirfd (open until the run ends), st its fstat. Failure, a signal
+ * or a fault removes it with unlinkat(), and only while the name still holds
+ * that inode. 0, or -ENOSPC (too many, or name longer than NAME_MAX).
+ */
+int cli_remove_on_abort(int dirfd, const char *name, const struct stat *st);
+/* Removes the cli_remove_on_abort() files now (a run that failed); async-signal-safe. */
 void cli_remove_aborted(void);
 /* Before the mappings go: their addresses may be reused. */
 void cli_forget_memory(void);

@@ -441,7 +441,7 @@ static void test_map_dest(void **state)
 	/* A new file is created at the block length, and zero. */
 	snprintf(path, sizeof(path), "%s", tpath(t, "new"));
 	s = spec(path, false, 0, 0);
-	assert_int_equal(snap_ram_map_dest(&s, 3 * 4096, &m, err, sizeof(err)), 0);
+	assert_int_equal(snap_ram_map_dest(&s, -1, 3 * 4096, &m, err, sizeof(err)), 0);
 	assert_true(m.zeroed);
 	assert_int_equal(m.length, 3 * 4096);
 	assert_int_equal(file_size(path), 3 * 4096);
@@ -470,7 +470,7 @@ static void test_map_dest(void **state)
 	snprintf(path, sizeof(path), "%s", tpath(t, "empty"));
 	write_file(path, 0);
 	s = spec(path, false, 0, 0);
-	assert_int_equal(snap_ram_map_dest(&s, 2 * 4096, &m, err, sizeof(err)), 0);
+	assert_int_equal(snap_ram_map_dest(&s, -1, 2 * 4096, &m, err, sizeof(err)), 0);
 	assert_true(m.zeroed);
 	assert_int_equal(file_size(path), 2 * 4096);
 	snap_ram_unmap(&m);
@@ -479,7 +479,7 @@ static void test_map_dest(void **state)
 	snprintf(path, sizeof(path), "%s", tpath(t, "data"));
 	write_file(path, 4096);
 	s = spec(path, false, 0, 0);
-	assert_int_equal(snap_ram_map_dest(&s, 2 * 4096, &m, err, sizeof(err)), 0);
+	assert_int_equal(snap_ram_map_dest(&s, -1, 2 * 4096, &m, err, sizeof(err)), 0);
 	assert_false(m.zeroed);
 	assert_int_equal(file_size(path), 2 * 4096);
 	for (uint64_t i = 0; i < 4096; i++)
@@ -489,14 +489,14 @@ static void test_map_dest(void **state)
 	snap_ram_unmap(&m);
 
 	/* Exactly the right size: untouched. */
-	assert_int_equal(snap_ram_map_dest(&s, 2 * 4096, &m, err, sizeof(err)), 0);
+	assert_int_equal(snap_ram_map_dest(&s, -1, 2 * 4096, &m, err, sizeof(err)), 0);
 	assert_false(m.zeroed);
 	assert_int_equal(file_size(path), 2 * 4096);
 	snap_ram_unmap(&m);
 
 	/* With an offset: the part past the old end is zero. */
 	s = spec(path, false, 0, 2 * 4096);
-	assert_int_equal(snap_ram_map_dest(&s, 4096, &m, err, sizeof(err)), 0);
+	assert_int_equal(snap_ram_map_dest(&s, -1, 4096, &m, err, sizeof(err)), 0);
 	assert_true(m.zeroed);
 	assert_int_equal(m.offset, 2 * 4096);
 	assert_int_equal(file_size(path), 3 * 4096);
@@ -507,12 +507,12 @@ static void test_map_dest(void **state)
 	write_file(path, 4096);
 	assert_int_equal(truncate(path, 4 * 4096), 0);
 	s = spec(path, false, 0, 2 * 4096);
-	assert_int_equal(snap_ram_map_dest(&s, 2 * 4096, &m, err, sizeof(err)), 0);
+	assert_int_equal(snap_ram_map_dest(&s, -1, 2 * 4096, &m, err, sizeof(err)), 0);
 	assert_true(m.zeroed);
 	assert_int_equal(file_size(path), 4 * 4096);
 	snap_ram_unmap(&m);
 	s = spec(path, false, 0, 0);
-	assert_int_equal(snap_ram_map_dest(&s, 4 * 4096, &m, err, sizeof(err)), 0);
+	assert_int_equal(snap_ram_map_dest(&s, -1, 4 * 4096, &m, err, sizeof(err)), 0);
 	assert_false(m.zeroed);
 	snap_ram_unmap(&m);
 	snprintf(path, sizeof(path), "%s", tpath(t, "data"));
@@ -520,17 +520,17 @@ static void test_map_dest(void **state)
 	/* size= must match the block length. */
 	s = spec(path, true, 4096, 0);
 	err[0] = 0;
-	assert_int_equal(snap_ram_map_dest(&s, 2 * 4096, &m, err, sizeof(err)), -EINVAL);
+	assert_int_equal(snap_ram_map_dest(&s, -1, 2 * 4096, &m, err, sizeof(err)), -EINVAL);
 	assert_true(err[0] != 0);
 	s = spec(path, true, 2 * 4096, 0);
-	assert_int_equal(snap_ram_map_dest(&s, 2 * 4096, &m, err, sizeof(err)), 0);
+	assert_int_equal(snap_ram_map_dest(&s, -1, 2 * 4096, &m, err, sizeof(err)), 0);
 	snap_ram_unmap(&m);
 
 	/* A directory, and a path in a missing directory. */
 	s = spec(t->dir, false, 0, 0);
-	assert_true(snap_ram_map_dest(&s, 4096, &m, err, sizeof(err)) < 0);
+	assert_true(snap_ram_map_dest(&s, -1, 4096, &m, err, sizeof(err)) < 0);
 	s = spec(tpath(t, "nodir/x"), false, 0, 0);
-	assert_int_equal(snap_ram_map_dest(&s, 4096, &m, err, sizeof(err)), -ENOENT);
+	assert_int_equal(snap_ram_map_dest(&s, -1, 4096, &m, err, sizeof(err)), -ENOENT);
 }
 
 /*
@@ -548,13 +548,13 @@ static void test_map_dest_shared_file(void **state)
 
 	snprintf(path, sizeof(path), "%s", tpath(t, "shared"));
 	s = spec(path, false, 0, 4 * 4096);
-	assert_int_equal(snap_ram_map_dest(&s, 4096, &hi, err, sizeof(err)), 0);
+	assert_int_equal(snap_ram_map_dest(&s, -1, 4096, &hi, err, sizeof(err)), 0);
 	assert_true(hi.zeroed);
 	assert_int_equal(file_size(path), 5 * 4096);
 	memset(hi.addr, 0xcd, 4096);
 
 	s = spec(path, false, 0, 0);
-	assert_int_equal(snap_ram_map_dest(&s, 2 * 4096, &lo, err, sizeof(err)), 0);
+	assert_int_equal(snap_ram_map_dest(&s, -1, 2 * 4096, &lo, err, sizeof(err)), 0);
 	/* The file has data, but only past this block: its range is a hole. */
 	assert_true(lo.zeroed);
 	assert_int_equal(file_size(path), 5 * 4096);
@@ -581,7 +581,7 @@ static void test_map_dest_fd(void **state)
 	assert_true(fd >= 0);
 	snprintf(where, sizeof(where), "fd:%d", fd);
 	s = spec(where, false, 0, 0);
-	assert_int_equal(snap_ram_map_dest(&s, 2 * 4096, &m, err, sizeof(err)), 0);
+	assert_int_equal(snap_ram_map_dest(&s, -1, 2 * 4096, &m, err, sizeof(err)), 0);
 	assert_true(m.zeroed);
 	assert_int_not_equal(m.fd, fd);
 	memset(m.addr, 0x42, 2 * 4096);
@@ -593,7 +593,7 @@ static void test_map_dest_fd(void **state)
 	assert_int_equal(b, 0x42);
 
 	/* Now it holds data: not zeroed. */
-	assert_int_equal(snap_ram_map_dest(&s, 2 * 4096, &m, err, sizeof(err)), 0);
+	assert_int_equal(snap_ram_map_dest(&s, -1, 2 * 4096, &m, err, sizeof(err)), 0);
 	assert_false(m.zeroed);
 	snap_ram_unmap(&m);
 	close(fd);
@@ -603,12 +603,132 @@ static void test_map_dest_fd(void **state)
 	assert_true(fd >= 0);
 	snprintf(where, sizeof(where), "fd:%d", fd);
 	s = spec(where, false, 0, 0);
-	assert_true(snap_ram_map_dest(&s, 2 * 4096, &m, err, sizeof(err)) < 0);
+	assert_true(snap_ram_map_dest(&s, -1, 2 * 4096, &m, err, sizeof(err)) < 0);
 	close(fd);
 
 	/* Not a descriptor number. */
 	s = spec("fd:x", false, 0, 0);
-	assert_int_equal(snap_ram_map_dest(&s, 4096, &m, err, sizeof(err)), -EINVAL);
+	assert_int_equal(snap_ram_map_dest(&s, -1, 4096, &m, err, sizeof(err)), -EINVAL);
+}
+
+/* Asserts that spec s refuses to map in dirfd with an error naming why. */
+static void refused_in_dir(const char *where, int dirfd, const char *why)
+{
+	struct snap_ram_spec s = spec(where, false, 0, 0);
+	struct snap_ram_map m;
+	char err[512] = "";
+
+	int r = snap_ram_map_dest(&s, dirfd, 4096, &m, err, sizeof(err));
+
+	if (r != -EPERM || !strstr(err, why) || !strstr(err, where))
+		print_error("'%s': %d %s\n", where, r, err);
+	assert_int_equal(r, -EPERM);
+	assert_non_null(strstr(err, why));
+	assert_non_null(strstr(err, where));
+}
+
+/*
+ * In a directory (snaprestore --all): created with O_EXCL and reported as
+ * created, this user's own file reused, anything else refused untouched.
+ */
+static void test_map_dest_in_dir(void **state)
+{
+	struct tmp *t = *state;
+	struct snap_ram_map m;
+	struct snap_ram_spec s;
+	char err[512] = "", outside[PATH_MAX], where[PATH_MAX];
+	struct stat st;
+	int dirfd = open(t->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+
+	assert_true(dirfd >= 0);
+	snprintf(where, sizeof(where), "%s", tpath(t, "blk"));
+	s = spec(where, false, 0, 0);
+	assert_int_equal(snap_ram_map_dest(&s, dirfd, 2 * 4096, &m, err, sizeof(err)), 0);
+	assert_true(m.created);
+	assert_int_equal(m.dirfd, dirfd);
+	assert_false(m.own_dirfd);
+	assert_string_equal(m.name, "blk");
+	assert_int_equal(fstat(m.fd, &st), 0);
+	assert_int_equal(st.st_mode & 0777, 0600);
+	snap_ram_unmap(&m);
+	/* The caller's directory stays open. */
+	assert_true(fcntl(dirfd, F_GETFD) >= 0);
+	assert_int_equal(snap_ram_map_dest(&s, dirfd, 2 * 4096, &m, err, sizeof(err)), 0);
+	assert_false(m.created);
+	snap_ram_unmap(&m);
+
+	/* A symlink, to a file or to nowhere, is never followed. */
+	snprintf(outside, sizeof(outside), "%s", tpath(t, "outside"));
+	write_file(outside, 4096);
+	assert_int_equal(symlink(outside, tpath(t, "link")), 0);
+	snprintf(where, sizeof(where), "%s", tpath(t, "link"));
+	refused_in_dir(where, dirfd, "symbolic link");
+	assert_int_equal(file_size(outside), 4096);
+	snprintf(outside, sizeof(outside), "%s", tpath(t, "nowhere"));
+	snprintf(where, sizeof(where), "%s", tpath(t, "dangling"));
+	assert_int_equal(symlink(outside, where), 0);
+	refused_in_dir(where, dirfd, "symbolic link");
+	assert_int_equal(access(outside, F_OK), -1);
+
+	/* A second link to a file, a FIFO, another user's file. */
+	snprintf(outside, sizeof(outside), "%s", tpath(t, "outside"));
+	assert_int_equal(link(outside, tpath(t, "hard")), 0);
+	snprintf(where, sizeof(where), "%s", tpath(t, "hard"));
+	refused_in_dir(where, dirfd, "2 hard links");
+	assert_int_equal(mkfifo(tpath(t, "fifo"), 0600), 0);
+	snprintf(where, sizeof(where), "%s", tpath(t, "fifo"));
+	refused_in_dir(where, dirfd, "not a regular file");
+	if (geteuid() == 0) {
+		snprintf(where, sizeof(where), "%s", tpath(t, "foreign"));
+		write_file(where, 4096);
+		assert_int_equal(chown(where, 65534, 65534), 0);
+		refused_in_dir(where, dirfd, "owned by uid 65534");
+		assert_int_equal(file_size(where), 4096);
+	}
+
+	/* Created, then refused (size= does not match after the open): removed again. */
+	snprintf(where, sizeof(where), "%s", tpath(t, "toolarge"));
+	s = spec(where, false, 0, 1ull << 62);
+	assert_true(snap_ram_map_dest(&s, dirfd, 1ull << 62, &m, err, sizeof(err)) < 0);
+	assert_int_equal(access(where, F_OK), -1);
+	close(dirfd);
+}
+
+/* A path the user named: O_EXCL decides "created"; its directory comes along for removal. */
+static void test_map_dest_created(void **state)
+{
+	struct tmp *t = *state;
+	struct snap_ram_map m;
+	struct snap_ram_spec s;
+	char err[512] = "", path[PATH_MAX], target[PATH_MAX];
+
+	snprintf(path, sizeof(path), "%s", tpath(t, "named"));
+	s = spec(path, false, 0, 0);
+	assert_int_equal(snap_ram_map_dest(&s, -1, 4096, &m, err, sizeof(err)), 0);
+	assert_true(m.created);
+	assert_true(m.own_dirfd);
+	assert_string_equal(m.name, "named");
+	assert_int_equal(faccessat(m.dirfd, "named", F_OK, 0), 0);
+	snap_ram_unmap(&m);
+	assert_int_equal(snap_ram_map_dest(&s, -1, 4096, &m, err, sizeof(err)), 0);
+	assert_false(m.created);
+	snap_ram_unmap(&m);
+
+	/* Through a symlink the user named: its existing target is used, not created. */
+	snprintf(target, sizeof(target), "%s", path);
+	snprintf(path, sizeof(path), "%s", tpath(t, "named-link"));
+	assert_int_equal(symlink(target, path), 0);
+	s = spec(path, false, 0, 0);
+	assert_int_equal(snap_ram_map_dest(&s, -1, 4096, &m, err, sizeof(err)), 0);
+	assert_false(m.created);
+	snap_ram_unmap(&m);
+	/* A dangling one creates nothing where it points. */
+	snprintf(target, sizeof(target), "%s", tpath(t, "not-there"));
+	snprintf(path, sizeof(path), "%s", tpath(t, "dangling-named"));
+	assert_int_equal(symlink(target, path), 0);
+	s = spec(path, false, 0, 0);
+	assert_int_equal(snap_ram_map_dest(&s, -1, 4096, &m, err, sizeof(err)), -ENOENT);
+	assert_int_equal(access(target, F_OK), -1);
 }
 
 int main(void)
@@ -623,6 +743,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_map_dest, setup_tmp, teardown_tmp),
 		cmocka_unit_test_setup_teardown(test_map_dest_shared_file, setup_tmp, teardown_tmp),
 		cmocka_unit_test_setup_teardown(test_map_dest_fd, setup_tmp, teardown_tmp),
+		cmocka_unit_test_setup_teardown(test_map_dest_in_dir, setup_tmp, teardown_tmp),
+		cmocka_unit_test_setup_teardown(test_map_dest_created, setup_tmp, teardown_tmp),
 	};
 
 	return cmocka_run_group_tests_name("ramsrc", ramsrc_tests, NULL, NULL);
