@@ -539,7 +539,7 @@ static int parse_ram_words(struct parser *p, uint64_t sec_off, bool start)
 				size_t cap = p->cap_blocks ? p->cap_blocks * 2 : 16;
 				struct mr_block_info *nb;
 
-				if (img->n_blocks >= 65536)
+				if (img->n_blocks >= MR_MAX_BLOCKS)
 					return fail(p, -EBADMSG, c->off, NULL,
 						    "too many RAM blocks");
 				nb = realloc(img->blocks, cap * sizeof(*nb));
@@ -569,7 +569,7 @@ static int parse_ram_words(struct parser *p, uint64_t sec_off, bool start)
 			}
 			if (remaining == before) {
 				/* A zero-length block: allowed, but guard against a loop. */
-				if (img->n_blocks >= 65536)
+				if (img->n_blocks >= MR_MAX_BLOCKS)
 					return fail(p, -EBADMSG, c->off, NULL,
 						    "too many RAM blocks");
 			}

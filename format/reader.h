@@ -89,6 +89,9 @@ struct mr_image {
 	uint64_t stream_end; /* first byte after the stream */
 };
 
+/* Most RAM blocks a stream (and so a trailer) may list: bounds the memory they take. */
+#define MR_MAX_BLOCKS 65536u
+
 /* Flags for mr_image_parse(). */
 #define MR_PARSE_NO_BITMAPS 0x1u /* do not load the bitmaps (counts stay 0) */
 /* Read the bitmaps in windows to count pages and check them, keep none (bitmap NULL). */

@@ -622,6 +622,10 @@ static int parse_table(struct cur *cp, struct mr_trailer *t, unsigned flags, str
 	if (n_blocks > c.left / REC_MIN)
 		return fail(err, -ENODATA, toff + 20, NULL,
 			    "%u trailer block records do not fit the table", n_blocks);
+	/* A stream lists no more: the records' memory is bounded, whatever the table holds. */
+	if (n_blocks > MR_MAX_BLOCKS)
+		return fail(err, -EBADMSG, toff + 20, NULL,
+			    "%u trailer block records (at most %u)", n_blocks, MR_MAX_BLOCKS);
 
 	if (n_blocks) {
 		t->blocks = calloc(n_blocks, sizeof(*t->blocks));
@@ -784,9 +788,9 @@ int mr_trailer_locate(const struct mr_src *src, uint64_t table_offset, uint64_t 
 	r = read_exact(src, h, sizeof(h), table_offset);
 	if (r)
 		return r == -ENODATA ? -ENOENT : r;
-	/* The table names the stream end it follows; the stream parser allows 65536 blocks. */
+	/* The table names the stream end it follows. */
 	n_blocks = mr_get_be32(h + 20);
-	if (mr_get_be64(h + 8) != table_offset || n_blocks > 65536)
+	if (mr_get_be64(h + 8) != table_offset || n_blocks > MR_MAX_BLOCKS)
 		return -ENOENT;
 	for (uint32_t i = 0; i < n_blocks; i++) {
 		uint64_t len, n;
