@@ -849,7 +849,7 @@ static int read_raw_tail(struct save_run *s)
 	r = mr_tail_parse(&src, &s->ram_id, &me);
 	if (r)
 		return snap_fail(s->err, r,
-				 "the raw device-state tail at its offset 0x%llx%s%s: %s",
+				 "the raw device-state tail: offset 0x%llx in the tail%s%s: %s",
 				 (unsigned long long)me.off, me.section[0] ? ": section " : "",
 				 me.section, me.msg);
 	return 0;
