@@ -200,6 +200,31 @@ def appended(d, src):
     compare_files(src, dest, "restored RAM")
 
 
+def readback(d, src):
+    """The save reads its file back before reporting success: a read of the
+    output that fails (failshim, the first pread of the temporary file) fails
+    the save, and the path is left as it was."""
+    shim = os.environ.get("FAILSHIM") or os.path.join(
+        os.path.dirname(os.path.dirname(os.path.abspath(SNAPSAVE))), "tests", "faults",
+        "failshim.so")
+    if not os.path.exists(shim):
+        raise Skip("no %s (set FAILSHIM)" % shim)
+    out_dir = scratch("disk")
+    out = os.path.join(out_dir, "rb.snap")
+    env = dict(os.environ, LD_PRELOAD=shim, FAILSHIM_OP="pread", FAILSHIM_NTH="1",
+               FAILSHIM_ERRNO="EIO", FAILSHIM_PATH_SUBSTR=".snapmr-")
+    r = snapsave("-o", out, "--ram", "pc.ram=" + src, env=env)
+    expect_error(r, 1, "does not read back", "offset 0x", what="read-back fault")
+    check(os.listdir(out_dir) == [], "files left: %r" % os.listdir(out_dir))
+    # Reads after the trailer's three: the stream's header, then its bitmap.
+    for nth in ("4", "5"):
+        env["FAILSHIM_NTH"] = nth
+        r = snapsave("-o", out, "--ram", "pc.ram=" + src, env=env)
+        expect_error(r, 1, "does not read back", what="read-back fault %s" % nth)
+    check(os.listdir(out_dir) == [], "files left: %r" % os.listdir(out_dir))
+    ok(snapsave("-o", out, "--ram", "pc.ram=" + src), "save without the shim")
+
+
 def main():
     require_binaries()
     d = scratch("disk")
@@ -210,6 +235,7 @@ def main():
     t.case("a raw tail the reader refuses is refused before writing", raw_tail_refused, d, src)
     t.case("the marker is written whatever the padding", marker_always, d, src)
     t.case("bytes after the completion record", appended, d, src)
+    t.case("a save reads its file back before it succeeds", readback, d, src)
     t.finish()
 
 
