@@ -740,7 +740,8 @@ static int parse_sections(struct parser *p, bool ram_seen)
 					return fail_sec(p, -EPROTONOSUPPORT, off, s->idstr,
 							"cannot size device section (no usable VM "
 							"description: %s)",
-							strerror(-r));
+							r == -E2BIG ? "too many values"
+								    : strerror(-r));
 				r = mr_vmdesc_section_size(p->vmdesc, s->idstr, s->instance,
 							   section_nth(img, s), &body);
 				if (r)

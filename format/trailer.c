@@ -624,8 +624,8 @@ static int parse_table(struct cur *cp, struct mr_trailer *t, unsigned flags, str
 			    "%u trailer block records do not fit the table", n_blocks);
 	/* A stream lists no more: the records' memory is bounded, whatever the table holds. */
 	if (n_blocks > MR_MAX_BLOCKS)
-		return fail(err, -EBADMSG, toff + 20, NULL,
-			    "%u trailer block records (at most %u)", n_blocks, MR_MAX_BLOCKS);
+		return fail(err, -EBADMSG, toff + 20, NULL, "%u trailer block records (at most %u)",
+			    n_blocks, MR_MAX_BLOCKS);
 
 	if (n_blocks) {
 		t->blocks = calloc(n_blocks, sizeof(*t->blocks));

@@ -21,6 +21,7 @@
 #include "layout.h"
 #include "reader.h"
 #include "stream.h"
+#include "vmdesc.h"
 
 /* ---- in-memory source ---- */
 
@@ -1160,8 +1161,9 @@ static void build_claim(uint64_t length, struct mr_buf *head, struct mr_buf *tai
 	mr_buf_u8(tail, MR_SEC_EOF);
 	assert_int_equal(head->err, 0);
 	assert_int_equal(tail->err, 0);
-	*sp = (struct sparse){ head->data, head->len, tail->data, l.next_off, tail->len,
-			       l.next_off + tail->len, 0 };
+	*sp = (struct sparse){ head->data, head->len, tail->data,
+			       l.next_off, tail->len, l.next_off + tail->len,
+			       0 };
 }
 
 static void test_bounded_bitmaps(void **state)
@@ -1288,8 +1290,7 @@ static void test_tail_parse(void **state)
 		len2 = s2.b.len - s2.eos_off;
 		mr_buf_u8(&s2.b, 0);
 		assert_int_equal(tail_parse(s2.b.data + s2.eos_off, len2, &id, &err), 0);
-		assert_int_equal(tail_parse(s2.b.data + s2.eos_off, len2 + 1, &id, &err),
-				 -EBADMSG);
+		assert_int_equal(tail_parse(s2.b.data + s2.eos_off, len2 + 1, &id, &err), -EBADMSG);
 		assert_int_equal(err.off, len2);
 		assert_non_null(strstr(err.msg, "1 bytes after the end of the stream"));
 		built_free(&s2);
@@ -1315,6 +1316,40 @@ static void test_tail_parse(void **state)
 
 	free(t);
 	built_free(&s);
+}
+
+/* A VM description is refused before json-c builds more than 262144 values. */
+static void test_vmdesc_values(void **state)
+{
+	const size_t max = 256u << 10;
+	struct mr_buf b = MR_BUF_INIT;
+	struct mr_vmdesc *d = NULL;
+
+	(void)state;
+	/* The top level, "{", ":", "[", ",", ":", "[" and one per comma: max exactly. */
+	mr_buf_printf(&b, "{\"devices\": [], \"x\": [");
+	for (size_t i = 0; i < max - 7; i++)
+		mr_buf_printf(&b, "0,");
+	mr_buf_printf(&b, "0]}");
+	assert_int_equal(b.err, 0);
+	assert_int_equal(mr_vmdesc_parse((const char *)b.data, b.len, &d), 0);
+	mr_vmdesc_free(d);
+	d = NULL;
+	b.len -= 2;
+	mr_buf_printf(&b, ",0]}");
+	assert_int_equal(mr_vmdesc_parse((const char *)b.data, b.len, &d), -E2BIG);
+	assert_null(d);
+
+	/* Commas, colons and brackets inside strings (escaped quotes too) are not values. */
+	mr_buf_reset(&b);
+	mr_buf_printf(&b, "{\"devices\": [], \"s\": \"\\\"");
+	for (size_t i = 0; i < max; i++)
+		mr_buf_printf(&b, ",:[{");
+	mr_buf_printf(&b, "\"}");
+	assert_int_equal(b.err, 0);
+	assert_int_equal(mr_vmdesc_parse((const char *)b.data, b.len, &d), 0);
+	mr_vmdesc_free(d);
+	mr_buf_free(&b);
 }
 
 static void test_find_vmdesc(void **state)
@@ -1540,7 +1575,7 @@ int main(void)
 		cmocka_unit_test(test_ram_flags),    cmocka_unit_test(test_device_sections),
 		cmocka_unit_test(test_pread_error),  cmocka_unit_test(test_find_vmdesc),
 		cmocka_unit_test(test_mutations),    cmocka_unit_test(test_bounded_bitmaps),
-		cmocka_unit_test(test_tail_parse),
+		cmocka_unit_test(test_tail_parse),   cmocka_unit_test(test_vmdesc_values),
 	};
 
 	return cmocka_run_group_tests_name("reader", reader_tests, NULL, NULL);

@@ -894,8 +894,7 @@ static void test_lazy_hashes(void **state)
 	fixture_init(&f, 4096);
 	src = (struct mr_src){ mem_pread, &f.mf, f.len };
 	assert_int_equal(mr_trailer_parse(&src, f.len, &full, &err), 0);
-	assert_int_equal(mr_trailer_parse_flags(&src, f.len, MR_TRAILER_NO_HASHES, &lazy, &err),
-			 0);
+	assert_int_equal(mr_trailer_parse_flags(&src, f.len, MR_TRAILER_NO_HASHES, &lazy, &err), 0);
 	assert_int_equal(lazy->n_blocks, 2);
 	for (size_t i = 0; i < lazy->n_blocks; i++) {
 		struct mr_trailer_block *b = &lazy->blocks[i];
@@ -903,8 +902,7 @@ static void test_lazy_hashes(void **state)
 		assert_null(b->chunk_hashes);
 		assert_int_equal(b->hashes_off, full->blocks[i].hashes_off);
 		assert_int_equal(mr_trailer_load_hashes(&src, b, &err), 0);
-		assert_memory_equal(b->chunk_hashes, full->blocks[i].chunk_hashes,
-				    b->n_chunks * 8);
+		assert_memory_equal(b->chunk_hashes, full->blocks[i].chunk_hashes, b->n_chunks * 8);
 		/* Loaded once. */
 		assert_int_equal(mr_trailer_load_hashes(&src, b, &err), 0);
 	}
