@@ -447,6 +447,12 @@ static int take_err(const struct cur *c)
 	return c->err ? c->err : -ENODATA;
 }
 
+/* What a failed take() means, for the message. */
+static const char *take_what(const struct cur *c)
+{
+	return c->err ? "unreadable" : "truncated";
+}
+
 static int cmp_block_name(const void *a, const void *b)
 {
 	const struct mr_trailer_block *const *x = a, *const *y = b;
@@ -502,14 +508,15 @@ static int parse_block(struct cur *c, const struct mr_trailer *t, struct mr_trai
 	blk->record_off = c->off;
 	p = take(c, 1);
 	if (!p)
-		return fail(err, take_err(c), c->off, NULL, "trailer block record truncated");
+		return fail(err, take_err(c), c->off, NULL, "trailer block record %s",
+			    take_what(c));
 	n = p[0];
 	if (!n)
 		return fail(err, -EBADMSG, blk->record_off, NULL, "empty block name in trailer");
 	p = take(c, n);
 	if (!p)
-		return fail(err, take_err(c), blk->record_off, NULL,
-			    "trailer block name truncated");
+		return fail(err, take_err(c), blk->record_off, NULL, "trailer block name %s",
+			    take_what(c));
 	if (memchr(p, 0, n))
 		return fail(err, -EBADMSG, blk->record_off, NULL, "NUL in trailer block name");
 	memcpy(blk->name, p, n);
@@ -517,8 +524,8 @@ static int parse_block(struct cur *c, const struct mr_trailer *t, struct mr_trai
 
 	p = take(c, REC_FIXED);
 	if (!p)
-		return fail(err, take_err(c), blk->record_off, blk->name,
-			    "trailer block record truncated");
+		return fail(err, take_err(c), blk->record_off, blk->name, "trailer block record %s",
+			    take_what(c));
 	blk->length = mr_get_be64(p);
 	blk->bitmap_offset = mr_get_be64(p + 8);
 	blk->pages_offset = mr_get_be64(p + 16);
@@ -573,7 +580,7 @@ static int load_hashes(struct cur *c, struct mr_trailer_block *blk, struct mr_er
 		if (!p) {
 			free(h);
 			return fail(err, take_err(c), blk->record_off, blk->name,
-				    "trailer chunk hashes truncated");
+				    "trailer chunk hashes %s", take_what(c));
 		}
 		for (uint64_t j = 0; j < k; j++)
 			h[i + j] = mr_get_be64(p + j * 8);
@@ -595,7 +602,8 @@ static int parse_table(struct cur *cp, struct mr_trailer *t, unsigned flags, str
 
 	p = take(&c, MR_TRAILER_TABLE_HDR);
 	if (!p)
-		return fail(err, take_err(&c), c.off, NULL, "trailer table header truncated");
+		return fail(err, take_err(&c), c.off, NULL, "trailer table header %s",
+			    take_what(&c));
 	t->stream_base = mr_get_be64(p);
 	t->stream_end = mr_get_be64(p + 8);
 	t->chunk_size = mr_get_be32(p + 16);
