@@ -26,8 +26,14 @@ int mr_align_up(uint64_t v, uint64_t align, uint64_t *ret)
 int mr_layout_block(uint64_t entry_off, size_t name_len, uint64_t length, uint64_t align,
 		    struct mr_block_layout *ret)
 {
+	return mr_layout_block_room(entry_off, name_len, length, align, 0, ret);
+}
+
+int mr_layout_block_room(uint64_t entry_off, size_t name_len, uint64_t length, uint64_t align,
+			 uint64_t room, struct mr_block_layout *ret)
+{
 	struct mr_block_layout l;
-	uint64_t bitmap_end;
+	uint64_t bitmap_end, min_pages;
 	int r;
 
 	if (name_len > MR_NAME_MAX || (length % MR_PAGE_SIZE) || align < MR_PAGE_SIZE)
@@ -39,9 +45,10 @@ int mr_layout_block(uint64_t entry_off, size_t name_len, uint64_t length, uint64
 	    __builtin_add_overflow(l.hdr_off, MR_RAM_HDR_SIZE, &l.bitmap_off))
 		return -EOVERFLOW;
 	l.bitmap_size = mr_bitmap_bytes(length / MR_PAGE_SIZE);
-	if (__builtin_add_overflow(l.bitmap_off, l.bitmap_size, &bitmap_end))
+	if (__builtin_add_overflow(l.bitmap_off, l.bitmap_size, &bitmap_end) ||
+	    __builtin_add_overflow(bitmap_end, room, &min_pages))
 		return -EOVERFLOW;
-	r = mr_align_up(bitmap_end, align, &l.pages_off);
+	r = mr_align_up(min_pages, align, &l.pages_off);
 	if (r < 0)
 		return r;
 	if (__builtin_add_overflow(l.pages_off, length, &l.next_off))

@@ -43,6 +43,14 @@ int mr_align_up(uint64_t v, uint64_t align, uint64_t *ret);
 int mr_layout_block(uint64_t entry_off, size_t name_len, uint64_t length, uint64_t align,
 		    struct mr_block_layout *ret);
 
+/*
+ * As mr_layout_block(), with at least `room` bytes of padding between the
+ * bitmap and the page region (snapsave's marker); the region then moves on by
+ * one alignment step when QEMU's layout would leave less.
+ */
+int mr_layout_block_room(uint64_t entry_off, size_t name_len, uint64_t length, uint64_t align,
+			 uint64_t room, struct mr_block_layout *ret);
+
 /* Bitmap of host 64-bit words, bit i of word i/64 = page i (LSB first). */
 static inline bool mr_bit_test(const uint64_t *map, uint64_t i)
 {

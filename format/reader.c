@@ -14,9 +14,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define CUR_BUF	     65536u
-#define VMDESC_SCAN  (16u << 20) /* how far back from the end a VM description may start */
-#define MAX_SECTIONS 100000u
+#define CUR_BUF	      65536u
+#define VMDESC_SCAN   (16u << 20) /* how far back from the end a VM description may start */
+#define MAX_SECTIONS  100000u
+#define BITMAP_WINDOW (64u << 10) /* bytes of bitmap read at a time */
 
 struct cur {
 	const struct mr_src *src;
@@ -37,6 +38,31 @@ struct parser {
 	size_t cap_blocks;
 };
 
+static int vfail_err(struct mr_err *err, int code, uint64_t off, const char *block, const char *fmt,
+		     va_list ap)
+{
+	if (!err)
+		return code;
+	err->off = off;
+	snprintf(err->block, sizeof(err->block), "%s", block ? block : "");
+	vsnprintf(err->msg, sizeof(err->msg), fmt, ap);
+	return code;
+}
+
+static int fail_err(struct mr_err *err, int code, uint64_t off, const char *block, const char *fmt,
+		    ...) __attribute__((format(printf, 5, 6)));
+
+static int fail_err(struct mr_err *err, int code, uint64_t off, const char *block, const char *fmt,
+		    ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vfail_err(err, code, off, block, fmt, ap);
+	va_end(ap);
+	return code;
+}
+
 static int fail(struct parser *p, int code, uint64_t off, const char *block, const char *fmt, ...)
 	__attribute__((format(printf, 5, 6)));
 
@@ -44,12 +70,8 @@ static int fail(struct parser *p, int code, uint64_t off, const char *block, con
 {
 	va_list ap;
 
-	if (!p->err)
-		return code;
-	p->err->off = off;
-	snprintf(p->err->block, sizeof(p->err->block), "%s", block ? block : "");
 	va_start(ap, fmt);
-	vsnprintf(p->err->msg, sizeof(p->err->msg), fmt, ap);
+	vfail_err(p->err, code, off, block, fmt, ap);
 	va_end(ap);
 	return code;
 }
@@ -402,34 +424,83 @@ static int parse_block(struct parser *p, uint64_t *remaining)
 			    (unsigned long long)b->hdr.bitmap_offset,
 			    (unsigned long long)b->bitmap_size, (unsigned long long)p->c.src->size);
 
-	if (!(p->flags & MR_PARSE_NO_BITMAPS) && b->bitmap_size) {
-		uint8_t *raw = malloc(b->bitmap_size);
-
-		b->bitmap = malloc(b->bitmap_size);
-		if (!raw || !b->bitmap) {
-			free(raw);
-			return fail(p, -ENOMEM, b->hdr.bitmap_offset, b->name,
-				    "out of memory for a 0x%llx-byte bitmap",
-				    (unsigned long long)b->bitmap_size);
-		}
-		long n = p->c.src->pread(p->c.src->ctx, raw, b->bitmap_size, b->hdr.bitmap_offset);
-
-		if (n < 0 || (uint64_t)n != b->bitmap_size) {
-			free(raw);
-			r = n < 0 ? (int)n : -ENODATA;
-			return fail(p, r, b->hdr.bitmap_offset, b->name, "bitmap %s", rd_what(r));
-		}
-		mr_bitmap_from_file(raw, b->bitmap_size / 8, b->bitmap);
-		free(raw);
-		if (!mr_bitmap_tail_clear(b->bitmap, b->num_pages))
-			return fail(p, -EBADMSG, b->hdr.bitmap_offset, b->name,
-				    "bitmap marks pages past the end of the block");
-		b->present = mr_bitmap_count(b->bitmap, b->num_pages);
+	if (!(p->flags & MR_PARSE_NO_BITMAPS)) {
+		r = mr_block_load_bitmap(p->c.src, b, !(p->flags & MR_PARSE_COUNT_BITMAPS), p->err);
+		if (r)
+			return r;
 	}
 	*remaining -= b->length;
 	c->off = end;
 	img->n_blocks++;
 	return 0;
+}
+
+/*
+ * Reads a bitmap in fixed windows: memory is the window, plus the bitmap
+ * itself only when it is kept. A claimed length sizes nothing before the
+ * bitmap is known to lie inside the source, and counting a 512 MiB bitmap
+ * (a 16 TiB block) costs 64 KiB.
+ */
+int mr_block_load_bitmap(const struct mr_src *src, struct mr_block_info *b, bool keep,
+			 struct mr_err *err)
+{
+	const uint64_t win_words = BITMAP_WINDOW / 8, words = b->bitmap_size / 8;
+	uint64_t end, present = 0;
+	uint64_t *map = NULL, *tmp = NULL;
+	uint8_t *raw = NULL;
+	int r = 0;
+
+	b->present = 0;
+	if (__builtin_add_overflow(b->hdr.bitmap_offset, b->bitmap_size, &end) || end > src->size)
+		return fail_err(err, -EOVERFLOW, b->hdr.bitmap_offset, b->name,
+				"bitmap 0x%llx+0x%llx extends past the end of the stream (0x%llx)",
+				(unsigned long long)b->hdr.bitmap_offset,
+				(unsigned long long)b->bitmap_size, (unsigned long long)src->size);
+	if (!words)
+		return 0;
+	raw = malloc(BITMAP_WINDOW);
+	if (keep)
+		map = malloc(b->bitmap_size);
+	else
+		tmp = malloc(BITMAP_WINDOW);
+	if (!raw || (keep ? !map : !tmp)) {
+		r = fail_err(err, -ENOMEM, b->hdr.bitmap_offset, b->name,
+			     "out of memory for a 0x%llx-byte bitmap",
+			     (unsigned long long)(keep ? b->bitmap_size : BITMAP_WINDOW));
+		goto out;
+	}
+	for (uint64_t w = 0; w < words; w += win_words) {
+		uint64_t n = words - w < win_words ? words - w : win_words;
+		uint64_t off = b->hdr.bitmap_offset + w * 8;
+		uint64_t *dst = keep ? map + w : tmp;
+		uint64_t bits = b->num_pages - w * 64 < n * 64 ? b->num_pages - w * 64 : n * 64;
+		long got = src->pread(src->ctx, raw, (size_t)(n * 8), off);
+
+		if (got < 0 || (uint64_t)got != n * 8) {
+			r = got < 0 ? (int)got : -ENODATA;
+			r = fail_err(err, r, off, b->name, "bitmap %s", rd_what(r));
+			goto out;
+		}
+		mr_bitmap_from_file(raw, n, dst);
+		/* Only the last window holds bits past the block. */
+		if (w + n == words && !mr_bitmap_tail_clear(dst, bits)) {
+			r = fail_err(err, -EBADMSG, b->hdr.bitmap_offset, b->name,
+				     "bitmap marks pages past the end of the block");
+			goto out;
+		}
+		present += mr_bitmap_count(dst, bits);
+	}
+	b->present = present;
+	if (keep) {
+		free(b->bitmap);
+		b->bitmap = map;
+		map = NULL;
+	}
+out:
+	free(map);
+	free(tmp);
+	free(raw);
+	return r;
 }
 
 /* Reads be64 words of a RAM section part up to EOS; only MEM_SIZE and EOS are valid. */
@@ -468,7 +539,7 @@ static int parse_ram_words(struct parser *p, uint64_t sec_off, bool start)
 				size_t cap = p->cap_blocks ? p->cap_blocks * 2 : 16;
 				struct mr_block_info *nb;
 
-				if (img->n_blocks >= 65536)
+				if (img->n_blocks >= MR_MAX_BLOCKS)
 					return fail(p, -EBADMSG, c->off, NULL,
 						    "too many RAM blocks");
 				nb = realloc(img->blocks, cap * sizeof(*nb));
@@ -498,7 +569,7 @@ static int parse_ram_words(struct parser *p, uint64_t sec_off, bool start)
 			}
 			if (remaining == before) {
 				/* A zero-length block: allowed, but guard against a loop. */
-				if (img->n_blocks >= 65536)
+				if (img->n_blocks >= MR_MAX_BLOCKS)
 					return fail(p, -EBADMSG, c->off, NULL,
 						    "too many RAM blocks");
 			}
@@ -569,11 +640,11 @@ static unsigned section_nth(const struct mr_image *img, const struct mr_section_
 	return n;
 }
 
-static int parse_sections(struct parser *p)
+/* Walks sections up to EOF and the optional VM description; ram_seen for a raw tail. */
+static int parse_sections(struct parser *p, bool ram_seen)
 {
 	struct mr_image *img = p->img;
 	struct cur *c = &p->c;
-	bool ram_seen = false;
 	int r;
 
 	for (;;) {
@@ -669,7 +740,8 @@ static int parse_sections(struct parser *p)
 					return fail_sec(p, -EPROTONOSUPPORT, off, s->idstr,
 							"cannot size device section (no usable VM "
 							"description: %s)",
-							strerror(-r));
+							r == -E2BIG ? "too many values"
+								    : strerror(-r));
 				r = mr_vmdesc_section_size(p->vmdesc, s->idstr, s->instance,
 							   section_nth(img, s), &body);
 				if (r)
@@ -748,21 +820,20 @@ static int parse_sections(struct parser *p)
 	return 0;
 }
 
-int mr_image_parse(const struct mr_src *src, uint64_t base, unsigned flags,
-		   struct mr_image **ret_img, struct mr_err *err)
+static struct parser *parser_new(const struct mr_src *src, uint64_t base, unsigned flags,
+				 struct mr_err *err)
 {
 	struct parser *p;
-	int r;
 
 	if (err)
 		memset(err, 0, sizeof(*err));
 	p = calloc(1, sizeof(*p));
 	if (!p)
-		return -ENOMEM;
+		return NULL;
 	p->img = calloc(1, sizeof(*p->img));
 	if (!p->img) {
 		free(p);
-		return -ENOMEM;
+		return NULL;
 	}
 	p->c.src = src;
 	p->c.off = base;
@@ -770,20 +841,78 @@ int mr_image_parse(const struct mr_src *src, uint64_t base, unsigned flags,
 	p->flags = flags;
 	p->img->base = base;
 	p->img->file_size = src->size;
+	return p;
+}
+
+/* Frees the parser; hands the image to *ret_img on success, frees it otherwise. */
+static int parser_finish(struct parser *p, int r, struct mr_image **ret_img)
+{
+	mr_vmdesc_free(p->vmdesc);
+	if (r || !ret_img)
+		mr_image_free(p->img);
+	else
+		*ret_img = p->img;
+	free(p);
+	return r;
+}
+
+int mr_image_parse(const struct mr_src *src, uint64_t base, unsigned flags,
+		   struct mr_image **ret_img, struct mr_err *err)
+{
+	struct parser *p = parser_new(src, base, flags, err);
+	int r;
+
+	if (!p)
+		return -ENOMEM;
 	if (base >= src->size)
 		r = fail(p, -ENODATA, base, NULL,
 			 "stream offset is at or past the end of the file");
 	else
 		r = parse_header(p);
 	if (!r)
-		r = parse_sections(p);
-	mr_vmdesc_free(p->vmdesc);
-	if (r)
-		mr_image_free(p->img);
-	else
-		*ret_img = p->img;
-	free(p);
-	return r;
+		r = parse_sections(p, false);
+	return parser_finish(p, r, ret_img);
+}
+
+int mr_tail_parse(const struct mr_src *src, uint32_t *ret_ram_id, struct mr_err *err)
+{
+	struct parser *p = parser_new(src, 0, MR_PARSE_NO_BITMAPS, err);
+	uint8_t head[MR_TAIL_HEAD_SIZE];
+	int r;
+
+	if (!p)
+		return -ENOMEM;
+	/* The RAM START's EOS word and footer: they name the RAM section id. */
+	r = cur_read(&p->c, head, sizeof(head));
+	if (r) {
+		r = fail(p, r, 0, NULL, "the tail is shorter than the RAM EOS word and footer");
+		goto out;
+	}
+	p->c.off = 0;
+	p->img->ram_id = mr_get_be32(head + 9);
+	if (mr_get_be64(head) != MR_RAM_EOS || head[8] != MR_SEC_FOOTER) {
+		r = fail(p, -EBADMSG, 0, NULL,
+			 "the tail does not start with the RAM EOS word and footer");
+		goto out;
+	}
+	if (!p->img->ram_id) {
+		r = fail(p, -EBADMSG, 9, NULL, "the tail names RAM section id 0");
+		goto out;
+	}
+	r = parse_ram_words(p, 0, false);
+	if (!r)
+		r = parse_footer(p, p->img->ram_id, MR_RAM_IDSTR);
+	if (!r)
+		r = parse_sections(p, true);
+	/* Whatever follows the stream would sit between it and the trailer. */
+	if (!r && p->img->stream_end != src->size)
+		r = fail(p, -EBADMSG, p->img->stream_end, NULL,
+			 "%llu bytes after the end of the stream",
+			 (unsigned long long)(src->size - p->img->stream_end));
+	if (!r && ret_ram_id)
+		*ret_ram_id = p->img->ram_id;
+out:
+	return parser_finish(p, r, NULL);
 }
 
 void mr_image_free(struct mr_image *img)

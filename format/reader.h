@@ -89,8 +89,13 @@ struct mr_image {
 	uint64_t stream_end; /* first byte after the stream */
 };
 
+/* Most RAM blocks a stream (and so a trailer) may list: bounds the memory they take. */
+#define MR_MAX_BLOCKS 65536u
+
 /* Flags for mr_image_parse(). */
 #define MR_PARSE_NO_BITMAPS 0x1u /* do not load the bitmaps (counts stay 0) */
+/* Read the bitmaps in windows to count pages and check them, keep none (bitmap NULL). */
+#define MR_PARSE_COUNT_BITMAPS 0x2u
 
 /*
  * Decodes the stream that starts at `base` in src. On success *ret_img is a
@@ -100,6 +105,29 @@ struct mr_image {
 int mr_image_parse(const struct mr_src *src, uint64_t base, unsigned flags,
 		   struct mr_image **ret_img, struct mr_err *err);
 void mr_image_free(struct mr_image *img);
+
+/*
+ * (Re)reads block b's bitmap from src in fixed-size windows: checks that it
+ * lies inside src and marks no page past the block, counts b->present, and
+ * when `keep` stores it in b->bitmap (owned by the image; bitmap_size bytes,
+ * the only allocation that grows with the block). Returns 0 or -errno with
+ * *err filled (if not NULL).
+ */
+int mr_block_load_bitmap(const struct mr_src *src, struct mr_block_info *b, bool keep,
+			 struct mr_err *err);
+
+/* Bytes at the start of a raw tail: the RAM EOS word and the RAM START's footer. */
+#define MR_TAIL_HEAD_SIZE 13u
+
+/*
+ * Decodes a raw stream tail (section 14 of docs/format.md: the bytes from the
+ * RAM EOS word after the last page region to the end of the stream) held in
+ * src at offset 0, exactly as mr_image_parse() decodes it inside a file: the
+ * EOS word and footer, then every section, EOF and an optional VM
+ * description, which must end at src->size. Stores the RAM section id the
+ * tail names. Returns 0 or -errno with *err (offsets relative to the tail).
+ */
+int mr_tail_parse(const struct mr_src *src, uint32_t *ret_ram_id, struct mr_err *err);
 
 /* True if the image lists capability `name`. */
 bool mr_image_has_cap(const struct mr_image *img, const char *name);

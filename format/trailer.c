@@ -13,10 +13,11 @@
 #define XXH_STATIC_LINKING_ONLY /* XXH3_state_t on the stack */
 #include <xxhash.h>
 
-#define PAGE	  MR_PAGE_SIZE
-#define REC_FIXED 40u /* be64 length, bitmap_offset, pages_offset, bitmap hash, n_chunks */
-#define REC_MIN	  (1u + 1u + REC_FIXED)
-#define READ_MAX  (1u << 30)
+#define PAGE	     MR_PAGE_SIZE
+#define REC_FIXED    40u /* be64 length, bitmap_offset, pages_offset, bitmap hash, n_chunks */
+#define REC_MIN	     (1u + 1u + REC_FIXED)
+#define READ_MAX     (1u << 30)
+#define TABLE_WINDOW (64u << 10) /* table bytes read at a time; a multiple of 8 */
 
 /* ---- hashing ---- */
 
@@ -401,23 +402,55 @@ static int read_exact(const struct mr_src *src, void *buf, size_t len, uint64_t 
 	return 0;
 }
 
-/* A cursor over the table bytes; off is the file offset of p. */
+/*
+ * A cursor over the table, read from the source in windows: a table length
+ * from the file sizes no allocation. off is the file offset of the next byte,
+ * left the table bytes after it.
+ */
 struct cur {
-	const uint8_t *p;
-	size_t left;
+	const struct mr_src *src;
 	uint64_t off;
+	uint64_t left;
+	uint8_t *buf; /* TABLE_WINDOW bytes */
+	uint64_t buf_off;
+	size_t buf_len;
+	int err; /* a read error, reported instead of "truncated" */
 };
 
+/* The next n (<= TABLE_WINDOW) table bytes, or NULL if the table ends first. */
 static const uint8_t *take(struct cur *c, size_t n)
 {
-	const uint8_t *p = c->p;
+	const uint8_t *p;
 
 	if (n > c->left)
 		return NULL;
-	c->p += n;
-	c->left -= n;
+	if (c->off < c->buf_off || c->off + n > c->buf_off + c->buf_len) {
+		size_t want = c->left < TABLE_WINDOW ? (size_t)c->left : TABLE_WINDOW;
+		int r = read_exact(c->src, c->buf, want, c->off);
+
+		if (r) {
+			c->err = r;
+			return NULL;
+		}
+		c->buf_off = c->off;
+		c->buf_len = want;
+	}
+	p = c->buf + (c->off - c->buf_off);
 	c->off += n;
+	c->left -= n;
 	return p;
+}
+
+/* The error for a failed take(): the read's, else a short table. */
+static int take_err(const struct cur *c)
+{
+	return c->err ? c->err : -ENODATA;
+}
+
+/* What a failed take() means, for the message. */
+static const char *take_what(const struct cur *c)
+{
+	return c->err ? "unreadable" : "truncated";
 }
 
 static int cmp_block_name(const void *a, const void *b)
@@ -462,8 +495,10 @@ static int check_unique(struct mr_trailer *t, struct mr_err *err)
 	return 0;
 }
 
+static int load_hashes(struct cur *c, struct mr_trailer_block *blk, struct mr_err *err);
+
 static int parse_block(struct cur *c, const struct mr_trailer *t, struct mr_trailer_block *blk,
-		       struct mr_err *err)
+		       unsigned flags, struct mr_err *err)
 {
 	uint64_t base = t->stream_base, end = t->stream_end;
 	const uint8_t *p;
@@ -473,13 +508,15 @@ static int parse_block(struct cur *c, const struct mr_trailer *t, struct mr_trai
 	blk->record_off = c->off;
 	p = take(c, 1);
 	if (!p)
-		return fail(err, -ENODATA, c->off, NULL, "trailer block record truncated");
+		return fail(err, take_err(c), c->off, NULL, "trailer block record %s",
+			    take_what(c));
 	n = p[0];
 	if (!n)
 		return fail(err, -EBADMSG, blk->record_off, NULL, "empty block name in trailer");
 	p = take(c, n);
 	if (!p)
-		return fail(err, -ENODATA, blk->record_off, NULL, "trailer block name truncated");
+		return fail(err, take_err(c), blk->record_off, NULL, "trailer block name %s",
+			    take_what(c));
 	if (memchr(p, 0, n))
 		return fail(err, -EBADMSG, blk->record_off, NULL, "NUL in trailer block name");
 	memcpy(blk->name, p, n);
@@ -487,8 +524,8 @@ static int parse_block(struct cur *c, const struct mr_trailer *t, struct mr_trai
 
 	p = take(c, REC_FIXED);
 	if (!p)
-		return fail(err, -ENODATA, blk->record_off, blk->name,
-			    "trailer block record truncated");
+		return fail(err, take_err(c), blk->record_off, blk->name, "trailer block record %s",
+			    take_what(c));
 	blk->length = mr_get_be64(p);
 	blk->bitmap_offset = mr_get_be64(p + 8);
 	blk->pages_offset = mr_get_be64(p + 16);
@@ -518,27 +555,55 @@ static int parse_block(struct cur *c, const struct mr_trailer *t, struct mr_trai
 		return fail(err, -ENODATA, blk->record_off, blk->name,
 			    "trailer chunk hashes truncated");
 
-	blk->chunk_hashes = calloc(blk->n_chunks ? blk->n_chunks : 1, sizeof(uint64_t));
-	if (!blk->chunk_hashes)
+	blk->hashes_off = c->off;
+	if (flags & MR_TRAILER_NO_HASHES) {
+		/* Hashed with the table already; loaded when a restore needs them. */
+		c->off += blk->n_chunks * 8;
+		c->left -= blk->n_chunks * 8;
+		return 0;
+	}
+	return load_hashes(c, blk, err);
+}
+
+/* Reads blk's n_chunks hashes at the cursor (at blk->hashes_off). */
+static int load_hashes(struct cur *c, struct mr_trailer_block *blk, struct mr_err *err)
+{
+	uint64_t *h = calloc(blk->n_chunks ? blk->n_chunks : 1, sizeof(uint64_t));
+
+	if (!h)
 		return fail(err, -ENOMEM, blk->record_off, blk->name, "out of memory");
-	p = take(c, (size_t)blk->n_chunks * 8);
-	for (uint64_t i = 0; i < blk->n_chunks; i++)
-		blk->chunk_hashes[i] = mr_get_be64(p + i * 8);
+	for (uint64_t i = 0; i < blk->n_chunks;) {
+		uint64_t k =
+			blk->n_chunks - i < TABLE_WINDOW / 8 ? blk->n_chunks - i : TABLE_WINDOW / 8;
+		const uint8_t *p = take(c, (size_t)k * 8);
+
+		if (!p) {
+			free(h);
+			return fail(err, take_err(c), blk->record_off, blk->name,
+				    "trailer chunk hashes %s", take_what(c));
+		}
+		for (uint64_t j = 0; j < k; j++)
+			h[i + j] = mr_get_be64(p + j * 8);
+		i += k;
+	}
+	free(blk->chunk_hashes);
+	blk->chunk_hashes = h;
 	return 0;
 }
 
-/* Parses the table bytes into t, whose footer fields are already set. */
-static int parse_table(const uint8_t *tab, struct mr_trailer *t, struct mr_err *err)
+/* Parses the table (read through c) into t, whose footer fields are already set. */
+static int parse_table(struct cur *cp, struct mr_trailer *t, unsigned flags, struct mr_err *err)
 {
 	uint64_t toff = t->table_offset;
-	struct cur c = { tab, (size_t)t->table_length, toff };
+	struct cur c = *cp;
 	const uint8_t *p;
 	uint32_t n_blocks;
 	int r;
 
 	p = take(&c, MR_TRAILER_TABLE_HDR);
 	if (!p)
-		return fail(err, -ENODATA, c.off, NULL, "trailer table header truncated");
+		return fail(err, take_err(&c), c.off, NULL, "trailer table header %s",
+			    take_what(&c));
 	t->stream_base = mr_get_be64(p);
 	t->stream_end = mr_get_be64(p + 8);
 	t->chunk_size = mr_get_be32(p + 16);
@@ -565,6 +630,10 @@ static int parse_table(const uint8_t *tab, struct mr_trailer *t, struct mr_err *
 	if (n_blocks > c.left / REC_MIN)
 		return fail(err, -ENODATA, toff + 20, NULL,
 			    "%u trailer block records do not fit the table", n_blocks);
+	/* A stream lists no more: the records' memory is bounded, whatever the table holds. */
+	if (n_blocks > MR_MAX_BLOCKS)
+		return fail(err, -EBADMSG, toff + 20, NULL, "%u trailer block records (at most %u)",
+			    n_blocks, MR_MAX_BLOCKS);
 
 	if (n_blocks) {
 		t->blocks = calloc(n_blocks, sizeof(*t->blocks));
@@ -572,25 +641,52 @@ static int parse_table(const uint8_t *tab, struct mr_trailer *t, struct mr_err *
 			return fail(err, -ENOMEM, toff, NULL, "out of memory");
 	}
 	for (uint32_t i = 0; i < n_blocks; i++) {
-		r = parse_block(&c, t, &t->blocks[i], err);
+		r = parse_block(&c, t, &t->blocks[i], flags, err);
 		/* Count the block first so mr_trailer_free() releases its hashes. */
 		t->n_blocks++;
 		if (r < 0)
 			return r;
 	}
 	if (c.left)
-		return fail(err, -EBADMSG, c.off, NULL, "%zu stray bytes after the trailer blocks",
-			    c.left);
+		return fail(err, -EBADMSG, c.off, NULL, "%llu stray bytes after the trailer blocks",
+			    (unsigned long long)c.left);
 	return check_unique(t, err);
+}
+
+/* XXH3-64 of [off, off+len) of src, read in windows of buf (TABLE_WINDOW bytes). */
+static int hash_range(const struct mr_src *src, uint64_t off, uint64_t len, uint8_t *buf,
+		      uint64_t *ret)
+{
+	XXH3_state_t st;
+
+	XXH3_64bits_reset(&st);
+	while (len) {
+		size_t n = len < TABLE_WINDOW ? (size_t)len : TABLE_WINDOW;
+		int r = read_exact(src, buf, n, off);
+
+		if (r)
+			return r;
+		XXH3_64bits_update(&st, buf, n);
+		off += n;
+		len -= n;
+	}
+	*ret = XXH3_64bits_digest(&st);
+	return 0;
 }
 
 int mr_trailer_parse(const struct mr_src *src, uint64_t file_size, struct mr_trailer **ret,
 		     struct mr_err *err)
 {
+	return mr_trailer_parse_flags(src, file_size, 0, ret, err);
+}
+
+int mr_trailer_parse_flags(const struct mr_src *src, uint64_t file_size, unsigned flags,
+			   struct mr_trailer **ret, struct mr_err *err)
+{
 	uint8_t foot[MR_TRAILER_FOOTER_SIZE];
-	uint64_t foot_off, table_end;
+	uint64_t foot_off, table_end, h = 0;
 	struct mr_trailer *t;
-	uint8_t *tab;
+	struct cur c = { .src = src };
 	int r;
 
 	if (file_size < MR_TRAILER_FOOTER_SIZE)
@@ -629,7 +725,7 @@ int mr_trailer_parse(const struct mr_src *src, uint64_t file_size, struct mr_tra
 		goto free_trailer;
 	}
 	if (__builtin_add_overflow(t->table_offset, t->table_length, &table_end) ||
-	    table_end > foot_off || t->table_length > SIZE_MAX) {
+	    table_end > foot_off) {
 		r = fail(err, -EOVERFLOW, foot_off + 16, NULL,
 			 "trailer table %#llx+%#llx outside the file",
 			 (unsigned long long)t->table_offset, (unsigned long long)t->table_length);
@@ -641,32 +737,91 @@ int mr_trailer_parse(const struct mr_src *src, uint64_t file_size, struct mr_tra
 		goto free_trailer;
 	}
 
-	tab = malloc(t->table_length ? (size_t)t->table_length : 1);
-	if (!tab) {
+	/* The whole table is hashed before any of it is believed or sized. */
+	c.buf = malloc(TABLE_WINDOW);
+	if (!c.buf) {
 		r = fail(err, -ENOMEM, t->table_offset, NULL, "out of memory");
 		goto free_trailer;
 	}
-	r = read_exact(src, tab, (size_t)t->table_length, t->table_offset);
+	r = hash_range(src, t->table_offset, t->table_length, c.buf, &h);
 	if (r < 0) {
 		r = fail(err, r, t->table_offset, NULL, "cannot read the trailer table");
-		goto free_table;
+		goto free_trailer;
 	}
-	if (mr_get_be64(foot + 32) != XXH3_64bits(tab, (size_t)t->table_length)) {
+	if (mr_get_be64(foot + 32) != h) {
 		r = fail(err, -EBADMSG, t->table_offset, NULL, "trailer table checksum mismatch");
-		goto free_table;
+		goto free_trailer;
 	}
-	r = parse_table(tab, t, err);
+	c.off = t->table_offset;
+	c.left = t->table_length;
+	r = parse_table(&c, t, flags, err);
 	if (r < 0)
-		goto free_table;
-	free(tab);
+		goto free_trailer;
+	free(c.buf);
 	*ret = t;
 	return 0;
 
-free_table:
-	free(tab);
 free_trailer:
+	free(c.buf);
 	mr_trailer_free(t);
 	return r;
+}
+
+int mr_trailer_load_hashes(const struct mr_src *src, struct mr_trailer_block *blk,
+			   struct mr_err *err)
+{
+	struct cur c = { .src = src, .off = blk->hashes_off, .left = blk->n_chunks * 8 };
+	int r;
+
+	if (blk->chunk_hashes)
+		return 0;
+	c.buf = malloc(TABLE_WINDOW);
+	if (!c.buf)
+		return fail(err, -ENOMEM, blk->record_off, blk->name, "out of memory");
+	r = load_hashes(&c, blk, err);
+	free(c.buf);
+	return r;
+}
+
+int mr_trailer_locate(const struct mr_src *src, uint64_t table_offset, uint64_t file_size,
+		      uint64_t *ret_end)
+{
+	uint8_t h[MR_TRAILER_TABLE_HDR], rec[1 + MR_NAME_MAX + REC_FIXED];
+	uint64_t off = table_offset + MR_TRAILER_TABLE_HDR;
+	uint32_t n_blocks;
+	int r;
+
+	if (table_offset > file_size || file_size - table_offset < MR_TRAILER_TABLE_HDR)
+		return -ENOENT;
+	r = read_exact(src, h, sizeof(h), table_offset);
+	if (r)
+		return r == -ENODATA ? -ENOENT : r;
+	/* The table names the stream end it follows. */
+	n_blocks = mr_get_be32(h + 20);
+	if (mr_get_be64(h + 8) != table_offset || n_blocks > MR_MAX_BLOCKS)
+		return -ENOENT;
+	for (uint32_t i = 0; i < n_blocks; i++) {
+		uint64_t len, n;
+
+		if (off >= file_size)
+			return -ENOENT;
+		len = file_size - off < sizeof(rec) ? file_size - off : sizeof(rec);
+		r = read_exact(src, rec, (size_t)len, off);
+		if (r)
+			return r == -ENODATA ? -ENOENT : r;
+		n = rec[0];
+		if (len < 1 + n + REC_FIXED)
+			return -ENOENT;
+		/* name length byte, name, five be64 fields, then n_chunks hashes */
+		n = mr_get_be64(rec + 1 + n + 32);
+		if (n > file_size / 8 ||
+		    __builtin_add_overflow(off, 1 + (uint64_t)rec[0] + REC_FIXED + n * 8, &off))
+			return -ENOENT;
+	}
+	if (__builtin_add_overflow(off, MR_TRAILER_FOOTER_SIZE, &off) || off > file_size)
+		return -ENOENT;
+	*ret_end = off;
+	return 0;
 }
 
 void mr_trailer_free(struct mr_trailer *t)

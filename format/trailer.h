@@ -193,7 +193,8 @@ struct mr_trailer_block {
 	uint64_t pages_offset;
 	uint64_t bitmap_hash;
 	uint64_t n_chunks;
-	uint64_t *chunk_hashes; /* n_chunks entries, owned by the trailer */
+	uint64_t hashes_off;	/* file offset of the first chunk hash */
+	uint64_t *chunk_hashes; /* n_chunks entries, owned by the trailer; NULL until loaded */
 };
 
 struct mr_trailer {
@@ -221,6 +222,34 @@ struct mr_trailer {
  */
 int mr_trailer_parse(const struct mr_src *src, uint64_t file_size, struct mr_trailer **ret,
 		     struct mr_err *err);
+
+/* Flags for mr_trailer_parse_flags(). */
+#define MR_TRAILER_NO_HASHES 0x1u /* check the table, keep no chunk hashes (chunk_hashes NULL) */
+
+/*
+ * As mr_trailer_parse(). The table is read in fixed windows: its hash is
+ * checked before any record is decoded, and memory grows only with the chunk
+ * hashes kept (none with MR_TRAILER_NO_HASHES).
+ */
+int mr_trailer_parse_flags(const struct mr_src *src, uint64_t file_size, unsigned flags,
+			   struct mr_trailer **ret, struct mr_err *err);
+
+/*
+ * Loads blk's chunk hashes (left out by MR_TRAILER_NO_HASHES) from src; does
+ * nothing if they are loaded. Returns 0 or -errno with *err filled.
+ */
+int mr_trailer_load_hashes(const struct mr_src *src, struct mr_trailer_block *blk,
+			   struct mr_err *err);
+
+/*
+ * Where the trailer of a table at table_offset (the stream's end) would end,
+ * from the sizes its records give (nothing is checked: mr_trailer_parse() on
+ * a file that ends there does that). Used to find a completion record with
+ * bytes appended after it. Returns 0 and that end (<= file_size), -ENOENT if
+ * the bytes there do not describe a table, or another -errno.
+ */
+int mr_trailer_locate(const struct mr_src *src, uint64_t table_offset, uint64_t file_size,
+		      uint64_t *ret_end);
 void mr_trailer_free(struct mr_trailer *t);
 
 /* The block named name, or NULL; a binary search. Valid as long as t. */

@@ -20,6 +20,15 @@
  */
 #define VMDESC_MAX_DEPTH 128
 
+/*
+ * json-c spends about 70 bytes per value, so a 16 MiB description of bare
+ * numbers took 580 MiB. Values are counted before parsing: QEMU 10's
+ * descriptions have about 150 per KiB (tests/data/vmdesc.json, 17 devices:
+ * 2204 in 14.6 KiB; a q35 guest's 51 KiB, about 8000), so this allows ~30
+ * times a q35 guest and bounds json-c's memory near 20 MiB.
+ */
+#define VMDESC_MAX_VALUES (256u << 10)
+
 /* idstr and subsection names travel behind a u8 length. */
 #define VMDESC_NAME_MAX 255
 
@@ -194,6 +203,32 @@ static int add_device(struct mr_vmdesc *d, json_object *dev)
 	return 0;
 }
 
+/*
+ * An upper bound of the number of values in a JSON text: one per '[', '{',
+ * ',' and ':' outside strings, plus the top-level one. Linear, no memory.
+ */
+static size_t count_values(const char *json, size_t len)
+{
+	size_t n = 1;
+	bool in_str = false;
+
+	for (size_t i = 0; i < len; i++) {
+		char c = json[i];
+
+		if (in_str) {
+			if (c == '\\')
+				i++;
+			else if (c == '"')
+				in_str = false;
+		} else if (c == '"') {
+			in_str = true;
+		} else if (c == '[' || c == '{' || c == ',' || c == ':') {
+			n++;
+		}
+	}
+	return n;
+}
+
 /* Parses all of json[0..len); trailing bytes after the value are an error. */
 static int parse_json(const char *json, size_t len, json_object **ret)
 {
@@ -205,6 +240,8 @@ static int parse_json(const char *json, size_t len, json_object **ret)
 	/* json-c would stop at a NUL and call the prefix a document. */
 	if (!len || memchr(json, '\0', len))
 		return -EBADMSG;
+	if (count_values(json, len) > VMDESC_MAX_VALUES)
+		return -E2BIG;
 	tok = json_tokener_new_ex(VMDESC_MAX_DEPTH);
 	if (!tok)
 		return -ENOMEM;

@@ -15,7 +15,9 @@ struct mr_vmdesc;
 /*
  * Parses `len` bytes of JSON (not NUL-terminated). Returns 0 and a new table
  * in *ret (free with mr_vmdesc_free), -EBADMSG if the JSON or its shape is
- * invalid, -EOVERFLOW if a size sum overflows, -ENOMEM.
+ * invalid, -E2BIG if it holds more than 262144 values (json-c's memory grows
+ * with them, about 70 bytes each), -EOVERFLOW if a size sum overflows,
+ * -ENOMEM.
  */
 int mr_vmdesc_parse(const char *json, size_t len, struct mr_vmdesc **ret);
 void mr_vmdesc_free(struct mr_vmdesc *d);

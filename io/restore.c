@@ -556,6 +556,9 @@ static int devstate_range(const struct mr_image *img, bool raw, uint64_t *off, u
 	return 0;
 }
 
+static int load_block(int fd, const struct snap_file *f, const struct mr_block_info *bi, bool check,
+		      struct snap_err *err);
+
 int snap_restore(const struct snap_restore_args *args, const struct snap_opts *opts,
 		 struct snap_stats *ret_stats, struct snap_err *err)
 {
@@ -601,7 +604,9 @@ int snap_restore(const struct snap_restore_args *args, const struct snap_opts *o
 				r = snap_fail(err, -EINVAL, "block '%s' given twice", d->name);
 				goto out;
 			}
-		r = plan_block(&c, &units_cap, i, f, bi, d, check, &total, err);
+		r = load_block(args->fd, f, bi, check, err);
+		if (!r)
+			r = plan_block(&c, &units_cap, i, f, bi, d, check, &total, err);
 		if (r)
 			goto out;
 	}
@@ -669,7 +674,10 @@ int snap_verify(int fd, int direct_fd, const struct snap_file *f, const struct s
 		goto out;
 	}
 	for (size_t i = 0; i < img->n_blocks; i++) {
-		r = plan_block(&c, &units_cap, i, f, &img->blocks[i], NULL, true, &total, err);
+		r = load_block(fd, f, &img->blocks[i], true, err);
+		if (!r)
+			r = plan_block(&c, &units_cap, i, f, &img->blocks[i], NULL, true, &total,
+				       err);
 		if (r)
 			goto out;
 	}
@@ -747,6 +755,77 @@ void snap_file_free(struct snap_file *f)
 	free(f);
 }
 
+/*
+ * A complete file with bytes appended after it: the completion record is not
+ * in the last 48 bytes but where the stream and its table say it ends. Looks
+ * there (the stream parsed without bitmaps, the table's record sizes) and
+ * parses the trailer as if the file ended at it. Returns 0 and the trailer's
+ * end, or -ENOENT.
+ */
+static int find_moved_trailer(struct mr_src *src, uint64_t offset, struct mr_trailer **ret,
+			      uint64_t *ret_end)
+{
+	struct mr_image *img = NULL;
+	uint64_t end;
+	int r;
+
+	r = mr_image_parse(src, offset, MR_PARSE_NO_BITMAPS, &img, NULL);
+	if (!r)
+		r = mr_trailer_locate(src, img->stream_end, src->size, &end);
+	if (!r && end >= src->size)
+		r = -ENOENT;
+	if (!r)
+		r = mr_trailer_parse_flags(src, end, MR_TRAILER_NO_HASHES, ret, NULL);
+	if (!r && ((*ret)->stream_base != offset || (*ret)->stream_end != img->stream_end)) {
+		mr_trailer_free(*ret);
+		*ret = NULL;
+		r = -ENOENT;
+	}
+	mr_image_free(img);
+	if (r)
+		return -ENOENT;
+	*ret_end = end;
+	return 0;
+}
+
+/* The source that restore and verify read bitmaps and chunk hashes through. */
+static struct mr_src file_src(const struct snap_file *f, int *fd)
+{
+	return (struct mr_src){ .pread = fd_pread,
+				.ctx = fd,
+				.size = f->trailer ? f->trailer->stream_end : f->file_size };
+}
+
+/*
+ * snap_inspect() keeps no bitmap and no chunk hash: their size follows a
+ * length the file claims. A restore or verify loads them for the blocks it
+ * reads, once each block's length has been matched with its destination.
+ */
+static int load_block(int fd, const struct snap_file *f, const struct mr_block_info *bi, bool check,
+		      struct snap_err *err)
+{
+	struct mr_src src = file_src(f, &fd);
+	struct mr_block_info *b = &f->img->blocks[bi - f->img->blocks];
+	struct mr_trailer_block *tb = NULL;
+	struct mr_err me;
+	int r = 0;
+
+	if (!b->bitmap)
+		r = mr_block_load_bitmap(&src, b, true, &me);
+	if (!r && check && f->trailer) {
+		const struct mr_trailer_block *t = mr_trailer_find_block(f->trailer, b->name);
+
+		if (t)
+			tb = &f->trailer->blocks[t - f->trailer->blocks];
+		if (tb)
+			r = mr_trailer_load_hashes(&src, tb, &me);
+	}
+	if (r)
+		return snap_fail(err, r, "offset 0x%llx: block '%s': %s",
+				 (unsigned long long)me.off, b->name, me.msg);
+	return 0;
+}
+
 int snap_inspect(int fd, uint64_t offset, struct snap_file **ret, struct snap_err *err)
 {
 	struct mr_src src = { .pread = fd_pread, .ctx = &fd };
@@ -776,7 +855,18 @@ int snap_inspect(int fd, uint64_t offset, struct snap_file **ret, struct snap_er
 	f->allocated = (uint64_t)st.st_blocks * 512;
 
 	/* The trailer first: it says where the stream ends. */
-	r = mr_trailer_parse(&src, src.size, &f->trailer, &me);
+	r = mr_trailer_parse_flags(&src, src.size, MR_TRAILER_NO_HASHES, &f->trailer, &me);
+	if (r == -ENOENT && me.off + MR_TRAILER_FOOTER_SIZE == src.size &&
+	    !strcmp(me.msg, "no snapmr trailer")) {
+		uint64_t end;
+
+		/* No footer magic at the end: is there a complete file before added bytes? */
+		if (!find_moved_trailer(&src, offset, &f->trailer, &end)) {
+			f->appended = src.size - end;
+			f->record_off = end - MR_TRAILER_FOOTER_SIZE;
+			r = 0;
+		}
+	}
 	if (!r && f->trailer->stream_base != offset) {
 		snprintf(f->trailer_msg, sizeof(f->trailer_msg),
 			 "the checksum table describes a stream at offset %llu, not %llu",
@@ -793,7 +883,8 @@ int snap_inspect(int fd, uint64_t offset, struct snap_file **ret, struct snap_er
 	if (f->trailer)
 		src.size = f->trailer->stream_end;
 
-	r = mr_image_parse(&src, offset, 0, &f->img, &me);
+	/* Bitmaps are counted in windows, not kept: see load_block(). */
+	r = mr_image_parse(&src, offset, MR_PARSE_COUNT_BITMAPS, &f->img, &me);
 	if (r) {
 		/* A save cut short ends inside its stream, with no completion record. */
 		const char *pre = r == -ENODATA && f->trailer_status == -ENOENT

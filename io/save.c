@@ -28,9 +28,10 @@
 #include <linux/magic.h>
 #include <xxhash.h>
 
-#define UNIT_PAGES 1024u /* 4 MiB of guest memory per work unit */
-#define SCAN_PAGES 64u	 /* 256 KiB pread window for the zero scan: stays in L2 */
-#define COPY_BUF   (1u << 20)
+#define UNIT_PAGES   1024u	/* 4 MiB of guest memory per work unit */
+#define MAX_RAW_TAIL (1u << 30) /* a raw tail is held in memory while it is checked */
+#define SCAN_PAGES   64u	/* 256 KiB pread window for the zero scan: stays in L2 */
+#define COPY_BUF     (1u << 20)
 
 const char *snap_version(void)
 {
@@ -457,26 +458,6 @@ static int64_t copy_stream(int in, int out, uint64_t off, XXH3_state_t *h, struc
 	return total;
 }
 
-static int read_exact(int fd, void *buf, size_t len)
-{
-	uint8_t *p = buf;
-
-	while (len) {
-		ssize_t n = read(fd, p, len);
-
-		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			return -errno;
-		}
-		if (n == 0)
-			return -ENODATA;
-		p += n;
-		len -= (size_t)n;
-	}
-	return 0;
-}
-
 static int check_args(const struct snap_save_args *a, struct snap_err *err)
 {
 	for (size_t i = 0; i < a->n_blocks; i++) {
@@ -520,7 +501,7 @@ struct save_run {
 	uint64_t meta;	  /* non-page bytes written */
 	uint64_t skipped; /* bytes of holes never scanned */
 	uint32_t ram_id;
-	uint8_t tail_head[13];
+	struct mr_buf tail; /* the raw tail (SNAP_DEVSTATE_RAW), checked before writing */
 	uint64_t devstate_off, devstate_len;
 	XXH3_state_t *dh;
 	bool engine_fallback;
@@ -566,8 +547,12 @@ static int write_head(struct save_run *s)
 		sb->b = &args->blocks[i];
 		sb->num_pages = sb->b->length / MR_PAGE_SIZE;
 		sb->how = source_scan(sb->b->fd);
-		r = mr_layout_block(off, strlen(sb->b->name), sb->b->length, MR_PAGES_ALIGN,
-				    &sb->l);
+		/*
+		 * The first block always has room for the marker: without it a
+		 * file that lost its trailer would pass for a QEMU file.
+		 */
+		r = mr_layout_block_room(off, strlen(sb->b->name), sb->b->length, MR_PAGES_ALIGN,
+					 i ? 0 : MR_SNAPMR_MARKER_LEN, &sb->l);
 		if (r)
 			return snap_fail(s->err, r, "block '%s': layout overflows at offset 0x%llx",
 					 sb->b->name, (unsigned long long)off);
@@ -720,17 +705,13 @@ static int write_tail(struct save_run *s)
 	mr_buf_reset(b);
 	if (args->devstate == SNAP_DEVSTATE_RAW) {
 		s->devstate_off = s->end;
-		XXH3_64bits_update(s->dh, s->tail_head, sizeof(s->tail_head));
-		r = write_at(s, s->tail_head, sizeof(s->tail_head), s->end, "the stream tail");
+		XXH3_64bits_update(s->dh, s->tail.data, s->tail.len);
+		r = write_at(s, s->tail.data, s->tail.len, s->end, "the stream tail");
 		if (r)
 			return r;
-		n = copy_stream(args->devstate_fd, args->fd, s->end + sizeof(s->tail_head), s->dh,
-				s->err, "raw device-state tail");
-		if (n < 0)
-			return (int)n;
-		s->devstate_len = (uint64_t)n + sizeof(s->tail_head);
-		s->meta += (uint64_t)n;
-		s->end += s->devstate_len;
+		s->devstate_len = s->tail.len;
+		s->meta += s->tail.len - MR_TAIL_HEAD_SIZE;
+		s->end += s->tail.len;
 		return 0;
 	}
 	mr_encode_ram_eos(b, s->ram_id);
@@ -813,6 +794,111 @@ static int write_trailer(struct save_run *s)
 	return 0;
 }
 
+static long mem_pread(void *ctx, void *buf, size_t len, uint64_t off)
+{
+	const struct mr_buf *b = ctx;
+	size_t n = off >= b->len ? 0 : b->len - off < len ? b->len - (size_t)off : len;
+
+	memcpy(buf, b->data + off, n);
+	return (long)n;
+}
+
+/*
+ * Reads the whole raw tail and decodes it exactly as the reader will inside
+ * the written file (mr_tail_parse()), before anything is written: a tail the
+ * reader cannot walk would make a file that neither --info nor --force reads.
+ * The RAM section id is the one its first footer names.
+ */
+static int read_raw_tail(struct save_run *s)
+{
+	uint8_t *buf = malloc(COPY_BUF);
+	struct mr_src src = { .pread = mem_pread, .ctx = &s->tail };
+	struct mr_err me;
+	int r = 0;
+
+	if (!buf)
+		return snap_fail(s->err, -ENOMEM, "out of memory");
+	for (;;) {
+		ssize_t n = read(s->args->devstate_fd, buf, COPY_BUF);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0) {
+			r = snap_fail(s->err, -errno, "reading the raw device-state tail: %s",
+				      strerror(errno));
+			break;
+		}
+		if (n == 0)
+			break;
+		if (s->tail.len + (size_t)n > MAX_RAW_TAIL) {
+			r = snap_fail(s->err, -EFBIG,
+				      "the raw device-state tail is larger than %u MiB",
+				      MAX_RAW_TAIL >> 20);
+			break;
+		}
+		mr_buf_put(&s->tail, buf, (size_t)n);
+		if (s->tail.err) {
+			r = snap_fail(s->err, s->tail.err, "out of memory for the raw tail");
+			break;
+		}
+	}
+	free(buf);
+	if (r)
+		return r;
+	src.size = s->tail.len;
+	r = mr_tail_parse(&src, &s->ram_id, &me);
+	if (r)
+		return snap_fail(s->err, r,
+				 "the raw device-state tail: offset 0x%llx in the tail%s%s: %s",
+				 (unsigned long long)me.off, me.section[0] ? ": section " : "",
+				 me.section, me.msg);
+	return 0;
+}
+
+/*
+ * Reads the written file back as snaprestore will (snap_inspect(): the
+ * stream's structure, every bitmap counted, the trailer) and requires it to
+ * be complete: whatever a save accepts but the reader refuses fails the save
+ * here instead of surfacing at restore time. Costs a parse of the records and
+ * bitmaps (32 KiB of bitmap per GiB), no page data.
+ */
+static int check_readback(struct save_run *s)
+{
+	const struct snap_save_args *args = s->args;
+	struct snap_file *f = NULL;
+	struct snap_err e;
+	char path[64];
+	int fd, r;
+
+	/* The output descriptor may be write-only: read through a new open of it. */
+	snprintf(path, sizeof(path), "/proc/self/fd/%d", args->fd);
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0) {
+		int fl = fcntl(args->fd, F_GETFL);
+
+		/*
+		 * A write-only descriptor to a file this process may not open
+		 * (a manager's fd, as another user) cannot be read back at all.
+		 */
+		if (fl >= 0 && (fl & O_ACCMODE) == O_WRONLY)
+			return 0;
+	}
+	r = snap_inspect(fd >= 0 ? fd : args->fd, args->offset, &f, &e);
+	if (fd >= 0)
+		close(fd);
+	if (r)
+		return snap_fail(s->err, -EIO, "the written file does not read back: %s", e.msg);
+	if (!f->trailer || f->appended || !f->marker || f->img->n_blocks != args->n_blocks)
+		r = snap_fail(s->err, -EIO, "the written file does not read back as complete: %s",
+			      !f->trailer
+				      ? f->trailer_msg[0] ? f->trailer_msg : "no completion record"
+			      : f->appended ? "bytes after the completion record"
+			      : !f->marker  ? "no snapmr marker"
+					    : "a different number of blocks");
+	snap_file_free(f);
+	return r;
+}
+
 int snap_save(const struct snap_save_args *args, const struct snap_opts *opts,
 	      struct snap_stats *ret_stats, struct snap_err *err)
 {
@@ -829,6 +915,7 @@ int snap_save(const struct snap_save_args *args, const struct snap_opts *opts,
 	memset(s.err, 0, sizeof(*s.err));
 	s.c.args = args;
 	s.b = (struct mr_buf)MR_BUF_INIT;
+	s.tail = (struct mr_buf)MR_BUF_INIT;
 	s.ram_id = MR_RAM_SECTION_ID;
 	r = check_args(args, s.err);
 	if (r)
@@ -840,20 +927,10 @@ int snap_save(const struct snap_save_args *args, const struct snap_opts *opts,
 		    (s.total & MR_RAM_FLAG_MASK))
 			return snap_fail(s.err, -EOVERFLOW, "total RAM size overflows");
 
-	/* A raw tail starts with the RAM EOS word and the footer naming the RAM section id. */
 	if (args->devstate == SNAP_DEVSTATE_RAW) {
-		r = read_exact(args->devstate_fd, s.tail_head, sizeof(s.tail_head));
+		r = read_raw_tail(&s);
 		if (r)
-			return snap_fail(s.err, r, "reading the raw device-state tail: %s",
-					 r == -ENODATA ? "shorter than 13 bytes" : strerror(-r));
-		if (mr_get_be64(s.tail_head) != MR_RAM_EOS || s.tail_head[8] != MR_SEC_FOOTER)
-			return snap_fail(
-				s.err, -EBADMSG,
-				"the raw device-state tail does not start with the RAM EOS "
-				"word and footer");
-		s.ram_id = mr_get_be32(s.tail_head + 9);
-		if (s.ram_id == 0)
-			return snap_fail(s.err, -EBADMSG, "the raw tail names RAM section id 0");
+			goto out;
 	}
 
 	/* Start from the offset, as QEMU does: nothing stale may survive past it. */
@@ -885,6 +962,8 @@ int snap_save(const struct snap_save_args *args, const struct snap_opts *opts,
 		r = write_trailer(&s);
 	if (!r)
 		r = sync_out(&s, "the completion record");
+	if (!r)
+		r = check_readback(&s);
 	if (r)
 		goto out;
 
@@ -911,5 +990,6 @@ out:
 	mr_trailer_builder_free(s.c.tb);
 	XXH3_freeState(s.dh);
 	mr_buf_free(&s.b);
+	mr_buf_free(&s.tail);
 	return r;
 }

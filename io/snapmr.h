@@ -120,15 +120,20 @@ struct snap_file {
 	int trailer_status;	    /* 0, -ENOENT (none), or why it is unusable */
 	char trailer_msg[512];	    /* the reason, when trailer_status is not 0 or -ENOENT */
 	bool marker;		    /* written by snapsave: a missing trailer means unfinished */
+	uint64_t appended;	    /* bytes after the completion record (0: it ends the file) */
+	uint64_t record_off;	    /* where that completion record is, when appended */
 	uint64_t file_size;
 	uint64_t allocated; /* bytes the file occupies on disk */
 };
 
 /*
- * Decodes the file behind fd (stream at `offset`) with bitmaps loaded, and
- * its trailer. A missing or bad trailer is not an error here: it is reported
- * in trailer_status for the caller's policy. The caller frees *ret with
- * snap_file_free().
+ * Decodes the file behind fd (stream at `offset`) and its trailer, in memory
+ * that does not grow with the lengths the file claims: bitmaps are counted
+ * (mr_block_info.present) but not kept, chunk hashes are checked but not
+ * kept; snap_restore() and snap_verify() load them for the blocks they read.
+ * A completion record followed by extra bytes is found where the stream and
+ * its table end (appended, record_off). A missing or bad trailer is not an error here: it is
+ * reported in trailer_status for the caller's policy. The caller frees *ret with snap_file_free().
  */
 int snap_inspect(int fd, uint64_t offset, struct snap_file **ret, struct snap_err *err);
 

@@ -252,6 +252,9 @@ static void print_info_text(const char *file, const struct snap_file *f)
 	if (f->trailer)
 		printf(" (%u-byte chunks, table at %#llx)", f->trailer->chunk_size,
 		       (unsigned long long)f->trailer->table_offset);
+	if (f->appended)
+		printf("; %llu bytes after the completion record at offset %#llx",
+		       (unsigned long long)f->appended, (unsigned long long)f->record_off);
 	else if (f->trailer_status != -ENOENT)
 		printf(" (%s)", f->trailer_msg);
 	printf("\n");
@@ -337,8 +340,9 @@ static void print_info_json(const char *file, const struct snap_file *f)
 					      : "damaged");
 	cli_json_str(stdout, integrity(f));
 	if (f->trailer)
-		printf(", \"chunk-size\": %u, \"table-offset\": %llu", f->trailer->chunk_size,
-		       (unsigned long long)f->trailer->table_offset);
+		printf(", \"chunk-size\": %u, \"table-offset\": %llu, \"appended\": %llu",
+		       f->trailer->chunk_size, (unsigned long long)f->trailer->table_offset,
+		       (unsigned long long)f->appended);
 	printf("}}\n");
 }
 
@@ -775,6 +779,15 @@ static void print_mismatch(void *arg, const struct snap_mismatch *m)
 	       (unsigned long long)m->file_off);
 }
 
+/* Bytes after a complete file are not read: restore and verify say so and go on. */
+static void note_appended(const struct args *a, const struct snap_file *f)
+{
+	if (f->appended)
+		cli_note("%s: %llu bytes after the completion record at offset %#llx are ignored",
+			 a->file, (unsigned long long)f->appended,
+			 (unsigned long long)f->record_off);
+}
+
 static int do_verify(struct args *a, int fd, int dfd, const struct snap_file *f)
 {
 	struct snap_stats st;
@@ -794,6 +807,7 @@ static int do_verify(struct args *a, int fd, int dfd, const struct snap_file *f)
 			cli_err("%s: checksum table: %s", a->file, f->trailer_msg);
 		return 1;
 	}
+	note_appended(a, f);
 	if (snap_verify(fd, dfd, f, &a->cc.opts, print_mismatch, (void *)a->file, &bad, &st,
 			&err)) {
 		cli_progress_end();
@@ -816,6 +830,7 @@ static int do_verify(struct args *a, int fd, int dfd, const struct snap_file *f)
 /* Decides whether a file without a usable trailer may be restored. */
 static int check_integrity(const struct args *a, const struct snap_file *f)
 {
+	note_appended(a, f);
 	if (f->trailer)
 		return 0;
 	if (f->trailer_status == -ENOENT && !f->marker) {

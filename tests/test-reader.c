@@ -21,6 +21,7 @@
 #include "layout.h"
 #include "reader.h"
 #include "stream.h"
+#include "vmdesc.h"
 
 /* ---- in-memory source ---- */
 
@@ -1102,6 +1103,255 @@ static void test_pread_error(void **state)
 	built_free(&s);
 }
 
+/* ---- bounded memory: a sparse source claiming a huge block ---- */
+
+/*
+ * A file of `size` bytes that holds `head` at 0 and `tail` at tail_off and
+ * reads as zero elsewhere, like a sparse file. Records the longest read.
+ */
+struct sparse {
+	const uint8_t *head;
+	uint64_t head_len;
+	const uint8_t *tail;
+	uint64_t tail_off, tail_len;
+	uint64_t size;
+	size_t max_read;
+};
+
+static void copy_part(uint8_t *dst, uint64_t off, size_t n, const uint8_t *part, uint64_t at,
+		      uint64_t len)
+{
+	uint64_t lo = off > at ? off : at, hi = off + n < at + len ? off + n : at + len;
+
+	if (lo < hi)
+		memcpy(dst + (lo - off), part + (lo - at), (size_t)(hi - lo));
+}
+
+static long sparse_pread(void *ctx, void *buf, size_t len, uint64_t off)
+{
+	struct sparse *sp = ctx;
+	size_t n;
+
+	if (len > sp->max_read)
+		sp->max_read = len;
+	if (off >= sp->size)
+		return 0;
+	n = sp->size - off < len ? (size_t)(sp->size - off) : len;
+	memset(buf, 0, n);
+	copy_part(buf, off, n, sp->head, 0, sp->head_len);
+	copy_part(buf, off, n, sp->tail, sp->tail_off, sp->tail_len);
+	return (long)n;
+}
+
+/* One block of `length` bytes; its bitmap's first byte marks 8 pages. */
+static void build_claim(uint64_t length, struct mr_buf *head, struct mr_buf *tail,
+			struct sparse *sp)
+{
+	struct mr_block_layout l;
+	struct mr_ram_header h;
+
+	mr_encode_file_header(head);
+	mr_encode_config(head, "pc-q35-10.0", caps_mr, 1);
+	mr_encode_ram_start(head, MR_RAM_SECTION_ID, length);
+	assert_int_equal(mr_layout_block(head->len, 6, length, MR_PAGES_ALIGN, &l), 0);
+	h = (struct mr_ram_header){ MR_RAM_HDR_VERSION, MR_PAGE_SIZE, l.bitmap_off, l.pages_off };
+	mr_encode_block_entry(head, "pc.ram", length, &h);
+	mr_buf_u8(head, 0xff);
+	mr_encode_ram_eos(tail, MR_RAM_SECTION_ID);
+	mr_buf_u8(tail, MR_SEC_EOF);
+	assert_int_equal(head->err, 0);
+	assert_int_equal(tail->err, 0);
+	*sp = (struct sparse){ head->data, head->len, tail->data,
+			       l.next_off, tail->len, l.next_off + tail->len,
+			       0 };
+}
+
+static void test_bounded_bitmaps(void **state)
+{
+	/* 16 TiB: a 512 MiB bitmap, of which nothing may be held or read at once. */
+	const uint64_t length = 16ull << 40;
+	struct mr_buf head = MR_BUF_INIT, tail = MR_BUF_INIT;
+	struct mr_image *img = NULL;
+	struct sparse sp;
+	struct mr_src src = { sparse_pread, &sp, 0 };
+	struct mr_err err;
+	struct mr_block_info *b;
+
+	(void)state;
+	build_claim(length, &head, &tail, &sp);
+	src.size = sp.size;
+	assert_int_equal(mr_image_parse(&src, 0, MR_PARSE_COUNT_BITMAPS, &img, &err), 0);
+	b = &img->blocks[0];
+	assert_int_equal(b->length, length);
+	assert_int_equal(b->present, 8);
+	assert_null(b->bitmap);
+	assert_true(sp.max_read <= 65536);
+
+	/* Loaded later (a restore), windowed reads too; a shorter source is refused. */
+	struct mr_block_info small = *b;
+
+	small.length = small.num_pages = 0;
+	small.num_pages = 128;
+	small.bitmap_size = 16;
+	assert_int_equal(mr_block_load_bitmap(&src, &small, true, &err), 0);
+	assert_non_null(small.bitmap);
+	assert_int_equal(small.present, 8);
+	assert_int_equal(small.bitmap[0], 0xff);
+	free(small.bitmap);
+	src.size = b->hdr.bitmap_offset + 100;
+	assert_int_equal(mr_block_load_bitmap(&src, b, true, &err), -EOVERFLOW);
+	assert_null(b->bitmap);
+	assert_string_equal(err.block, "pc.ram");
+	mr_image_free(img);
+
+	/* A bitmap bit past the block's end is found in the last window. */
+	sp.max_read = 0;
+	src.size = sp.size;
+	mr_buf_free(&head);
+	mr_buf_free(&tail);
+	build_claim(length - MR_PAGE_SIZE, &head, &tail, &sp);
+	src.size = sp.size;
+	assert_int_equal(mr_image_parse(&src, 0, MR_PARSE_COUNT_BITMAPS, &img, &err), 0);
+	mr_image_free(img);
+	{
+		uint8_t last = 0x80; /* page num_pages (one past the end) */
+		struct sparse sp2 = sp;
+		struct mr_src src2 = { sparse_pread, &sp2, sp.size };
+		struct mr_block_layout l;
+
+		assert_int_equal(mr_layout_block(0, 6, length - MR_PAGE_SIZE, MR_PAGES_ALIGN, &l),
+				 0);
+		/* The bitmap's last byte: bit 7 is page 8*k+7 = num_pages when length - 4 KiB. */
+		sp2.tail = &last;
+		sp2.tail_len = 1;
+		sp2.tail_off = sp.head_len - 1 + l.bitmap_size - 1;
+		assert_int_equal(mr_image_parse(&src2, 0, MR_PARSE_COUNT_BITMAPS, &img, &err),
+				 -EBADMSG);
+		assert_non_null(strstr(err.msg, "past the end of the block"));
+	}
+	mr_buf_free(&head);
+	mr_buf_free(&tail);
+}
+
+/* ---- raw tails ---- */
+
+static int tail_parse(const uint8_t *data, uint64_t len, uint32_t *id, struct mr_err *err)
+{
+	struct mem m = { data, len, UINT64_MAX };
+	struct mr_src src = { mem_pread, &m, len };
+
+	return mr_tail_parse(&src, id, err);
+}
+
+static void test_tail_parse(void **state)
+{
+	struct bopts o = default_opts();
+	struct built s;
+	struct mr_err err;
+	uint32_t id = 0;
+	uint8_t *t;
+	uint64_t len;
+
+	(void)state;
+	o.ram_id = 7;
+	build(&o, &s);
+	len = s.b.len - s.eos_off;
+	t = malloc(len + 1);
+	assert_non_null(t);
+	memcpy(t, s.b.data + s.eos_off, len);
+
+	/* The tail of a full stream (parts, command, end, device, devstate, description). */
+	assert_int_equal(tail_parse(t, len, &id, &err), 0);
+	assert_int_equal(id, 7);
+
+	/* Cut anywhere: refused, with an offset inside the tail. */
+	for (uint64_t k = 0; k < len; k++) {
+		memset(&err, 0x55, sizeof(err));
+		assert_true(tail_parse(t, k, &id, &err) < 0);
+		assert_true(err.off <= len);
+		assert_non_null(memchr(err.msg, 0, sizeof(err.msg)));
+		assert_true(err.msg[0] != 0);
+	}
+
+	/*
+	 * Bytes after the stream would sit between it and the trailer. With a
+	 * QEMU device section they also hide the VM description that sizes it.
+	 */
+	t[len] = 0;
+	assert_int_equal(tail_parse(t, len + 1, &id, &err), -EPROTONOSUPPORT);
+	assert_string_equal(err.section, "timer");
+	{
+		struct bopts o2 = default_opts();
+		struct built s2;
+		uint64_t len2;
+
+		o2.device = false;
+		build(&o2, &s2);
+		len2 = s2.b.len - s2.eos_off;
+		mr_buf_u8(&s2.b, 0);
+		assert_int_equal(tail_parse(s2.b.data + s2.eos_off, len2, &id, &err), 0);
+		assert_int_equal(tail_parse(s2.b.data + s2.eos_off, len2 + 1, &id, &err), -EBADMSG);
+		assert_int_equal(err.off, len2);
+		assert_non_null(strstr(err.msg, "1 bytes after the end of the stream"));
+		built_free(&s2);
+	}
+
+	/* Not a RAM EOS and footer; RAM id 0; a footer naming another id. */
+	t[7] ^= 0x01;
+	assert_int_equal(tail_parse(t, len, &id, &err), -EBADMSG);
+	assert_int_equal(err.off, 0);
+	t[7] ^= 0x01;
+	mr_put_be32(t + 9, 0);
+	assert_int_equal(tail_parse(t, len, &id, &err), -EBADMSG);
+	assert_int_equal(err.off, 9);
+	mr_put_be32(t + 9, 7);
+	t[s.part_off[0] - s.eos_off + 1 + 4 + 8 + 4] ^= 0xff; /* first PART's footer id */
+	assert_int_equal(tail_parse(t, len, &id, &err), -EBADMSG);
+	t[s.part_off[0] - s.eos_off + 1 + 4 + 8 + 4] ^= 0xff;
+
+	/* Garbage after the head: an unknown section type at offset 13. */
+	memset(t + MR_TAIL_HEAD_SIZE, 0x67, len - MR_TAIL_HEAD_SIZE);
+	assert_int_equal(tail_parse(t, len, &id, &err), -EBADMSG);
+	assert_int_equal(err.off, MR_TAIL_HEAD_SIZE);
+
+	free(t);
+	built_free(&s);
+}
+
+/* A VM description is refused before json-c builds more than 262144 values. */
+static void test_vmdesc_values(void **state)
+{
+	const size_t max = 256u << 10;
+	struct mr_buf b = MR_BUF_INIT;
+	struct mr_vmdesc *d = NULL;
+
+	(void)state;
+	/* The top level, "{", ":", "[", ",", ":", "[" and one per comma: max exactly. */
+	mr_buf_printf(&b, "{\"devices\": [], \"x\": [");
+	for (size_t i = 0; i < max - 7; i++)
+		mr_buf_printf(&b, "0,");
+	mr_buf_printf(&b, "0]}");
+	assert_int_equal(b.err, 0);
+	assert_int_equal(mr_vmdesc_parse((const char *)b.data, b.len, &d), 0);
+	mr_vmdesc_free(d);
+	d = NULL;
+	b.len -= 2;
+	mr_buf_printf(&b, ",0]}");
+	assert_int_equal(mr_vmdesc_parse((const char *)b.data, b.len, &d), -E2BIG);
+	assert_null(d);
+
+	/* Commas, colons and brackets inside strings (escaped quotes too) are not values. */
+	mr_buf_reset(&b);
+	mr_buf_printf(&b, "{\"devices\": [], \"s\": \"\\\"");
+	for (size_t i = 0; i < max; i++)
+		mr_buf_printf(&b, ",:[{");
+	mr_buf_printf(&b, "\"}");
+	assert_int_equal(b.err, 0);
+	assert_int_equal(mr_vmdesc_parse((const char *)b.data, b.len, &d), 0);
+	mr_vmdesc_free(d);
+	mr_buf_free(&b);
+}
+
 static void test_find_vmdesc(void **state)
 {
 	struct bopts o = default_opts();
@@ -1324,7 +1574,8 @@ int main(void)
 		cmocka_unit_test(test_caps_twice),   cmocka_unit_test(test_sections),
 		cmocka_unit_test(test_ram_flags),    cmocka_unit_test(test_device_sections),
 		cmocka_unit_test(test_pread_error),  cmocka_unit_test(test_find_vmdesc),
-		cmocka_unit_test(test_mutations),
+		cmocka_unit_test(test_mutations),    cmocka_unit_test(test_bounded_bitmaps),
+		cmocka_unit_test(test_tail_parse),   cmocka_unit_test(test_vmdesc_values),
 	};
 
 	return cmocka_run_group_tests_name("reader", reader_tests, NULL, NULL);

@@ -821,6 +821,159 @@ static void test_free_null(void **state)
 	mr_trailer_builder_free(NULL);
 }
 
+/* ---- bounded memory ---- */
+
+/* A file of `size` bytes: `tail` at its end, zeros before (a sparse file). */
+struct sparsefile {
+	const uint8_t *tail;
+	size_t tail_len;
+	uint64_t size;
+	size_t max_read;
+};
+
+static long sparse_pread(void *ctx, void *buf, size_t len, uint64_t off)
+{
+	struct sparsefile *sp = ctx;
+	uint64_t tail_off = sp->size - sp->tail_len;
+	size_t n;
+
+	if (len > sp->max_read)
+		sp->max_read = len;
+	if (off >= sp->size)
+		return 0;
+	n = sp->size - off < len ? (size_t)(sp->size - off) : len;
+	memset(buf, 0, n);
+	for (size_t i = 0; i < n; i++)
+		if (off + i >= tail_off)
+			((uint8_t *)buf)[i] = sp->tail[off + i - tail_off];
+	return (long)n;
+}
+
+static void test_table_windows(void **state)
+{
+	/* A 256 MiB table of zeros, correctly hashed: read and hashed in windows. */
+	const uint64_t tlen = 256ull << 20;
+	uint8_t foot[MR_TRAILER_FOOTER_SIZE];
+	uint8_t *zeros = calloc(1, 1 << 20);
+	XXH3_state_t *h = XXH3_createState();
+	struct sparsefile sp = { foot, sizeof(foot), tlen + sizeof(foot), 0 };
+	struct mr_src src = { sparse_pread, &sp, sp.size };
+	struct mr_trailer *t = NULL;
+	struct mr_err err;
+
+	(void)state;
+	assert_non_null(zeros);
+	assert_non_null(h);
+	XXH3_64bits_reset(h);
+	for (uint64_t done = 0; done < tlen; done += 1 << 20)
+		XXH3_64bits_update(h, zeros, 1 << 20);
+	memcpy(foot, MR_TRAILER_MAGIC, 8);
+	mr_put_be32(foot + 8, MR_TRAILER_VERSION);
+	mr_put_be32(foot + 12, MR_TRAILER_F_COMPLETE);
+	mr_put_be64(foot + 16, 0);
+	mr_put_be64(foot + 24, tlen);
+	mr_put_be64(foot + 32, XXH3_64bits_digest(h));
+	mr_put_be64(foot + 40, XXH3_64bits(foot, 40));
+	/* The hash passes; the zero header then has chunk size 0. */
+	assert_int_equal(mr_trailer_parse(&src, sp.size, &t, &err), -EBADMSG);
+	assert_non_null(strstr(err.msg, "chunk size"));
+	assert_null(t);
+	assert_true(sp.max_read <= 65536);
+	XXH3_freeState(h);
+	free(zeros);
+}
+
+static void test_lazy_hashes(void **state)
+{
+	struct fixture f;
+	struct mr_trailer *full = NULL, *lazy = NULL;
+	struct mr_src src;
+	struct mr_err err;
+
+	(void)state;
+	fixture_init(&f, 4096);
+	src = (struct mr_src){ mem_pread, &f.mf, f.len };
+	assert_int_equal(mr_trailer_parse(&src, f.len, &full, &err), 0);
+	assert_int_equal(mr_trailer_parse_flags(&src, f.len, MR_TRAILER_NO_HASHES, &lazy, &err), 0);
+	assert_int_equal(lazy->n_blocks, 2);
+	for (size_t i = 0; i < lazy->n_blocks; i++) {
+		struct mr_trailer_block *b = &lazy->blocks[i];
+
+		assert_null(b->chunk_hashes);
+		assert_int_equal(b->hashes_off, full->blocks[i].hashes_off);
+		assert_int_equal(mr_trailer_load_hashes(&src, b, &err), 0);
+		assert_memory_equal(b->chunk_hashes, full->blocks[i].chunk_hashes, b->n_chunks * 8);
+		/* Loaded once. */
+		assert_int_equal(mr_trailer_load_hashes(&src, b, &err), 0);
+	}
+	mr_trailer_free(full);
+
+	/* A read failure while loading is reported with the block. */
+	lazy->blocks[0].chunk_hashes = (free(lazy->blocks[0].chunk_hashes), NULL);
+	f.mf.fail = -EIO;
+	assert_int_equal(mr_trailer_load_hashes(&src, &lazy->blocks[0], &err), -EIO);
+	assert_string_equal(err.block, "pc.ram");
+	assert_null(lazy->blocks[0].chunk_hashes);
+	mr_trailer_free(lazy);
+	fixture_fini(&f);
+}
+
+static void test_locate(void **state)
+{
+	struct fixture f;
+	struct mr_src src;
+	struct mr_trailer *t = NULL;
+	uint64_t end = 0;
+	uint8_t *d;
+
+	(void)state;
+	fixture_init(&f, 65536);
+	/* Bytes appended after the footer: the table's records still say where it ends. */
+	d = realloc(f.data, f.len + 1000);
+	assert_non_null(d);
+	f.data = d;
+	memset(d + f.len, 0xab, 1000);
+	f.mf = (struct memfile){ f.data, f.len + 1000, 0, 0 };
+	src = (struct mr_src){ mem_pread, &f.mf, f.len + 1000 };
+	assert_int_equal(parse_fail(&f.mf, f.len + 1000, NULL), -ENOENT);
+	assert_int_equal(mr_trailer_locate(&src, STREAM_END, f.len + 1000, &end), 0);
+	assert_int_equal(end, f.len);
+	assert_int_equal(mr_trailer_parse(&src, end, &t, NULL), 0);
+	mr_trailer_free(t);
+	/* Not a table there: wrong offset, too short a file, a record running past it. */
+	assert_int_equal(mr_trailer_locate(&src, STREAM_END + 1, f.len + 1000, &end), -ENOENT);
+	assert_int_equal(mr_trailer_locate(&src, STREAM_END, STREAM_END + 40, &end), -ENOENT);
+	assert_int_equal(mr_trailer_locate(&src, STREAM_END, f.len - 1, &end), -ENOENT);
+	poke64(&f, REC0_FIELDS + 32, UINT64_MAX / 4); /* n_chunks */
+	assert_int_equal(mr_trailer_locate(&src, STREAM_END, f.len + 1000, &end), -ENOENT);
+	fixture_fini(&f);
+}
+
+static void test_many_records(void **state)
+{
+	/* More records than a stream may have blocks: refused before they are allocated. */
+	const uint32_t n = MR_MAX_BLOCKS + 1;
+	size_t tlen = MR_TRAILER_TABLE_HDR + (size_t)n * 42;
+	uint8_t *tab = calloc(1, tlen);
+	struct fixture f;
+
+	(void)state;
+	assert_non_null(tab);
+	fixture_init(&f, 65536);
+	memcpy(tab, table(&f), MR_TRAILER_TABLE_HDR);
+	mr_put_be32(tab + 20, n);
+	replace_table(&f, tab, tlen);
+	expect_parse(&f, -EBADMSG, NULL);
+	{
+		struct mr_err err;
+
+		parse_fail(&f.mf, f.len, &err);
+		assert_non_null(strstr(err.msg, "at most 65536"));
+	}
+	free(tab);
+	fixture_fini(&f);
+}
+
 int main(void)
 {
 	/* clang-format off */
@@ -838,6 +991,10 @@ int main(void)
 		cmocka_unit_test(test_hostile_footer),
 		cmocka_unit_test(test_hostile_table),
 		cmocka_unit_test(test_free_null),
+		cmocka_unit_test(test_table_windows),
+		cmocka_unit_test(test_lazy_hashes),
+		cmocka_unit_test(test_locate),
+		cmocka_unit_test(test_many_records),
 	};
 	/* clang-format on */
 

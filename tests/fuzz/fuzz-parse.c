@@ -54,6 +54,17 @@ static void walk_image(const struct mr_image *img)
 	(void)sink;
 }
 
+/* A raw tail [off, off + len) of data, decoded as snapsave checks it. */
+static void parse_tail(const uint8_t *data, uint64_t off, uint64_t len)
+{
+	struct mem m = { data + off, (size_t)len };
+	struct mr_src src = { mem_pread, &m, len };
+	struct mr_err err;
+	uint32_t id;
+
+	(void)mr_tail_parse(&src, &id, &err);
+}
+
 static void parse_image(const struct mr_src *src, uint64_t base, unsigned flags)
 {
 	struct mr_image *img = NULL;
@@ -61,6 +72,13 @@ static void parse_image(const struct mr_src *src, uint64_t base, unsigned flags)
 
 	if (mr_image_parse(src, base, flags, &img, &err) == 0) {
 		walk_image(img);
+		/* Bitmaps counted only: loaded later, as a restore does. */
+		for (size_t i = 0; (flags & MR_PARSE_COUNT_BITMAPS) && i < img->n_blocks; i++)
+			if (mr_block_load_bitmap(src, &img->blocks[i], true, &err) == 0)
+				walk_image(img);
+		if (img->stream_end <= src->size && img->ram_end <= img->stream_end)
+			parse_tail(((const struct mem *)src->ctx)->data, img->ram_end,
+				   img->stream_end - img->ram_end);
 		mr_image_free(img);
 	}
 }
@@ -98,8 +116,33 @@ static void parse_file(const uint8_t *data, size_t size)
 			parse_image(&src, t->stream_base, 0);
 		mr_trailer_free(t);
 	}
+	/* Chunk hashes left out, then loaded per block, as a restore does. */
+	t = NULL;
+	if (mr_trailer_parse_flags(&src, size, MR_TRAILER_NO_HASHES, &t, &err) == 0) {
+		for (size_t i = 0; i < t->n_blocks; i++)
+			(void)mr_trailer_load_hashes(&src, &t->blocks[i], &err);
+		mr_trailer_free(t);
+	}
 	parse_image(&src, 0, 0);
 	parse_image(&src, 0, MR_PARSE_NO_BITMAPS);
+	parse_image(&src, 0, MR_PARSE_COUNT_BITMAPS);
+	/* A completion record with bytes after it, found from the stream's end. */
+	{
+		struct mr_image *img = NULL;
+		uint64_t end;
+
+		if (mr_image_parse(&src, 0, MR_PARSE_NO_BITMAPS, &img, &err) == 0 &&
+		    mr_trailer_locate(&src, img->stream_end, size, &end) == 0) {
+			if (end > size)
+				abort(); /* mr_trailer_locate promised an end inside the file */
+			t = NULL;
+			if (mr_trailer_parse(&src, end, &t, &err) == 0)
+				mr_trailer_free(t);
+		}
+		mr_image_free(img);
+	}
+	/* The whole input as a raw tail (it starts with an EOS word). */
+	parse_tail(data, 0, size);
 	if (mr_detect_stream(&src, &base, &kind) == 0 && base)
 		parse_image(&src, base, 0);
 	if (mr_find_vmdesc(&src, 0, src.size, &voff, &vlen) == 0) {
