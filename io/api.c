@@ -355,7 +355,7 @@ int snapmr_file_info(const snapmr_file *h, struct snapmr_file_info *ret)
 		.chunk_size = f->trailer ? f->trailer->chunk_size : 0,
 		.table_offset = f->trailer ? f->trailer->table_offset : 0,
 		.snapmr_marker = f->marker,
-		.trailing_bytes = 0,
+		.trailing_bytes = f->appended,
 	};
 
 	if (!ret)

@@ -5,6 +5,7 @@
 #include "workers.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,15 +13,29 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 
-static const struct mr_block_info *block_of(const struct snap_file *f, size_t bi,
-					    struct snap_err *err)
+/* Lazy loads write into the shared handle; page reads may run in several threads. */
+static pthread_mutex_t load_lock = PTHREAD_MUTEX_INITIALIZER;
+
+/*
+ * Block bi with its bitmap (and, with hashes, its chunk hashes) loaded:
+ * snap_inspect() keeps neither, since their size follows the file's claim.
+ */
+static const struct mr_block_info *block_of(int fd, const struct snap_file *f, size_t bi,
+					    bool hashes, struct snap_err *err)
 {
+	const struct mr_block_info *b;
+	int r;
+
 	if (bi >= f->img->n_blocks) {
 		snap_fail(err, -ENOENT, "the file has %zu blocks, no block %zu", f->img->n_blocks,
 			  bi);
 		return NULL;
 	}
-	return &f->img->blocks[bi];
+	b = &f->img->blocks[bi];
+	pthread_mutex_lock(&load_lock);
+	r = snap_file_load_block(fd, f, b, hashes, err);
+	pthread_mutex_unlock(&load_lock);
+	return r ? NULL : b;
 }
 
 /* Records where a failure happened, for the public error; returns code. */
@@ -84,9 +99,9 @@ int snap_read_pages(int fd, const struct snap_file *f, size_t bi, uint64_t first
 
 	if (err)
 		memset(err, 0, sizeof(*err));
-	b = block_of(f, bi, err);
+	b = block_of(fd, f, bi, verify, err);
 	if (!b)
-		return -ENOENT;
+		return err ? err->code : -ENOENT;
 	if (first > b->num_pages || n > b->num_pages - first)
 		return snap_fail(err, -ERANGE, "block '%s' has %llu pages, not [%llu, +%llu)",
 				 b->name, (unsigned long long)b->num_pages,
@@ -157,9 +172,9 @@ int snap_map_block(int fd, const struct snap_file *f, size_t bi, void **ret_addr
 
 	if (err)
 		memset(err, 0, sizeof(*err));
-	b = block_of(f, bi, err);
+	b = block_of(fd, f, bi, false, err);
 	if (!b)
-		return -ENOENT;
+		return err ? err->code : -ENOENT;
 	if (fstat(fd, &st) < 0)
 		return snap_fail(err, -errno, "%s", strerror(errno));
 	if (!S_ISREG(st.st_mode))

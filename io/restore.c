@@ -556,9 +556,6 @@ static int devstate_range(const struct mr_image *img, bool raw, uint64_t *off, u
 	return 0;
 }
 
-static int load_block(int fd, const struct snap_file *f, const struct mr_block_info *bi, bool check,
-		      struct snap_err *err);
-
 int snap_restore(const struct snap_restore_args *args, const struct snap_opts *opts,
 		 struct snap_stats *ret_stats, struct snap_err *err)
 {
@@ -604,7 +601,7 @@ int snap_restore(const struct snap_restore_args *args, const struct snap_opts *o
 				r = snap_fail(err, -EINVAL, "block '%s' given twice", d->name);
 				goto out;
 			}
-		r = load_block(args->fd, f, bi, check, err);
+		r = snap_file_load_block(args->fd, f, bi, check, err);
 		if (!r)
 			r = plan_block(&c, &units_cap, i, f, bi, d, check, &total, err);
 		if (r)
@@ -674,7 +671,7 @@ int snap_verify(int fd, int direct_fd, const struct snap_file *f, const struct s
 		goto out;
 	}
 	for (size_t i = 0; i < img->n_blocks; i++) {
-		r = load_block(fd, f, &img->blocks[i], true, err);
+		r = snap_file_load_block(fd, f, &img->blocks[i], true, err);
 		if (!r)
 			r = plan_block(&c, &units_cap, i, f, &img->blocks[i], NULL, true, &total,
 				       err);
@@ -801,8 +798,8 @@ static struct mr_src file_src(const struct snap_file *f, int *fd)
  * length the file claims. A restore or verify loads them for the blocks it
  * reads, once each block's length has been matched with its destination.
  */
-static int load_block(int fd, const struct snap_file *f, const struct mr_block_info *bi, bool check,
-		      struct snap_err *err)
+int snap_file_load_block(int fd, const struct snap_file *f, const struct mr_block_info *bi,
+			 bool check, struct snap_err *err)
 {
 	struct mr_src src = file_src(f, &fd);
 	struct mr_block_info *b = &f->img->blocks[bi - f->img->blocks];
@@ -883,7 +880,7 @@ int snap_inspect(int fd, uint64_t offset, struct snap_file **ret, struct snap_er
 	if (f->trailer)
 		src.size = f->trailer->stream_end;
 
-	/* Bitmaps are counted in windows, not kept: see load_block(). */
+	/* Bitmaps are counted in windows, not kept: see snap_file_load_block(). */
 	r = mr_image_parse(&src, offset, MR_PARSE_COUNT_BITMAPS, &f->img, &me);
 	if (r) {
 		/* A save cut short ends inside its stream, with no completion record. */

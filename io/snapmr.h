@@ -145,6 +145,16 @@ int snap_detect_offset(int fd, uint64_t *ret_offset, enum mr_container *ret_kind
 		       struct snap_err *err);
 void snap_file_free(struct snap_file *f);
 
+/*
+ * snap_inspect() keeps no bitmap and no chunk hash (their size follows a
+ * length the file claims): loads block bi's bitmap, and with `check` its
+ * chunk hashes when the file has a trailer, into f. Not thread-safe: callers
+ * that share f between threads serialize it. Returns 0 or -errno with err
+ * naming the block and offset.
+ */
+int snap_file_load_block(int fd, const struct snap_file *f, const struct mr_block_info *bi,
+			 bool check, struct snap_err *err);
+
 /* One checksum mismatch: pages [first_page, first_page + npages) of a block. */
 struct snap_mismatch {
 	const char *block;

@@ -99,6 +99,7 @@ static void test_info(void **state)
 	assert_int_equal(info.n_blocks, 1);
 	assert_string_equal(info.machine, "pc-q35-10.0");
 	assert_true(info.snapmr_marker);
+	assert_int_equal(info.trailing_bytes, 0);
 	assert_int_equal(snapmr_file_find_block(fx->file, "pc.ram"), 0);
 	assert_int_equal(snapmr_file_find_block(fx->file, "nope"), -ENOENT);
 	assert_int_equal(snapmr_file_block(fx->file, 0, &bi), 0);
@@ -296,6 +297,25 @@ static void test_restore(void **state)
 	munmap(mem, RAM_BYTES);
 }
 
+/* Bytes appended after a complete file: still complete, and counted. */
+static void test_appended(void **state)
+{
+	struct fixture *fx = *state;
+	struct snapmr_error err = SNAPMR_INIT(struct snapmr_error);
+	struct snapmr_file_info info = SNAPMR_INIT(struct snapmr_file_info);
+	snapmr_file *f = NULL;
+	int wfd = open(fx->path, O_WRONLY | O_APPEND | O_CLOEXEC);
+
+	assert_true(wfd >= 0);
+	assert_int_equal(write(wfd, "tail-bytes", 10), 10);
+	close(wfd);
+	assert_int_equal(snapmr_file_open(fx->fd, SNAPMR_OFFSET_DETECT, &f, &err), 0);
+	assert_int_equal(snapmr_file_info(f, &info), 0);
+	assert_int_equal(info.integrity, SNAPMR_INTEGRITY_COMPLETE);
+	assert_int_equal(info.trailing_bytes, 10);
+	snapmr_file_free(f);
+}
+
 /* Outputs that could not be read back are refused before anything is written. */
 static void test_save_refusals(void **state)
 {
@@ -346,6 +366,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_map_block, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_restore, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_save_refusals, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_appended, setup, teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
