@@ -11,6 +11,7 @@
 
 #include <errno.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -667,8 +668,11 @@ static int parse_tail(struct dec *d)
 			size_t ncap = cap ? cap : DEC_BUF;
 			uint8_t *p;
 
-			while (ncap < c->tail_len + k)
+			while (ncap < c->tail_len + k) {
+				if (ncap > SIZE_MAX / 2)
+					return -ENOMEM;
 				ncap *= 2;
+			}
 			p = realloc(c->tail, ncap);
 			if (!p)
 				return -ENOMEM;

@@ -61,10 +61,11 @@ static int alloc_blocks(void *ctx, struct mr_classic_block *b, size_t n)
 	if (a->ret)
 		return a->ret;
 	for (size_t i = 0; i < n; i++) {
-		if (a->all_shared || !strcmp(b[i].name, "ram0") || !strcmp(b[i].name, "ram1"))
+		if (a->all_shared || !b[i].length || !strcmp(b[i].name, "ram0") ||
+		    !strcmp(b[i].name, "ram1"))
 			continue;
 		assert_true(a->n < 64);
-		b[i].mem = a->mem[a->n++] = calloc(1, b[i].length ? b[i].length : 1);
+		b[i].mem = a->mem[a->n++] = calloc(1, b[i].length);
 		assert_non_null(b[i].mem);
 	}
 	return 0;
@@ -118,13 +119,15 @@ static uint8_t *read_file(const char *name, size_t *len)
 
 struct syn_opt {
 	const char *caps[4];
-	unsigned n_caps;      /* 0: ["x-ignore-shared"] */
-	bool no_caps;	      /* no capabilities subsection at all */
-	bool uuid;	      /* a configuration/uuid subsection */
-	bool pagebits13;      /* configuration/target-page-bits 13 */
-	int head_cmd;	      /* > 0: COMMAND with this id before RAM START */
-	bool early_full;      /* a device SECTION_FULL before RAM START */
-	uint32_t ram_version; /* 0: 4 */
+	unsigned n_caps;	/* 0: ["x-ignore-shared"] */
+	bool no_caps;		/* no capabilities subsection at all */
+	bool uuid;		/* a configuration/uuid subsection */
+	bool pagebits13;	/* configuration/target-page-bits 13 */
+	int head_cmd;		/* > 0: COMMAND with this id before RAM START */
+	uint16_t head_len;	/* its length, 0: 4 */
+	unsigned n_zero_blocks; /* extra blocks of length 0 before ram0 */
+	bool early_full;	/* a device SECTION_FULL before RAM START */
+	uint32_t ram_version;	/* 0: 4 */
 	int64_t memsize_delta;
 	uint64_t bios_len; /* 0: 16 KiB */
 	const char *dup;   /* list this block name twice */
@@ -223,7 +226,8 @@ static void build(struct syn *s, const struct syn_opt *o)
 		mr_buf_be32(&s->b, 1);
 		mr_buf_be32(&s->b, o->n_caps ? o->n_caps : 1);
 		for (unsigned i = 0; i < (o->n_caps ? o->n_caps : 1); i++)
-			mr_buf_str8(&s->b, o->n_caps ? o->caps[i] : MR_CAP_IGNORE_SHARED);
+			mr_buf_str8(&s->b, o->n_caps && i < 4 && o->caps[i] ? o->caps[i]
+									    : MR_CAP_IGNORE_SHARED);
 	}
 	if (o->uuid) {
 		mark(s, "uuid");
@@ -236,8 +240,9 @@ static void build(struct syn *s, const struct syn_opt *o)
 		mark(s, "head");
 		mr_buf_u8(&s->b, MR_SEC_COMMAND);
 		mr_buf_be16(&s->b, (uint16_t)o->head_cmd);
-		mr_buf_be16(&s->b, 4);
-		mr_buf_be32(&s->b, 1);
+		mr_buf_be16(&s->b, o->head_len ? o->head_len : 4);
+		for (unsigned i = 0; i < (o->head_len ? o->head_len : 4u); i++)
+			mr_buf_u8(&s->b, i == 3);
 	}
 	if (o->early_full) {
 		mark(s, "early");
@@ -248,6 +253,16 @@ static void build(struct syn *s, const struct syn_opt *o)
 				   o->ram_version ? o->ram_version : MR_RAM_VERSION);
 	mark(s, "memsize");
 	mr_buf_be64(&s->b, total | MR_RAM_MEM_SIZE);
+	for (unsigned i = 0; i < o->n_zero_blocks; i++) {
+		char name[16];
+
+		snprintf(name, sizeof(name), "z%u", i);
+		if (i == MR_CLASSIC_BLOCKS_MAX)
+			mark(s, "entry-over");
+		mr_buf_str8(&s->b, name);
+		mr_buf_be64(&s->b, 0);
+		mr_buf_be64(&s->b, 0);
+	}
 	mark(s, "entry-ram0");
 	mr_buf_str8(&s->b, "ram0");
 	mr_buf_be64(&s->b, 0x10000);
@@ -325,6 +340,10 @@ static void expect(const struct syn_opt *o, int code, const char *label, size_t 
 
 	build(&s, o);
 	r = try_decode(&s, &err);
+	if (!code && !r) {
+		mr_buf_free(&s.b);
+		return;
+	}
 	if (r != code || err.off != at(&s, label) + delta || (block && strcmp(err.block, block)) ||
 	    (msg_part && !strstr(err.msg, msg_part)))
 		fail_msg("got %d at 0x%llx block \"%s\" msg \"%s\"; want %d at %s+%zu (0x%zx)", r,
@@ -450,6 +469,7 @@ static void test_config_rejects(void **state)
 	       "caps", 0, "", "validate-uuid");
 	expect(&(struct syn_opt){ .caps = { "" }, .n_caps = 1 }, -EBADMSG, "caps", 0, "",
 	       "empty capability");
+	expect(&(struct syn_opt){ .n_caps = 65 }, -EOVERFLOW, "caps", 0, "", "65 capabilities");
 	expect(&(struct syn_opt){ .uuid = true }, -EPROTONOSUPPORT, "uuid", 0, "",
 	       "configuration/uuid");
 	expect(&(struct syn_opt){ .pagebits13 = true }, -EPROTONOSUPPORT, "pagebits", 0, "",
@@ -467,6 +487,8 @@ static void test_before_ram_rejects(void **state)
 	expect(&(struct syn_opt){ .head_cmd = MR_CMD_POSTCOPY_ADVISE }, -EPROTONOSUPPORT, "head", 0,
 	       "", "postcopy-ram");
 	expect(&(struct syn_opt){ .head_cmd = 10 }, -EPROTONOSUPPORT, "head", 0, "", "command 10");
+	expect(&(struct syn_opt){ .head_cmd = MR_CMD_PING, .head_len = MR_CLASSIC_HEAD_MAX },
+	       -EFBIG, "head", 0, "", "exceed");
 	expect(&(struct syn_opt){ .early_full = true }, -EPROTONOSUPPORT, "early", 0, "",
 	       "virtio-mem-early");
 	expect(&(struct syn_opt){ .ram_version = 5 }, -EPROTONOSUPPORT, "start", 0, "",
@@ -497,6 +519,11 @@ static void test_block_list_rejects(void **state)
 	expect(&(struct syn_opt){ .bios_len = 0x4800, .memsize_delta = -0x800 }, -EBADMSG,
 	       "entry-bios", 0, "pc.bios", "multiple of 4096");
 	expect(&(struct syn_opt){ .dup = "ram0" }, -EBADMSG, "entry-bios", 0, "ram0", "twice");
+	/* The list is bounded even when lengths of 0 never use up MEM_SIZE. */
+	expect(&(struct syn_opt){ .n_zero_blocks = MR_CLASSIC_BLOCKS_MAX + 1 }, -EOVERFLOW,
+	       "entry-over", 0, "", "more than 4096 blocks");
+	expect(&(struct syn_opt){ .n_zero_blocks = MR_CLASSIC_BLOCKS_MAX - 3 }, 0, "eof", 0, NULL,
+	       NULL);
 	expect(&(struct syn_opt){ .dup = "a\tb" }, -EBADMSG, "entry-bios", 0, "", "control byte");
 }
 
