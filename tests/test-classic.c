@@ -121,6 +121,7 @@ struct syn_opt {
 	const char *caps[4];
 	unsigned n_caps;	/* 0: ["x-ignore-shared"] */
 	bool no_caps;		/* no capabilities subsection at all */
+	bool zero_caps;		/* a capabilities subsection listing none */
 	bool uuid;		/* a configuration/uuid subsection */
 	bool pagebits13;	/* configuration/target-page-bits 13 */
 	int head_cmd;		/* > 0: COMMAND with this id before RAM START */
@@ -224,8 +225,10 @@ static void build(struct syn *s, const struct syn_opt *o)
 		mr_buf_u8(&s->b, MR_SEC_SUBSECTION);
 		mr_buf_str8(&s->b, MR_CAP_SUBSECTION);
 		mr_buf_be32(&s->b, 1);
-		mr_buf_be32(&s->b, o->n_caps ? o->n_caps : 1);
-		for (unsigned i = 0; i < (o->n_caps ? o->n_caps : 1); i++)
+		unsigned n = o->zero_caps ? 0 : o->n_caps ? o->n_caps : 1;
+
+		mr_buf_be32(&s->b, n);
+		for (unsigned i = 0; i < n; i++)
 			mr_buf_str8(&s->b, o->n_caps && i < 4 && o->caps[i] ? o->caps[i]
 									    : MR_CAP_IGNORE_SHARED);
 	}
@@ -469,6 +472,8 @@ static void test_config_rejects(void **state)
 	       "caps", 0, "", "validate-uuid");
 	expect(&(struct syn_opt){ .caps = { "" }, .n_caps = 1 }, -EBADMSG, "caps", 0, "",
 	       "empty capability");
+	expect(&(struct syn_opt){ .zero_caps = true }, -EPROTONOSUPPORT, "caps", 0, "",
+	       "x-ignore-shared is not listed");
 	expect(&(struct syn_opt){ .n_caps = 65 }, -EOVERFLOW, "caps", 0, "", "65 capabilities");
 	expect(&(struct syn_opt){ .uuid = true }, -EPROTONOSUPPORT, "uuid", 0, "",
 	       "configuration/uuid");
@@ -782,6 +787,15 @@ static void test_raw_tail(void **state)
 	b.data[13 + 18 + 4] = 3;
 	assert_int_equal(mr_classic_split_raw_tail(b.data, b.len, &dev, &id, &sw, &err), -EBADMSG);
 	assert_int_equal(err.off, 31);
+	b.data[13 + 18 + 4] = 2;
+	b.data[13 + 13] = 0x7f; /* the first PART's footer */
+	assert_int_equal(mr_classic_split_raw_tail(b.data, b.len, &dev, &id, &sw, &err), -EBADMSG);
+	assert_int_equal(err.off, 13);
+	b.data[13 + 13] = MR_SEC_FOOTER;
+	b.data[13 + 17] = 9; /* its id */
+	assert_int_equal(mr_classic_split_raw_tail(b.data, b.len, &dev, &id, &sw, &err), -EBADMSG);
+	b.data[13 + 17] = 2;
+	assert_int_equal(mr_classic_split_raw_tail(b.data, b.len, &dev, &id, &sw, &err), 0);
 	b.data[7] = 0x11;
 	assert_int_equal(mr_classic_split_raw_tail(b.data, b.len, &dev, &id, &sw, &err), -EBADMSG);
 	mr_buf_free(&b);
@@ -1079,6 +1093,8 @@ static void test_resume_rejects(void **state)
 	/* Not JSON, trailing bytes, a NUL, too long. */
 	assert_int_equal(resume_decode_str("{", &err), -EBADMSG);
 	assert_int_equal(resume_decode_str(REC_HEAD REC_MID BLK("") "} x", &err), -EBADMSG);
+	assert_int_equal(resume_decode_str(REC_HEAD REC_MID BLK("") "}{}", &err), -EBADMSG);
+	assert_int_equal(resume_decode_str(REC_HEAD REC_MID BLK("") "}1", &err), -EBADMSG);
 	assert_int_equal(resume_decode_str("[1]", &err), -EBADMSG);
 	assert_int_equal(mr_resume_decode("{}\0", 3, &(struct mr_resume *){ NULL }, &err),
 			 -EBADMSG);
