@@ -452,8 +452,14 @@ static int parse_page(struct dec *d, uint64_t rec_off, uint64_t w)
 		r = get_u8(d, &fillv, rec_off, "zero page record");
 		if (r)
 			return r;
-		/* QEMU 7.2 fills with the byte; QEMU >= 9 only ever sends 0. */
-		memset(b->mem + addr, fillv, MR_PAGE_SIZE);
+		/*
+		 * Senders always write 0; loaders since QEMU 8.2 refuse anything
+		 * else (older ones filled the page with it).
+		 */
+		if (fillv)
+			return fail(d->err, -EBADMSG, rec_off, b->name,
+				    "zero page record with fill byte 0x%02x", fillv);
+		memset(b->mem + addr, 0, MR_PAGE_SIZE);
 		b->zero_pages++;
 	} else {
 		r = get(d, b->mem + addr, MR_PAGE_SIZE, rec_off, "page record");

@@ -587,6 +587,13 @@ static void test_continue_first(void **state)
 	assert_int_equal(try_decode(&s, &err), -EBADMSG);
 	assert_int_equal(err.off, at(&s, "pg0"));
 	assert_non_null(strstr(err.msg, "CONTINUE"));
+	s.b.data[at(&s, "pg0") + 7] &= ~MR_RAM_CONTINUE;
+	/* A zero page record whose fill byte is not 0 (QEMU >= 8.2 refuses it too). */
+	s.b.data[at(&s, "pg1") + 8] = 0xff;
+	assert_int_equal(try_decode(&s, &err), -EBADMSG);
+	assert_int_equal(err.off, at(&s, "pg1"));
+	assert_string_equal(err.block, "pc.bios");
+	assert_non_null(strstr(err.msg, "fill byte 0xff"));
 	mr_buf_free(&s.b);
 }
 
