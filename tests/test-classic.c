@@ -141,6 +141,7 @@ struct syn_opt {
 	bool no_vmdesc;
 	uint8_t footer_type; /* 0: 0x7e */
 	bool eos_extra;	     /* EOS word with ZERO also set, ending the PART */
+	bool end_page;	     /* RAM END re-sends pc.bios page 2 (a running source) */
 };
 
 struct syn {
@@ -312,6 +313,13 @@ static void build(struct syn *s, const struct syn_opt *o)
 	mark(s, "end");
 	mr_buf_u8(&s->b, MR_SEC_END);
 	mr_buf_be32(&s->b, SYN_ID);
+	if (o->end_page) {
+		mark(s, "end-page");
+		mr_buf_be64(&s->b, 0x2000 | MR_RAM_PAGE);
+		mr_buf_str8(&s->b, "pc.bios");
+		for (int i = 0; i < 4096; i++)
+			mr_buf_u8(&s->b, 0xee);
+	}
 	mark(s, "end-eos");
 	mr_buf_be64(&s->b, MR_RAM_EOS);
 	mark(s, "end-footer");
@@ -574,6 +582,29 @@ static void test_page_rejects(void **state)
 	expect(&(struct syn_opt){ .mid_cmd = MR_CMD_PING }, -EPROTONOSUPPORT, "cmd", 0, "",
 	       "command 2");
 	expect(&(struct syn_opt){ .no_vmdesc = true }, -ENODATA, "eof", 0, "", "VMDESCRIPTION");
+}
+
+/* A running source re-sends dirty pages, also in RAM END: the last copy wins. */
+static void test_page_resent(void **state)
+{
+	struct alloc_ctx a = { 0 };
+	struct mr_classic *c = NULL;
+	struct mr_classic_block *b;
+	struct mr_err err;
+	struct syn s;
+
+	(void)state;
+	build(&s, &(struct syn_opt){ .end_page = true });
+	assert_int_equal(decode_mem(s.b.data, s.b.len, 0, &a, 0, &c, &err), 0);
+	b = mr_classic_block(c, "pc.bios");
+	assert_int_equal(b->pages, 3);
+	assert_int_equal(b->mem[0x2000], 0xee);
+	assert_int_equal(b->mem[0x2fff], 0xee);
+	assert_int_equal(b->mem[0], syn_byte("pc.bios", 0));
+	assert_int_equal(b->got[0], 0xf);
+	mr_classic_free(c);
+	alloc_free(&a);
+	mr_buf_free(&s.b);
 }
 
 static void test_continue_first(void **state)
@@ -1132,6 +1163,7 @@ int main(void)
 		cmocka_unit_test(test_before_ram_rejects),
 		cmocka_unit_test(test_block_list_rejects),
 		cmocka_unit_test(test_page_rejects),
+		cmocka_unit_test(test_page_resent),
 		cmocka_unit_test(test_continue_first),
 		cmocka_unit_test(test_callbacks_and_caps),
 		cmocka_unit_test(test_encode_syn),
