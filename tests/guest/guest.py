@@ -12,7 +12,7 @@ tick). Starts guests with their RAM in `memory-backend-file,share=on` files in
 
 Environment: SNAPMR_CACHE (default /var/cache/snapmr-tests), QEMU (the
 current QEMU, default qemu-system-x86_64), SNAPMR_ACCEL (kvm or tcg: skip the
-KVM probe), SNAPMR_KVM_PROBE (seconds a KVM boot gets to tick, default 30).
+KVM probe), SNAPMR_KVM_PROBE (seconds a KVM boot gets to tick, default 20).
 Anything missing raises Unavailable, which tests turn into a skip (77).
 """
 
@@ -35,7 +35,7 @@ import vm as V  # noqa: E402
 CACHE = os.environ.get("SNAPMR_CACHE", "/var/cache/snapmr-tests")
 KERNEL_SERIES = "6.1."          # bookworm's kernel line (backports has newer ones)
 QEMU72_VERSION = "1:7.2"
-KVM_PROBE = float(os.environ.get("SNAPMR_KVM_PROBE", "30"))
+KVM_PROBE = float(os.environ.get("SNAPMR_KVM_PROBE", "20"))
 DATA_MIB = {"text": 8, "random": 24}    # what /init writes into its tmpfs
 
 TICK_RE = re.compile(rb"^tick (\d+) sum ([0-9a-f]{32})\r?$", re.M)
