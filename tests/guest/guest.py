@@ -29,6 +29,7 @@ import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.dont_write_bytecode = True     # no __pycache__ in the source tree
 sys.path.insert(0, os.path.join(HERE, "..", "qemu"))
 import vm as V  # noqa: E402
 
@@ -456,3 +457,16 @@ def boot(qemu, image, machine, size, dimm_size=None, smp=1, timeout=None):
         _accel["verdict"] = a
         return g, a, t
     raise AssertionError("unreachable")
+
+
+if __name__ == "__main__":
+    # `python3 tests/guest/guest.py`: fill the cache ahead of the tests (CI
+    # images, scripts/install-deps) and print what the tests will use.
+    try:
+        img = Image()
+        q = qemu72()
+    except Unavailable as e:
+        print(f"unavailable: {e}", file=sys.stderr)
+        sys.exit(77)
+    print(f"kernel {img.kernel} ({img.kernel_version})\ninitramfs {img.initrd} "
+          f"(busybox {img.busybox_version})\n{q.label}: {q.path}")
