@@ -12,7 +12,7 @@ tick). Starts guests with their RAM in `memory-backend-file,share=on` files in
 
 Environment: SNAPMR_CACHE (default /var/cache/snapmr-tests), QEMU (the
 current QEMU, default qemu-system-x86_64), SNAPMR_ACCEL (kvm or tcg: skip the
-KVM probe), SNAPMR_KVM_PROBE (seconds a KVM boot gets to tick, default 20).
+KVM probe), SNAPMR_KVM_PROBE (seconds a KVM boot gets to tick, default 15).
 Anything missing raises Unavailable, which tests turn into a skip (77).
 """
 
@@ -36,8 +36,8 @@ import vm as V  # noqa: E402
 CACHE = os.environ.get("SNAPMR_CACHE", "/var/cache/snapmr-tests")
 KERNEL_SERIES = "6.1."          # bookworm's kernel line (backports has newer ones)
 QEMU72_VERSION = "1:7.2"
-KVM_PROBE = float(os.environ.get("SNAPMR_KVM_PROBE", "20"))
-DATA_MIB = {"text": 8, "random": 24}    # what /init writes into its tmpfs
+KVM_PROBE = float(os.environ.get("SNAPMR_KVM_PROBE", "15"))
+DATA_MIB = {"text": 4, "random": 12}    # what /init writes into its tmpfs
 
 TICK_RE = re.compile(rb"^tick (\d+) sum ([0-9a-f]{32})\r?$", re.M)
 READY_RE = re.compile(rb"^ready sum ([0-9a-f]{32}) bytes (\d+) fill-ms (\d+)\r?$", re.M)

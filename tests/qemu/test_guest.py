@@ -141,7 +141,8 @@ def lineage(name, qemu, image, machine, size, dimm, smp, work):
         print(f"  boot ({accel}): first tick after {boot_s:.1f}s (fill {fill_ms} ms, "
               f"{nbytes} bytes, md5 {want_sum}), machine {g.machine_type()}", flush=True)
         for cycle in range(1, CYCLES + 1):
-            g.wait_tick(max([n for n, _ in g.ticks()] or [0]) + 1, 60)
+            # The guest has just ticked (boot, or the restore before): stop
+            # it in its sleep, between two lines.
             g.qmp.execute("stop")
             snap = os.path.join(work, f"{name}-{cycle}.snap")
             mig_ms, save_ms, stream, sums = save(g, snap)
@@ -171,7 +172,8 @@ def lineage(name, qemu, image, machine, size, dimm, smp, work):
             dst.qmp.execute("cont")
             last = int(G.TICK_RE.findall(b"".join(consoles))[-1][0])
             dst.wait_tick(0, 60)
-            dst.wait_tick(max(n for n, _ in dst.ticks()), 30)   # and one more
+            if cycle == CYCLES:     # the next save checks the others go on
+                dst.wait_tick(max(n for n, _ in dst.ticks()), 30)
             ticks = [(int(n), s.decode()) for n, s in
                      G.TICK_RE.findall(b"".join(consoles) + dst.console())]
             nums = [n for n, _ in ticks]
