@@ -128,7 +128,12 @@ def unpacked(pkgs, version, members=None, slot=None):
             os.unlink(deb)
         open(os.path.join(root, ".complete"), "w").close()
         shutil.rmtree(slot, ignore_errors=True)
-        os.rename(root, slot)
+        try:
+            os.rename(root, slot)
+        except OSError:
+            # Another run filled the slot meanwhile: use its copy.
+            if not os.path.exists(os.path.join(slot, ".complete")):
+                raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return slot
@@ -150,9 +155,10 @@ def kernel():
         m = re.search(r"\b(linux-image-\d\S*-amd64)\b", deps)
         if not m:
             raise Unavailable(f"linux-image-amd64 {meta} depends on no kernel: {deps.strip()}")
-        with open(dep_file + ".tmp", "w") as f:
+        tmp_file = f"{dep_file}.{os.getpid()}.tmp"
+        with open(tmp_file, "w") as f:
             f.write(m.group(1) + "\n")
-        os.rename(dep_file + ".tmp", dep_file)
+        os.rename(tmp_file, dep_file)
     with open(dep_file) as f:
         pkg = f.read().strip()
     d = unpacked([pkg], meta, members=["./boot/vmlinuz-*"])
@@ -274,10 +280,11 @@ def make_initramfs(busybox_path, out):
     parts.append(_cpio_entry("init", 0o100755, init))
     parts.append(_cpio_entry("TRAILER!!!", 0))
     blob = b"".join(parts)
-    with open(out + ".tmp", "wb") as f:
+    tmp = f"{out}.{os.getpid()}.tmp"     # runs sharing the cache may race
+    with open(tmp, "wb") as f:
         f.write(blob)
         f.write(b"\0" * (-len(blob) % 512))
-    os.rename(out + ".tmp", out)
+    os.rename(tmp, out)
     return out
 
 
