@@ -411,6 +411,7 @@ static int holds_ours(const struct snap_outfile *o, const char *name)
 
 int snap_outfile_commit(struct snap_outfile *o, char *errbuf, size_t errlen)
 {
+	sig_atomic_t armed;
 	int r;
 
 	if (!o->final_path)
@@ -423,13 +424,20 @@ int snap_outfile_commit(struct snap_outfile *o, char *errbuf, size_t errlen)
 			 o->tmp_name, r == -ESTALE ? "another file is there" : strerror(-r));
 		return r;
 	}
+	/*
+	 * Disarmed first: once renamed, the temporary name is gone and the
+	 * handler would take the finished file for one moved away and empty it.
+	 * A signal in between leaves the temporary file for the next save to reap.
+	 */
+	armed = tmp_armed;
+	tmp_armed = 0;
 	if (renameat(o->dir_fd, o->tmp_name, o->dir_fd, o->final_name) < 0) {
 		r = -errno;
+		tmp_armed = armed;
 		snprintf(errbuf, errlen, "cannot rename the finished file into place: %s",
 			 strerror(-r));
 		return r;
 	}
-	tmp_armed = 0;
 	free(o->tmp_name);
 	o->tmp_name = NULL;
 	/* A swap between the check and the rename put someone else's file in place. */

@@ -480,7 +480,8 @@ static void fatal_set(sigset_t *set)
 
 static void put_signame(char *buf, size_t *len, size_t cap, int sig)
 {
-	const char *abbrev = sig < SIGRTMIN ? sigabbrev_np(sig) : NULL;
+	/* glibc calls SIGIO by its other name, SIGPOLL; kill -l says SIGIO. */
+	const char *abbrev = sig == SIGIO ? "IO" : sig < SIGRTMIN ? sigabbrev_np(sig) : NULL;
 
 	put(buf, len, cap, "SIG");
 	if (abbrev) {
