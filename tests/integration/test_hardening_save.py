@@ -233,6 +233,44 @@ def fatal_signal(e, name, sig=None):
           "%s: the temporary name %r holds no process id" % (name, tmp[0]))
 
 
+def restore_signals(e):
+    # the handler serves snaprestore too: a fatal signal mid-restore removes
+    # the destination it created (it would hold part of a guest)
+    src = make_block("pc.ram", e.shm, pattern("random", 64 * MiB, 9), "rsig").src
+    snap = os.path.join(e.disk, "rsig.snap")
+    ok(snapsave("-o", snap, "--ram", "pc.ram=" + src), "save for the restore signals")
+    os.unlink(src)
+    for name in ("SIGQUIT", "SIGUSR1", "SIGXCPU"):
+        sig = getattr(signal, name)
+        dest = os.path.join(e.shm, "rsig-dest.ram")
+        p = subprocess.Popen([SNAPRESTORE, snap, "--ram", "pc.ram=" + dest, "-j", "1",
+                              "--io", "threads", "--max-io-size", "4K"],
+                             stdin=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                             preexec_fn=default_signals)
+        try:
+            t0 = time.monotonic()
+            while p.poll() is None and time.monotonic() - t0 < 30:
+                if os.path.exists(dest) and allocated(dest) >= 4 * MiB:
+                    break
+                time.sleep(0.002)
+            check(p.poll() is None, "%s: the restore ended before the signal" % name)
+            p.send_signal(sig)
+            rc = p.wait(timeout=60)
+            err = p.stderr.read().decode()
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+            p.stderr.close()
+        check(rc == -sig, "%s during a restore: exit status %d (%s)" % (name, rc, err.strip()))
+        check(not os.path.exists(dest), "%s during a restore: the destination it created "
+              "is still there" % name)
+        lines = [l for l in err.splitlines() if l.strip()]
+        check(len(lines) == 1 and lines[0].startswith("snaprestore: killed by %s;" % name),
+              "%s during a restore: expected one line naming it, got %r" % (name, lines))
+    os.unlink(snap)
+
+
 def file_size_limit(e):
     limit = 1 * MiB
 
@@ -341,6 +379,7 @@ def main():
     for name in FATAL:
         t.case("%s during a save" % name, fatal_signal, e, name)
     t.case("SIGRTMIN+2 during a save", fatal_signal, e, "SIGRTMIN+2", signal.SIGRTMIN + 2)
+    t.case("fatal signals during a restore", restore_signals, e)
     t.case("ulimit -f: one error line, exit 1", file_size_limit, e)
     t.case("stale temporaries of a dead process are reaped", stale_reaping, e)
     t.case("an fd set holding two different files is refused", mixed_fdset, e)
