@@ -364,9 +364,6 @@ int snap_outfile_open(struct snap_outfile *o, const char *spec, enum snap_direct
 		snprintf(errbuf, errlen, "output directory '%s': %s", dir, strerror(-r));
 		goto fail;
 	}
-	r = reap_stale(o, errbuf, errlen);
-	if (r)
-		goto fail;
 	if (offset) {
 		r = open_prefix(o, offset, &prefix_fd, errbuf, errlen);
 		if (r)
@@ -382,6 +379,10 @@ int snap_outfile_open(struct snap_outfile *o, const char *spec, enum snap_direct
 			goto fail;
 	}
 	r = open_direct(o, NULL, direct, errbuf, errlen);
+	if (r)
+		goto fail;
+	/* Last, so that o->reaped is reported: a failed open frees it. */
+	r = reap_stale(o, errbuf, errlen);
 	if (r)
 		goto fail;
 	if (prefix_fd >= 0)
