@@ -211,6 +211,10 @@ int main(int argc, char **argv)
 		cli_err("%s: %s", a.output, ebuf);
 		goto close_devstate;
 	}
+	for (size_t i = 0; i < out.n_reaped; i++)
+		cli_note("%s: removed '%s', a temporary file left in the output directory by a "
+			 "save whose process is gone",
+			 a.output, out.reaped[i]);
 	if (output_is_source(&a, &out, maps)) {
 		snap_outfile_abort(&out);
 		goto close_devstate;
