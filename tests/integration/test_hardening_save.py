@@ -368,6 +368,29 @@ def mixed_fdset(e):
     check(not os.path.exists(dest), "the refused restore created its destination")
 
 
+def stdout_failures(e):
+    """--json and --help into a full or closed stdout: exit 1 and say so."""
+    if not os.path.exists("/dev/full"):
+        raise Skip("no /dev/full")
+
+    def full():
+        fd = os.open("/dev/full", os.O_WRONLY)
+        os.dup2(fd, 1)
+        os.close(fd)
+
+    out = os.path.join(e.disk, "json.snap")
+    for how, pre, why in (("full", full, "No space left on device"),
+                          ("closed", lambda: os.close(1), "Bad file descriptor")):
+        for label, args in (("--json", ["-o", out, "--ram", "pc.ram=" + e.small.src,
+                                        "--json"]),
+                            ("--help", ["--help"])):
+            r = run([SNAPSAVE] + args, preexec_fn=pre)
+            expect_error(r, 1, "stdout: " + why, what="%s with stdout %s" % (label, how))
+    # Nothing printed: a closed stdout is no error.
+    ok(run([SNAPSAVE, "-o", out, "--ram", "pc.ram=" + e.small.src],
+           preexec_fn=lambda: os.close(1)), "save without output, stdout closed")
+
+
 def main():
     require_binaries()
     e = setup()
@@ -383,6 +406,7 @@ def main():
     t.case("ulimit -f: one error line, exit 1", file_size_limit, e)
     t.case("stale temporaries of a dead process are reaped", stale_reaping, e)
     t.case("an fd set holding two different files is refused", mixed_fdset, e)
+    t.case("--json or --help into a full or closed stdout fails", stdout_failures, e)
     t.finish()
 
 
