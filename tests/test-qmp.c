@@ -398,6 +398,8 @@ static void test_connect_errors(void **state)
 		int r = qmp_connect(sa.sun_path, 100, &q, err, sizeof(err));
 
 		assert_int_equal(r, -EBUSY);
+		if (i == 2)
+			assert_non_null(strstr(err, "listen queue is full"));
 	}
 	assert_null(q);
 	close(s);
@@ -636,6 +638,20 @@ static void test_bad_replies(void **state)
 	bad_reply(NULL, true, -ECONNRESET, "closed the connection (waiting for the reply to query-status)");
 }
 
+static void test_peer_gone(void **state)
+{
+	static const struct step s[] = { { .hangup = true }, { 0 } };
+	struct conn c = open_conn(s);
+	char err[256];
+
+	(void)state;
+	/* Whether send() or recv() notices first, it is the same error. */
+	assert_int_equal(qmp_execute(c.q, "cont", NULL, T, NULL, err, sizeof(err)), -ECONNRESET);
+	assert_non_null(strstr(err, "QEMU closed the connection"));
+	assert_int_equal(qmp_execute(c.q, "cont", NULL, T, NULL, err, sizeof(err)), -EPIPE);
+	close_conn(&c);
+}
+
 /* ---- fd passing ---- */
 
 static void test_execute_fd(void **state)
@@ -669,6 +685,158 @@ static void test_execute_fd(void **state)
 	unlink(path);
 }
 
+/* ---- queries ---- */
+
+static void test_query_status_migrate(void **state)
+{
+	static const struct step s[] = {
+		{ .cmd = "query-status",
+		  .send = "{\"return\": {\"running\": false, \"singlestep\": false, \"status\": \"paused\"}, \"id\": %ID%}\n" },
+		{ .cmd = "query-status",
+		  .send = "{\"return\": {\"running\": true, \"status\": \"running\"}, \"id\": %ID%}\n" },
+		{ .cmd = "query-status",
+		  .send = "{\"return\": {\"running\": false, \"status\": \"prelaunch\"}, \"id\": %ID%}\n" },
+		{ .cmd = "query-status", .send = "{\"return\": {\"status\": \"paused\"}, \"id\": %ID%}\n" },
+		{ .cmd = "query-migrate", .send = OK },
+		{ .cmd = "query-migrate",
+		  .send = "{\"return\": {\"status\": \"active\", \"total-time\": 5}, \"id\": %ID%}\n" },
+		{ .cmd = "query-migrate",
+		  .send = "{\"return\": {\"status\": \"failed\", \"error-desc\": \"Channel error\"}, \"id\": %ID%}\n" },
+		{ .cmd = "query-migrate", .send = "{\"return\": [], \"id\": %ID%}\n" },
+		{ 0 },
+	};
+	struct conn c = open_conn(s);
+	struct qmp_status st;
+	struct qmp_migration m;
+	char err[256];
+
+	(void)state;
+	assert_int_equal(qmp_query_status(c.q, T, &st, err, sizeof(err)), 0);
+	assert_int_equal(st.state, QMP_VM_PAUSED);
+	assert_false(st.running);
+	assert_string_equal(st.status, "paused");
+	assert_int_equal(qmp_query_status(c.q, T, &st, err, sizeof(err)), 0);
+	assert_int_equal(st.state, QMP_VM_RUNNING);
+	assert_int_equal(qmp_query_status(c.q, T, &st, err, sizeof(err)), 0);
+	assert_int_equal(st.state, QMP_VM_OTHER);
+	assert_string_equal(st.status, "prelaunch");
+	assert_int_equal(qmp_query_status(c.q, T, &st, err, sizeof(err)), -EPROTO);
+	assert_non_null(strstr(err, "query-status: unexpected reply"));
+
+	assert_int_equal(qmp_query_migrate(c.q, T, &m, err, sizeof(err)), 0);
+	assert_string_equal(m.status, "none");
+	assert_false(m.active);
+	assert_int_equal(qmp_query_migrate(c.q, T, &m, err, sizeof(err)), 0);
+	assert_string_equal(m.status, "active");
+	assert_true(m.active);
+	assert_int_equal(qmp_query_migrate(c.q, T, &m, err, sizeof(err)), 0);
+	assert_false(m.active);
+	assert_string_equal(m.error_desc, "Channel error");
+	assert_int_equal(qmp_query_migrate(c.q, T, &m, err, sizeof(err)), -EPROTO);
+	close_conn(&c);
+}
+
+static void test_query_capability(void **state)
+{
+#define CAPS                                                                                    \
+	"{\"return\": [{\"state\": false, \"capability\": \"xbzrle\"}, {\"state\": true, "    \
+	"\"capability\": \"x-ignore-shared\"}, {\"state\": false, \"capability\": \"events\"}], " \
+	"\"id\": %ID%}\n"
+	static const struct step s[] = {
+		{ .cmd = "query-migrate-capabilities", .send = CAPS },
+		{ .cmd = "query-migrate-capabilities", .send = CAPS },
+		{ .cmd = "query-migrate-capabilities", .send = CAPS },
+		{ .cmd = "query-migrate-capabilities",
+		  .send = "{\"return\": [{\"capability\": \"events\"}], \"id\": %ID%}\n" },
+		{ 0 },
+	};
+	struct conn c = open_conn(s);
+	bool present, on;
+	char err[256];
+
+	(void)state;
+	assert_int_equal(qmp_query_capability(c.q, "x-ignore-shared", T, &present, &on, err,
+					      sizeof(err)),
+			 0);
+	assert_true(present);
+	assert_true(on);
+	assert_int_equal(qmp_query_capability(c.q, "events", T, &present, &on, err, sizeof(err)),
+			 0);
+	assert_true(present);
+	assert_false(on);
+	assert_int_equal(qmp_query_capability(c.q, "mapped-ram", T, &present, &on, err,
+					      sizeof(err)),
+			 0);
+	assert_false(present);
+	assert_int_equal(qmp_query_capability(c.q, "events", T, &present, &on, err, sizeof(err)),
+			 -EPROTO);
+	close_conn(&c);
+#undef CAPS
+}
+
+static void test_query_memdevs(void **state)
+{
+	static const struct step s[] = {
+		{ .cmd = "query-memdev",
+		  .send = "{\"return\": [{\"id\": \"ram0\", \"size\": 67108864, \"merge\": true, \"dump\": true, \"prealloc\": false, \"share\": true, \"reserve\": true, \"host-nodes\": [], \"policy\": \"default\"},"
+			  " {\"id\": \"ram1\", \"size\": 18446744073709547520, \"share\": false, \"host-nodes\": [], \"policy\": \"default\"},"
+			  " {\"size\": 4096, \"share\": true}], \"id\": %ID%}\n" },
+		{ .cmd = "qom-get",
+		  .args_has = "\"path\":\"/objects/ram0\",\"property\":\"type\"",
+		  .send = "{\"return\": \"memory-backend-file\", \"id\": %ID%}\n" },
+		{ .cmd = "qom-get",
+		  .args_has = "\"path\":\"/objects/ram0\",\"property\":\"mem-path\"",
+		  .send = "{\"return\": \"/dev/shm/vm-ram0\", \"id\": %ID%}\n" },
+		{ .cmd = "qom-get",
+		  .args_has = "\"path\":\"/objects/ram1\",\"property\":\"type\"",
+		  .send = "{\"return\": \"memory-backend-memfd\", \"id\": %ID%}\n" },
+		/* QEMU 6.0: no share. */
+		{ .cmd = "query-memdev",
+		  .send = "{\"return\": [{\"id\": \"ram0\", \"size\": 4096}], \"id\": %ID%}\n" },
+		/* The backend vanished between the two calls. */
+		{ .cmd = "query-memdev",
+		  .send = "{\"return\": [{\"id\": \"ram0\", \"size\": 4096, \"share\": true}], \"id\": %ID%}\n" },
+		{ .cmd = "qom-get",
+		  .send = "{\"error\": {\"class\": \"DeviceNotFound\", \"desc\": \"Device '/objects/ram0' not found\"}, \"id\": %ID%}\n" },
+		{ .cmd = "qom-get", .args_has = "\"path\":\"/machine\"",
+		  .send = "{\"return\": \"pc-q35-10.0-machine\", \"id\": %ID%}\n" },
+		{ .cmd = "qom-get", .send = "{\"return\": \"none\", \"id\": %ID%}\n" },
+		{ 0 },
+	};
+	struct conn c = open_conn(s);
+	struct qmp_memdev *v = NULL;
+	size_t n = 0;
+	char err[256], *mt;
+
+	(void)state;
+	assert_int_equal(qmp_query_memdevs(c.q, T, &v, &n, err, sizeof(err)), 0);
+	assert_int_equal(n, 3);
+	assert_string_equal(v[0].id, "ram0");
+	assert_string_equal(v[0].type, "memory-backend-file");
+	assert_string_equal(v[0].mem_path, "/dev/shm/vm-ram0");
+	assert_int_equal(v[0].size, 64 << 20);
+	assert_true(v[0].share);
+	assert_string_equal(v[1].type, "memory-backend-memfd");
+	assert_null(v[1].mem_path);
+	assert_true(v[1].size == UINT64_MAX - 4095);
+	assert_false(v[1].share);
+	assert_null(v[2].id);
+	assert_null(v[2].type);
+	assert_int_equal(v[2].size, 4096);
+	qmp_memdevs_free(v, n);
+	assert_int_equal(qmp_query_memdevs(c.q, T, &v, &n, err, sizeof(err)), -EPROTO);
+	assert_non_null(strstr(err, "before 6.1"));
+	assert_int_equal(qmp_query_memdevs(c.q, T, &v, &n, err, sizeof(err)), -ENODEV);
+	assert_non_null(strstr(err, "/objects/ram0"));
+	assert_int_equal(qmp_query_machine_type(c.q, T, &mt, err, sizeof(err)), 0);
+	assert_string_equal(mt, "pc-q35-10.0");
+	free(mt);
+	assert_int_equal(qmp_query_machine_type(c.q, T, &mt, err, sizeof(err)), 0);
+	assert_string_equal(mt, "none");
+	free(mt);
+	close_conn(&c);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -684,7 +852,11 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_eintr, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_long_lines, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_bad_replies, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_peer_gone, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_execute_fd, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_query_status_migrate, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_query_capability, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_query_memdevs, setup, teardown),
 	};
 
 	return cmocka_run_group_tests_name("qmp", tests, NULL, NULL);

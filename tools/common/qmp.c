@@ -396,7 +396,7 @@ static int send_cmd(struct qmp *q, const char *cmd, struct json_object *args, in
 		goto nomem;
 	if (json_object_object_add(m, "id", json_object_new_int64(q->next_id)) < 0)
 		goto nomem;
-	s = json_object_to_json_string_ext(m, JSON_C_TO_STRING_PLAIN);
+	s = json_object_to_json_string_ext(m, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE);
 	if (!s)
 		goto nomem;
 	n = strlen(s);
@@ -411,6 +411,9 @@ static int send_cmd(struct qmp *q, const char *cmd, struct json_object *args, in
 	json_object_put(m);
 	if (r == -ETIMEDOUT)
 		return qerr(errbuf, errlen, "%s: timed out sending the command", cmd), r;
+	if (r == -EPIPE || r == -ECONNRESET)
+		return qerr(errbuf, errlen, "QEMU closed the connection (sending %s)", cmd),
+		       fail(q, -ECONNRESET);
 	if (r < 0)
 		return qerr(errbuf, errlen, "%s: sending the command: %s", cmd, strerror(-r)),
 		       fail(q, r);
