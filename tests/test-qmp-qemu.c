@@ -68,14 +68,27 @@ static void start_qemu(struct vm *vm)
 {
 	char backend[256];
 	const char *argv[] = {
-		qemu_bin(), "-S", "-nodefaults", "-display", "none",
-		"-machine", "q35,memory-backend=ram0",
-		"-accel", "kvm", "-accel", "tcg",
-		"-m", "64M,slots=2,maxmem=128M",
-		"-object", backend,
-		"-object", "memory-backend-memfd,id=ram1,size=16M,share=on",
-		"-device", "pc-dimm,id=dimm0,memdev=ram1",
-		"-qmp", NULL,
+		qemu_bin(),
+		"-S",
+		"-nodefaults",
+		"-display",
+		"none",
+		"-machine",
+		"q35,memory-backend=ram0",
+		"-accel",
+		"kvm",
+		"-accel",
+		"tcg",
+		"-m",
+		"64M,slots=2,maxmem=128M",
+		"-object",
+		backend,
+		"-object",
+		"memory-backend-memfd,id=ram1,size=16M,share=on",
+		"-device",
+		"pc-dimm,id=dimm0,memdev=ram1",
+		"-qmp",
+		NULL,
 		NULL,
 	};
 	char qmparg[160];
@@ -199,9 +212,9 @@ static void test_queries(void **state)
 	assert_int_equal(qmp_query_machine_type(vm->q, T, &mt, err, sizeof(err)), 0);
 	assert_true(!strncmp(mt, "pc-q35-", 7));
 	free(mt);
-	assert_int_equal(qmp_query_capability(vm->q, "x-ignore-shared", T, &present, &on, err,
-					      sizeof(err)),
-			 0);
+	assert_int_equal(
+		qmp_query_capability(vm->q, "x-ignore-shared", T, &present, &on, err, sizeof(err)),
+		0);
 	assert_true(present);
 	assert_false(on);
 	assert_int_equal(qmp_query_capability(vm->q, "no-such-capability", T, &present, &on, err,
@@ -239,8 +252,7 @@ static void test_run_state_and_events(void **state)
 	char err[512];
 
 	assert_int_equal(qmp_execute(vm->q, "cont", NULL, T, NULL, err, sizeof(err)), 0);
-	assert_int_equal(qmp_wait_event(vm->q, "RESUME", NULL, NULL, T, NULL, err, sizeof(err)),
-			 0);
+	assert_int_equal(qmp_wait_event(vm->q, "RESUME", NULL, NULL, T, NULL, err, sizeof(err)), 0);
 	assert_int_equal(qmp_query_status(vm->q, T, &st, err, sizeof(err)), 0);
 	assert_int_equal(st.state, QMP_VM_RUNNING);
 	assert_int_equal(qmp_execute(vm->q, "stop", NULL, T, NULL, err, sizeof(err)), 0);

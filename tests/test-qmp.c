@@ -25,7 +25,7 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
-#define GREETING                                                                          \
+#define GREETING                                                                           \
 	"{\"QMP\": {\"version\": {\"qemu\": {\"micro\": 2, \"minor\": 0, \"major\": 10}, " \
 	"\"package\": \"test\"}, \"capabilities\": [\"oob\"]}}\r\n"
 #define OK "{\"return\": {}, \"id\": %ID%}\r\n"
@@ -46,20 +46,47 @@ struct step {
 
 struct fake {
 	int sock;
+	bool listening; /* sock listens: accept one client first */
 	const struct step *steps;
 	pthread_t thread;
 	char failure[512];
-	int n_fds;		/* descriptors received with commands */
-	struct stat fd_st;	/* fstat of the last one */
-	char line[1 << 16];	/* the last command */
+	int n_fds;	    /* descriptors received with commands */
+	struct stat fd_st;  /* fstat of the last one */
+	char line[1 << 16]; /* the last command */
 };
 
-static const struct step greet[] = {
+/* What QEMU says first; open_conn() puts it before each script. */
+#define N_GREET 2
+static const struct step greet[N_GREET + 1] = {
 	{ .send = GREETING },
 	{ .cmd = "qmp_capabilities", .send = OK },
+	{ 0 },
 };
 
 static int fds_before;
+
+/* Descriptors without close-on-exec that the test runner gave us: not ours to judge. */
+static bool inherited[1024];
+
+static void note_inherited(void)
+{
+	for (int fd = 0; fd < 1024; fd++) {
+		int fl = fcntl(fd, F_GETFD);
+
+		inherited[fd] = fl >= 0 && !(fl & FD_CLOEXEC);
+	}
+}
+
+/* Every descriptor opened since note_inherited() is close-on-exec. */
+static void assert_all_cloexec(void)
+{
+	for (int fd = 0; fd < 1024; fd++) {
+		int fl = fcntl(fd, F_GETFD);
+
+		if (fl >= 0 && !(fl & FD_CLOEXEC) && !inherited[fd])
+			fail_msg("fd %d is not close-on-exec", fd);
+	}
+}
 
 static int count_fds(void)
 {
@@ -77,6 +104,7 @@ static int setup(void **state)
 {
 	(void)state;
 	fds_before = count_fds();
+	note_inherited();
 	return 0;
 }
 
@@ -173,6 +201,17 @@ static void *fake_main(void *arg)
 	struct fake *f = arg;
 	char c;
 
+	if (f->listening) {
+		int s = accept4(f->sock, NULL, NULL, SOCK_CLOEXEC);
+
+		close(f->sock);
+		f->sock = s;
+		if (s < 0) {
+			ffail(f, "accept failed");
+			return NULL;
+		}
+	}
+
 	for (const struct step *s = f->steps; s->cmd || s->send || s->hangup; s++) {
 		char id[32] = "null";
 
@@ -258,10 +297,10 @@ static struct conn open_conn(const struct step *steps)
 
 	while (steps[n].cmd || steps[n].send || steps[n].hangup)
 		n++;
-	c.all = calloc(n + 3, sizeof(*c.all));
+	c.all = calloc(N_GREET + n + 1, sizeof(*c.all));
 	assert_non_null(c.all);
-	memcpy(c.all, greet, sizeof(greet));
-	memcpy(c.all + 2, steps, n * sizeof(*steps));
+	memcpy(c.all, greet, N_GREET * sizeof(*greet));
+	memcpy(c.all + N_GREET, steps, n * sizeof(*steps));
 	c.f = fake_start(c.all, spec, sizeof(spec), &cfd);
 	assert_int_equal(qmp_connect(spec, T, &c.q, err, sizeof(err)), 0);
 	close(cfd);
@@ -308,6 +347,7 @@ static void test_greeting(void **state)
 	assert_false(qmp_greeting_has(c.q, "oo"));
 	/* The fake is a thread of this process. */
 	assert_int_equal(qmp_peer_pid(c.q), getpid());
+	assert_all_cloexec();
 	close_conn(&c);
 }
 
@@ -411,6 +451,32 @@ static void test_connect_errors(void **state)
 	assert_int_equal(rmdir(dir), 0);
 }
 
+static void test_connect_by_path(void **state)
+{
+	char dir[] = "/tmp/snapmr-test-qmp-XXXXXX", err[256];
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	struct fake *f = calloc(1, sizeof(*f));
+	struct qmp *q = NULL;
+
+	(void)state;
+	assert_non_null(f);
+	assert_non_null(mkdtemp(dir));
+	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s/qmp.sock", dir);
+	f->sock = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	assert_int_equal(bind(f->sock, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	assert_int_equal(listen(f->sock, 1), 0);
+	f->listening = true;
+	f->steps = greet;
+	assert_int_equal(pthread_create(&f->thread, NULL, fake_main, f), 0);
+	assert_int_equal(qmp_connect(sa.sun_path, T, &q, err, sizeof(err)), 0);
+	assert_int_equal(qmp_peer_pid(q), getpid());
+	assert_all_cloexec();
+	qmp_close(q);
+	fake_end(f, NULL, NULL);
+	unlink(sa.sun_path);
+	assert_int_equal(rmdir(dir), 0);
+}
+
 /* ---- commands and events ---- */
 
 static bool status_is(struct json_object *data, void *arg)
@@ -442,9 +508,9 @@ static void test_ids_and_events(void **state)
 	assert_string_equal(json_object_get_string(v), "paused");
 	json_object_put(ret);
 	/* The completed event arrives after the reply; the active one is consumed with it. */
-	assert_int_equal(qmp_wait_event(c.q, "MIGRATION", status_is, "completed", T, &ev, err,
-					sizeof(err)),
-			 0);
+	assert_int_equal(
+		qmp_wait_event(c.q, "MIGRATION", status_is, "completed", T, &ev, err, sizeof(err)),
+		0);
 	assert_true(status_is(json_object_object_get_ex(ev, "data", &v) ? v : NULL, "completed"));
 	json_object_put(ev);
 	assert_int_equal(qmp_wait_event(c.q, "MIGRATION", NULL, NULL, 50, NULL, err, sizeof(err)),
@@ -469,8 +535,8 @@ static void test_event_queue_bounded(void **state)
 	(void)state;
 	assert_non_null(burst);
 	for (int i = 0; i < QMP_EVENT_QUEUE + 6; i++)
-		o += (size_t)sprintf(burst + o, "{\"event\": \"E\", \"data\": {\"status\": \"%d\"}}\n",
-				     i);
+		o += (size_t)sprintf(burst + o,
+				     "{\"event\": \"E\", \"data\": {\"status\": \"%d\"}}\n", i);
 	strcpy(burst + o, OK);
 	s[0].send = burst;
 	c = open_conn(s);
@@ -517,8 +583,7 @@ static void test_error_replies(void **state)
 	json_object_put(args);
 	assert_int_equal(qmp_execute(c.q, "x-nope", NULL, T, NULL, err, sizeof(err)), -ENOSYS);
 	assert_non_null(strstr(err, "has not been found"));
-	assert_int_equal(qmp_execute(c.q, "device_del", NULL, T, NULL, err, sizeof(err)),
-			 -ENODEV);
+	assert_int_equal(qmp_execute(c.q, "device_del", NULL, T, NULL, err, sizeof(err)), -ENODEV);
 	assert_int_equal(qmp_execute(c.q, "stop", NULL, T, NULL, err, sizeof(err)), -EIO);
 	assert_string_equal(err, "stop: JSON parse error");
 	/* An error reply leaves the connection usable. */
@@ -606,8 +671,7 @@ static void test_long_lines(void **state)
 			 -EMSGSIZE);
 	assert_non_null(strstr(err, "longer than 1048576 bytes"));
 	/* The stream position is lost: later calls fail at once. */
-	assert_int_equal(qmp_execute(c.q, "query-memdev", NULL, T, NULL, err, sizeof(err)),
-			 -EPIPE);
+	assert_int_equal(qmp_execute(c.q, "query-memdev", NULL, T, NULL, err, sizeof(err)), -EPIPE);
 	close_conn(&c);
 	free(ok);
 	free(huge);
@@ -635,7 +699,8 @@ static void test_bad_replies(void **state)
 	bad_reply("{\"return\": {}, \"id\": 99}\n", false, -EPROTO, "unexpected id 99");
 	bad_reply("{\"return\": {}, \"id\": \"x\"}\n", false, -EPROTO, "unexpected id");
 	bad_reply("{\"return\": {\"running\":", true, -ECONNRESET, "middle of a message");
-	bad_reply(NULL, true, -ECONNRESET, "closed the connection (waiting for the reply to query-status)");
+	bad_reply(NULL, true, -ECONNRESET,
+		  "closed the connection (waiting for the reply to query-status)");
 }
 
 static void test_peer_gone(void **state)
@@ -696,7 +761,8 @@ static void test_query_status_migrate(void **state)
 		  .send = "{\"return\": {\"running\": true, \"status\": \"running\"}, \"id\": %ID%}\n" },
 		{ .cmd = "query-status",
 		  .send = "{\"return\": {\"running\": false, \"status\": \"prelaunch\"}, \"id\": %ID%}\n" },
-		{ .cmd = "query-status", .send = "{\"return\": {\"status\": \"paused\"}, \"id\": %ID%}\n" },
+		{ .cmd = "query-status",
+		  .send = "{\"return\": {\"status\": \"paused\"}, \"id\": %ID%}\n" },
 		{ .cmd = "query-migrate", .send = OK },
 		{ .cmd = "query-migrate",
 		  .send = "{\"return\": {\"status\": \"active\", \"total-time\": 5}, \"id\": %ID%}\n" },
@@ -738,8 +804,8 @@ static void test_query_status_migrate(void **state)
 
 static void test_query_capability(void **state)
 {
-#define CAPS                                                                                    \
-	"{\"return\": [{\"state\": false, \"capability\": \"xbzrle\"}, {\"state\": true, "    \
+#define CAPS                                                                                      \
+	"{\"return\": [{\"state\": false, \"capability\": \"xbzrle\"}, {\"state\": true, "        \
 	"\"capability\": \"x-ignore-shared\"}, {\"state\": false, \"capability\": \"events\"}], " \
 	"\"id\": %ID%}\n"
 	static const struct step s[] = {
@@ -755,18 +821,17 @@ static void test_query_capability(void **state)
 	char err[256];
 
 	(void)state;
-	assert_int_equal(qmp_query_capability(c.q, "x-ignore-shared", T, &present, &on, err,
-					      sizeof(err)),
-			 0);
+	assert_int_equal(
+		qmp_query_capability(c.q, "x-ignore-shared", T, &present, &on, err, sizeof(err)),
+		0);
 	assert_true(present);
 	assert_true(on);
 	assert_int_equal(qmp_query_capability(c.q, "events", T, &present, &on, err, sizeof(err)),
 			 0);
 	assert_true(present);
 	assert_false(on);
-	assert_int_equal(qmp_query_capability(c.q, "mapped-ram", T, &present, &on, err,
-					      sizeof(err)),
-			 0);
+	assert_int_equal(
+		qmp_query_capability(c.q, "mapped-ram", T, &present, &on, err, sizeof(err)), 0);
 	assert_false(present);
 	assert_int_equal(qmp_query_capability(c.q, "events", T, &present, &on, err, sizeof(err)),
 			 -EPROTO);
@@ -798,7 +863,8 @@ static void test_query_memdevs(void **state)
 		  .send = "{\"return\": [{\"id\": \"ram0\", \"size\": 4096, \"share\": true}], \"id\": %ID%}\n" },
 		{ .cmd = "qom-get",
 		  .send = "{\"error\": {\"class\": \"DeviceNotFound\", \"desc\": \"Device '/objects/ram0' not found\"}, \"id\": %ID%}\n" },
-		{ .cmd = "qom-get", .args_has = "\"path\":\"/machine\"",
+		{ .cmd = "qom-get",
+		  .args_has = "\"path\":\"/machine\"",
 		  .send = "{\"return\": \"pc-q35-10.0-machine\", \"id\": %ID%}\n" },
 		{ .cmd = "qom-get", .send = "{\"return\": \"none\", \"id\": %ID%}\n" },
 		{ 0 },
@@ -845,6 +911,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_no_greeting_is_busy, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_not_qmp, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_connect_errors, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_connect_by_path, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_ids_and_events, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_event_queue_bounded, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_error_replies, setup, teardown),

@@ -41,8 +41,8 @@ struct qmp {
 	size_t n_events;
 };
 
-__attribute__((format(printf, 3, 4))) static int qerr(char *errbuf, size_t errlen,
-						      const char *fmt, ...)
+__attribute__((format(printf, 3, 4))) static int qerr(char *errbuf, size_t errlen, const char *fmt,
+						      ...)
 {
 	va_list ap;
 	int n;
@@ -237,7 +237,8 @@ static int read_msg(struct qmp *q, int64_t deadline, const char *what, struct js
 	size_t scanned = 0;
 
 	if (q->broken)
-		return qerr(errbuf, errlen, "the QMP connection is unusable after an earlier error"),
+		return qerr(errbuf, errlen,
+			    "the QMP connection is unusable after an earlier error"),
 		       -EPIPE;
 	for (;;) {
 		char *nl = memchr(q->buf + scanned, '\n', q->len - scanned);
@@ -396,7 +397,8 @@ static int send_cmd(struct qmp *q, const char *cmd, struct json_object *args, in
 		goto nomem;
 	if (json_object_object_add(m, "id", json_object_new_int64(q->next_id)) < 0)
 		goto nomem;
-	s = json_object_to_json_string_ext(m, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE);
+	s = json_object_to_json_string_ext(m,
+					   JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE);
 	if (!s)
 		goto nomem;
 	n = strlen(s);
@@ -423,15 +425,16 @@ nomem:
 	return qerr(errbuf, errlen, "out of memory"), r;
 }
 
-int qmp_execute_fd(struct qmp *q, const char *cmd, struct json_object *args, int fd,
-		   int timeout_ms, struct json_object **ret_json, char *errbuf, size_t errlen)
+int qmp_execute_fd(struct qmp *q, const char *cmd, struct json_object *args, int fd, int timeout_ms,
+		   struct json_object **ret_json, char *errbuf, size_t errlen)
 {
 	int64_t deadline = deadline_of(timeout_ms), id;
 	char what[96];
 	int r;
 
 	if (q->broken)
-		return qerr(errbuf, errlen, "the QMP connection is unusable after an earlier error"),
+		return qerr(errbuf, errlen,
+			    "the QMP connection is unusable after an earlier error"),
 		       -EPIPE;
 	r = send_cmd(q, cmd, args, fd, deadline, &id, errbuf, errlen);
 	if (r < 0)
@@ -505,8 +508,8 @@ static struct json_object *take_event(struct qmp *q, size_t i, const char *name)
 	return ev;
 }
 
-int qmp_wait_event(struct qmp *q, const char *name, qmp_event_pred pred, void *arg,
-		   int timeout_ms, struct json_object **ret_event, char *errbuf, size_t errlen)
+int qmp_wait_event(struct qmp *q, const char *name, qmp_event_pred pred, void *arg, int timeout_ms,
+		   struct json_object **ret_event, char *errbuf, size_t errlen)
 {
 	int64_t deadline = deadline_of(timeout_ms);
 	char what[96];
@@ -586,8 +589,7 @@ bad:
 	return -EPROTO;
 }
 
-int qmp_connect(const char *spec, int timeout_ms, struct qmp **ret_q, char *errbuf,
-		size_t errlen)
+int qmp_connect(const char *spec, int timeout_ms, struct qmp **ret_q, char *errbuf, size_t errlen)
 {
 	struct ucred cred;
 	socklen_t cl = sizeof(cred);
@@ -805,8 +807,8 @@ void qmp_memdevs_free(struct qmp_memdev *v, size_t n)
 }
 
 /* Fills d from one query-memdev entry and the backend's QOM properties. */
-static int memdev_fill(struct qmp *q, struct json_object *m, struct qmp_memdev *d,
-		       int timeout_ms, char *errbuf, size_t errlen)
+static int memdev_fill(struct qmp *q, struct json_object *m, struct qmp_memdev *d, int timeout_ms,
+		       char *errbuf, size_t errlen)
 {
 	struct json_object *size;
 	const char *id = str_member(m, "id");
@@ -874,8 +876,7 @@ int qmp_query_memdevs(struct qmp *q, int timeout_ms, struct qmp_memdev **ret_v, 
 	return 0;
 }
 
-int qmp_query_machine_type(struct qmp *q, int timeout_ms, char **ret, char *errbuf,
-			   size_t errlen)
+int qmp_query_machine_type(struct qmp *q, int timeout_ms, char **ret, char *errbuf, size_t errlen)
 {
 	static const char suffix[] = "-machine";
 	char *t;

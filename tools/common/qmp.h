@@ -33,8 +33,7 @@ struct qmp_version {
  * timeout or the listen queue is full (QEMU serves one client at a time, and a
  * socket that is not a monitor stays silent); -EPROTO when the peer spoke but not QMP.
  */
-int qmp_connect(const char *spec, int timeout_ms, struct qmp **ret_q, char *errbuf,
-		size_t errlen);
+int qmp_connect(const char *spec, int timeout_ms, struct qmp **ret_q, char *errbuf, size_t errlen);
 
 /* Closes the connection and frees queued events. Accepts NULL. */
 void qmp_close(struct qmp *q);
@@ -64,8 +63,8 @@ int qmp_execute(struct qmp *q, const char *cmd, struct json_object *args, int ti
  * qmp_execute() with descriptor fd attached to the command's bytes (SCM_RIGHTS on
  * the same sendmsg), as getfd and add-fd want. The caller keeps fd; QEMU gets a copy.
  */
-int qmp_execute_fd(struct qmp *q, const char *cmd, struct json_object *args, int fd,
-		   int timeout_ms, struct json_object **ret_json, char *errbuf, size_t errlen);
+int qmp_execute_fd(struct qmp *q, const char *cmd, struct json_object *args, int fd, int timeout_ms,
+		   struct json_object **ret_json, char *errbuf, size_t errlen);
 
 /* Event filter: data is the event's "data" object, or NULL when it has none. */
 typedef bool (*qmp_event_pred)(struct json_object *data, void *arg);
@@ -76,8 +75,8 @@ typedef bool (*qmp_event_pred)(struct json_object *data, void *arg);
  * are consumed; *ret_event (if not NULL) owns the whole event object. Returns 0,
  * -ETIMEDOUT, or -errno with a message.
  */
-int qmp_wait_event(struct qmp *q, const char *name, qmp_event_pred pred, void *arg,
-		   int timeout_ms, struct json_object **ret_event, char *errbuf, size_t errlen);
+int qmp_wait_event(struct qmp *q, const char *name, qmp_event_pred pred, void *arg, int timeout_ms,
+		   struct json_object **ret_event, char *errbuf, size_t errlen);
 
 /* ---- one call each, returning plain structs ---- */
 
@@ -129,7 +128,6 @@ void qmp_memdevs_free(struct qmp_memdev *v, size_t n);
  * "type" without its "-machine" suffix; query-machines has no is-current in 7.2).
  * *ret is malloc'ed and the caller frees it.
  */
-int qmp_query_machine_type(struct qmp *q, int timeout_ms, char **ret, char *errbuf,
-			   size_t errlen);
+int qmp_query_machine_type(struct qmp *q, int timeout_ms, char **ret, char *errbuf, size_t errlen);
 
 #endif
