@@ -41,20 +41,21 @@ struct qmp {
 	size_t n_events;
 };
 
-__attribute__((format(printf, 3, 4))) static int qerr(char *errbuf, size_t errlen, const char *fmt,
-						      ...)
+/* Puts the message into errbuf (if any) and returns r. */
+__attribute__((format(printf, 4, 5))) static int qerr(char *errbuf, size_t errlen, int r,
+						      const char *fmt, ...)
 {
 	va_list ap;
 	int n;
 
 	if (!errbuf || !errlen)
-		return 0;
+		return r;
 	va_start(ap, fmt);
 	n = vsnprintf(errbuf, errlen, fmt, ap);
 	va_end(ap);
 	if (n >= 0 && (size_t)n >= errlen && errlen >= 4)
 		memcpy(errbuf + errlen - 4, "...", 4);
-	return 0;
+	return r;
 }
 
 static int64_t mono_ms(void)
@@ -101,15 +102,14 @@ static int connect_path(const char *path, int *ret_sock, char *errbuf, size_t er
 	int s, r;
 
 	if (strlen(path) >= sizeof(sa.sun_path))
-		return qerr(errbuf, errlen, "%s: socket path longer than %zu bytes", path,
-			    sizeof(sa.sun_path) - 1),
-		       -ENAMETOOLONG;
+		return qerr(errbuf, errlen, -ENAMETOOLONG, "%s: socket path longer than %zu bytes",
+			    path, sizeof(sa.sun_path) - 1);
 	strcpy(sa.sun_path, path);
 	/* Non-blocking: a full listen queue must not hang connect() forever. */
 	s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
 	if (s < 0) {
 		r = -errno;
-		return qerr(errbuf, errlen, "socket: %s", strerror(-r)), r;
+		return qerr(errbuf, errlen, r, "socket: %s", strerror(-r));
 	}
 	for (;;) {
 		if (connect(s, (struct sockaddr *)&sa, sizeof(sa)) == 0) {
@@ -122,14 +122,14 @@ static int connect_path(const char *path, int *ret_sock, char *errbuf, size_t er
 	r = -errno;
 	close(s);
 	if (r == -EAGAIN)
-		return qerr(errbuf, errlen,
-			    "%s: busy: the monitor's listen queue is full (another client holds it)",
-			    path),
-		       -EBUSY;
+		return qerr(
+			errbuf, errlen, -EBUSY,
+			"%s: busy: the monitor's listen queue is full (another client holds it)",
+			path);
 	/* connect(2) says ECONNREFUSED for a file that is no socket at all. */
 	if (r == -ECONNREFUSED && stat(path, &st) == 0 && !S_ISSOCK(st.st_mode))
-		return qerr(errbuf, errlen, "%s: not a socket", path), -ENOTSOCK;
-	return qerr(errbuf, errlen, "%s: %s", path, strerror(-r)), r;
+		return qerr(errbuf, errlen, -ENOTSOCK, "%s: not a socket", path);
+	return qerr(errbuf, errlen, r, "%s: %s", path, strerror(-r));
 }
 
 void qmp_close(struct qmp *q)
@@ -167,7 +167,7 @@ static int fill(struct qmp *q, int64_t deadline, const char *what, char *errbuf,
 			cap = BUF_MAX;
 		b = realloc(q->buf, cap);
 		if (!b)
-			return qerr(errbuf, errlen, "out of memory"), -ENOMEM;
+			return qerr(errbuf, errlen, -ENOMEM, "out of memory");
 		q->buf = b;
 		q->cap = cap;
 	}
@@ -180,23 +180,22 @@ static int fill(struct qmp *q, int64_t deadline, const char *what, char *errbuf,
 			return 0;
 		}
 		if (n == 0)
-			return qerr(errbuf, errlen, "QEMU closed the connection %s(%s)",
-				    q->len ? "in the middle of a message " : "", what),
-			       fail(q, -ECONNRESET);
+			return fail(q, qerr(errbuf, errlen, -ECONNRESET,
+					    "QEMU closed the connection %s(%s)",
+					    q->len ? "in the middle of a message " : "", what));
 		if (errno == EINTR)
 			continue;
 		if (errno != EAGAIN && errno != EWOULDBLOCK) {
 			r = -errno;
-			return qerr(errbuf, errlen, "receiving from QEMU %s: %s", what,
-				    strerror(-r)),
-			       fail(q, r);
+			return fail(q, qerr(errbuf, errlen, r, "receiving from QEMU %s: %s", what,
+					    strerror(-r)));
 		}
 		r = wait_for(q->sock, POLLIN, deadline);
 		if (r == -ETIMEDOUT)
-			return qerr(errbuf, errlen, "timed out %s", what), r;
+			return qerr(errbuf, errlen, r, "timed out %s", what);
 		if (r < 0)
-			return qerr(errbuf, errlen, "waiting for QEMU %s: %s", what, strerror(-r)),
-			       fail(q, r);
+			return fail(q, qerr(errbuf, errlen, r, "waiting for QEMU %s: %s", what,
+					    strerror(-r)));
 	}
 }
 
@@ -208,23 +207,23 @@ static int parse_line(struct qmp *q, const char *line, size_t n, struct json_obj
 	enum json_tokener_error e;
 
 	if (n > INT_MAX)
-		return qerr(errbuf, errlen, "message too long"), fail(q, -EMSGSIZE);
+		return fail(q, qerr(errbuf, errlen, -EMSGSIZE, "message too long"));
 	json_tokener_reset(q->tok);
 	o = json_tokener_parse_ex(q->tok, line, (int)n);
 	e = json_tokener_get_error(q->tok);
 	if (e != json_tokener_success || json_tokener_get_parse_end(q->tok) != n) {
 		json_object_put(o);
-		return qerr(errbuf, errlen, "QEMU sent a line that is not JSON (%s): %.60s%s",
-			    e == json_tokener_success ? "text after the value"
-						      : json_tokener_error_desc(e),
-			    line, n > 60 ? "..." : ""),
-		       fail(q, -EPROTO);
+		return fail(q, qerr(errbuf, errlen, -EPROTO,
+				    "QEMU sent a line that is not JSON (%s): %.60s%s",
+				    e == json_tokener_success ? "text after the value"
+							      : json_tokener_error_desc(e),
+				    line, n > 60 ? "..." : ""));
 	}
 	if (!json_object_is_type(o, json_type_object)) {
 		json_object_put(o);
-		return qerr(errbuf, errlen, "QEMU sent JSON that is not an object: %.60s%s", line,
-			    n > 60 ? "..." : ""),
-		       fail(q, -EPROTO);
+		return fail(q, qerr(errbuf, errlen, -EPROTO,
+				    "QEMU sent JSON that is not an object: %.60s%s", line,
+				    n > 60 ? "..." : ""));
 	}
 	*ret = o;
 	return 0;
@@ -237,9 +236,8 @@ static int read_msg(struct qmp *q, int64_t deadline, const char *what, struct js
 	size_t scanned = 0;
 
 	if (q->broken)
-		return qerr(errbuf, errlen,
-			    "the QMP connection is unusable after an earlier error"),
-		       -EPIPE;
+		return qerr(errbuf, errlen, -EPIPE,
+			    "the QMP connection is unusable after an earlier error");
 	for (;;) {
 		char *nl = memchr(q->buf + scanned, '\n', q->len - scanned);
 		int r;
@@ -260,10 +258,9 @@ static int read_msg(struct qmp *q, int64_t deadline, const char *what, struct js
 		}
 		scanned = q->len;
 		if (q->len >= BUF_MAX)
-			return qerr(errbuf, errlen,
-				    "a message from QEMU is longer than %u bytes (%s)",
-				    QMP_LINE_MAX, what),
-			       fail(q, -EMSGSIZE);
+			return fail(q, qerr(errbuf, errlen, -EMSGSIZE,
+					    "a message from QEMU is longer than %u bytes (%s)",
+					    QMP_LINE_MAX, what));
 		r = fill(q, deadline, what, errbuf, errlen);
 		if (r < 0)
 			return r;
@@ -301,17 +298,17 @@ static int check_reply(struct qmp *q, struct json_object *m, int64_t mine, bool 
 
 	if (!json_object_object_get_ex(m, "return", NULL) &&
 	    !json_object_object_get_ex(m, "error", NULL))
-		return qerr(errbuf, errlen,
-			    "QEMU sent a message with neither return, error nor event: %.80s",
-			    json_object_to_json_string_ext(m, JSON_C_TO_STRING_PLAIN)),
-		       fail(q, -EPROTO);
+		return fail(q,
+			    qerr(errbuf, errlen, -EPROTO,
+				 "QEMU sent a message with neither return, error nor event: %.80s",
+				 json_object_to_json_string_ext(m, JSON_C_TO_STRING_PLAIN)));
 	/* QEMU leaves the id out when it could not parse the command at all. */
 	if (!json_object_object_get_ex(m, "id", &idv)) {
 		*ret_mine = mine >= 0;
 		if (*ret_mine)
 			return 0;
-		return qerr(errbuf, errlen, "QEMU sent a reply without id while no command ran"),
-		       fail(q, -EPROTO);
+		return fail(q, qerr(errbuf, errlen, -EPROTO,
+				    "QEMU sent a reply without id while no command ran"));
 	}
 	if (json_object_is_type(idv, json_type_int)) {
 		id = json_object_get_int64(idv);
@@ -319,9 +316,8 @@ static int check_reply(struct qmp *q, struct json_object *m, int64_t mine, bool 
 		if (*ret_mine || (id >= 0 && id < q->next_id - (mine >= 0)))
 			return 0;
 	}
-	return qerr(errbuf, errlen, "QEMU sent a reply with an unexpected id %s",
-		    json_object_to_json_string_ext(idv, JSON_C_TO_STRING_PLAIN)),
-	       fail(q, -EPROTO);
+	return fail(q, qerr(errbuf, errlen, -EPROTO, "QEMU sent a reply with an unexpected id %s",
+			    json_object_to_json_string_ext(idv, JSON_C_TO_STRING_PLAIN)));
 }
 
 /* ---- commands ---- */
@@ -412,30 +408,29 @@ static int send_cmd(struct qmp *q, const char *cmd, struct json_object *args, in
 	free(line);
 	json_object_put(m);
 	if (r == -ETIMEDOUT)
-		return qerr(errbuf, errlen, "%s: timed out sending the command", cmd), r;
+		return qerr(errbuf, errlen, r, "%s: timed out sending the command", cmd);
 	if (r == -EPIPE || r == -ECONNRESET)
-		return qerr(errbuf, errlen, "QEMU closed the connection (sending %s)", cmd),
-		       fail(q, -ECONNRESET);
+		return fail(q, qerr(errbuf, errlen, -ECONNRESET,
+				    "QEMU closed the connection (sending %s)", cmd));
 	if (r < 0)
-		return qerr(errbuf, errlen, "%s: sending the command: %s", cmd, strerror(-r)),
-		       fail(q, r);
+		return fail(q, qerr(errbuf, errlen, r, "%s: sending the command: %s", cmd,
+				    strerror(-r)));
 	return 0;
 nomem:
 	json_object_put(m);
-	return qerr(errbuf, errlen, "out of memory"), r;
+	return qerr(errbuf, errlen, r, "out of memory");
 }
 
 int qmp_execute_fd(struct qmp *q, const char *cmd, struct json_object *args, int fd, int timeout_ms,
 		   struct json_object **ret_json, char *errbuf, size_t errlen)
 {
-	int64_t deadline = deadline_of(timeout_ms), id;
+	int64_t deadline = deadline_of(timeout_ms), id = -1;
 	char what[96];
 	int r;
 
 	if (q->broken)
-		return qerr(errbuf, errlen,
-			    "the QMP connection is unusable after an earlier error"),
-		       -EPIPE;
+		return qerr(errbuf, errlen, -EPIPE,
+			    "the QMP connection is unusable after an earlier error");
 	r = send_cmd(q, cmd, args, fd, deadline, &id, errbuf, errlen);
 	if (r < 0)
 		return r;
@@ -465,9 +460,8 @@ int qmp_execute_fd(struct qmp *q, const char *cmd, struct json_object *args, int
 			return 0;
 		}
 		json_object_object_get_ex(m, "error", &v);
-		r = reply_errno(str_member(v, "class"));
-		qerr(errbuf, errlen, "%s: %s", cmd,
-		     str_member(v, "desc") ? str_member(v, "desc") : "error without desc");
+		r = qerr(errbuf, errlen, reply_errno(str_member(v, "class")), "%s: %s", cmd,
+			 str_member(v, "desc") ? str_member(v, "desc") : "error without desc");
 		json_object_put(m);
 		return r;
 	}
@@ -560,10 +554,10 @@ static int read_greeting(struct qmp *q, const char *spec, int timeout_ms, char *
 	r = read_msg(q, deadline_of(timeout_ms), "waiting for the QMP greeting", &g, errbuf,
 		     errlen);
 	if (r == -ETIMEDOUT)
-		return qerr(errbuf, errlen,
-			    "%s: no QMP greeting within %d ms: busy (QEMU serves one QMP client at a time) or not a QMP monitor",
-			    spec, timeout_ms),
-		       -EBUSY;
+		return qerr(
+			errbuf, errlen, -EBUSY,
+			"%s: no QMP greeting within %d ms: busy (QEMU serves one QMP client at a time) or not a QMP monitor",
+			spec, timeout_ms);
 	if (r < 0)
 		return r;
 	if (!json_object_object_get_ex(g, "QMP", &qmp) ||
@@ -583,10 +577,10 @@ static int read_greeting(struct qmp *q, const char *spec, int timeout_ms, char *
 	json_object_put(g);
 	return 0;
 bad:
-	qerr(errbuf, errlen, "%s: not a QMP monitor (the greeting is %.80s)", spec,
-	     json_object_to_json_string_ext(g, JSON_C_TO_STRING_PLAIN));
+	r = qerr(errbuf, errlen, -EPROTO, "%s: not a QMP monitor (the greeting is %.80s)", spec,
+		 json_object_to_json_string_ext(g, JSON_C_TO_STRING_PLAIN));
 	json_object_put(g);
-	return -EPROTO;
+	return r;
 }
 
 int qmp_connect(const char *spec, int timeout_ms, struct qmp **ret_q, char *errbuf, size_t errlen)
@@ -597,16 +591,15 @@ int qmp_connect(const char *spec, int timeout_ms, struct qmp **ret_q, char *errb
 	int r;
 
 	if (!spec || !*spec)
-		return qerr(errbuf, errlen, "empty QMP socket name"), -EINVAL;
+		return qerr(errbuf, errlen, -EINVAL, "empty QMP socket name");
 	q = calloc(1, sizeof(*q));
 	if (!q)
-		return qerr(errbuf, errlen, "out of memory"), -ENOMEM;
+		return qerr(errbuf, errlen, -ENOMEM, "out of memory");
 	q->sock = -1;
 	q->peer_pid = -1;
 	q->tok = json_tokener_new();
 	if (!q->tok) {
-		r = -ENOMEM;
-		qerr(errbuf, errlen, "out of memory");
+		r = qerr(errbuf, errlen, -ENOMEM, "out of memory");
 		goto fail;
 	}
 	if (!strncmp(spec, "fd:", 3))
@@ -659,10 +652,11 @@ pid_t qmp_peer_pid(const struct qmp *q)
 static int bad_reply(const char *cmd, const char *why, struct json_object *r, char *errbuf,
 		     size_t errlen)
 {
-	qerr(errbuf, errlen, "%s: unexpected reply (%s): %.80s", cmd, why,
-	     json_object_to_json_string_ext(r, JSON_C_TO_STRING_PLAIN));
+	int e = qerr(errbuf, errlen, -EPROTO, "%s: unexpected reply (%s): %.80s", cmd, why,
+		     json_object_to_json_string_ext(r, JSON_C_TO_STRING_PLAIN));
+
 	json_object_put(r);
-	return -EPROTO;
+	return e;
 }
 
 static bool bool_member(struct json_object *o, const char *key, bool *ret)
@@ -781,7 +775,7 @@ static int qom_get_str(struct qmp *q, const char *path, const char *prop, int ti
 	if (!args || json_object_object_add(args, "path", json_object_new_string(path)) < 0 ||
 	    json_object_object_add(args, "property", json_object_new_string(prop)) < 0) {
 		json_object_put(args);
-		return qerr(errbuf, errlen, "out of memory"), e;
+		return qerr(errbuf, errlen, e, "out of memory");
 	}
 	e = query(q, "qom-get", args, json_type_string, timeout_ms, &r, errbuf, errlen);
 	json_object_put(args);
@@ -790,7 +784,7 @@ static int qom_get_str(struct qmp *q, const char *path, const char *prop, int ti
 	*ret = strdup(json_object_get_string(r));
 	json_object_put(r);
 	if (!*ret)
-		return qerr(errbuf, errlen, "out of memory"), -ENOMEM;
+		return qerr(errbuf, errlen, -ENOMEM, "out of memory");
 	return 0;
 }
 
@@ -817,23 +811,21 @@ static int memdev_fill(struct qmp *q, struct json_object *m, struct qmp_memdev *
 
 	if (!json_object_object_get_ex(m, "size", &size) ||
 	    !json_object_is_type(size, json_type_int))
-		return qerr(errbuf, errlen, "query-memdev: backend %s has no size",
-			    id ? id : "(no id)"),
-		       -EPROTO;
+		return qerr(errbuf, errlen, -EPROTO, "query-memdev: backend %s has no size",
+			    id ? id : "(no id)");
 	if (!bool_member(m, "share", &d->share))
-		return qerr(errbuf, errlen,
+		return qerr(errbuf, errlen, -EPROTO,
 			    "query-memdev: backend %s has no 'share' (QEMU before 6.1?)",
-			    id ? id : "(no id)"),
-		       -EPROTO;
+			    id ? id : "(no id)");
 	d->size = json_object_get_uint64(size);
 	if (!id)
 		return 0;
 	d->id = strdup(id);
 	if (!d->id)
-		return qerr(errbuf, errlen, "out of memory"), -ENOMEM;
+		return qerr(errbuf, errlen, -ENOMEM, "out of memory");
 	if ((size_t)snprintf(path, sizeof(path), "/objects/%s", id) >= sizeof(path))
-		return qerr(errbuf, errlen, "query-memdev: backend id '%.64s...' too long", id),
-		       -ENAMETOOLONG;
+		return qerr(errbuf, errlen, -ENAMETOOLONG,
+			    "query-memdev: backend id '%.64s...' too long", id);
 	e = qom_get_str(q, path, "type", timeout_ms, &d->type, errbuf, errlen);
 	if (e < 0 || strcmp(d->type, "memory-backend-file"))
 		return e;
@@ -855,15 +847,15 @@ int qmp_query_memdevs(struct qmp *q, int timeout_ms, struct qmp_memdev **ret_v, 
 	v = calloc(n ? n : 1, sizeof(*v));
 	if (!v) {
 		json_object_put(r);
-		return qerr(errbuf, errlen, "out of memory"), -ENOMEM;
+		return qerr(errbuf, errlen, -ENOMEM, "out of memory");
 	}
 	for (size_t i = 0; i < n; i++) {
 		struct json_object *m = json_object_array_get_idx(r, i);
 
 		e = json_object_is_type(m, json_type_object)
 			    ? memdev_fill(q, m, &v[i], timeout_ms, errbuf, errlen)
-			    : (qerr(errbuf, errlen, "query-memdev: an entry is not an object"),
-			       -EPROTO);
+			    : qerr(errbuf, errlen, -EPROTO,
+				   "query-memdev: an entry is not an object");
 		if (e < 0) {
 			json_object_put(r);
 			qmp_memdevs_free(v, n);
