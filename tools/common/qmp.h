@@ -116,7 +116,8 @@ struct qmp_memdev {
 
 /*
  * query-memdev, plus qom-get of /objects/ID "type" and, for memory-backend-file,
- * "mem-path". *ret_v is one allocation per string plus the array: free it with
+ * "mem-path". The memory QEMU makes for a bare -m is listed too (id "pc.ram", type
+ * memory-backend-ram). *ret_v and its strings are malloc'ed: free them with
  * qmp_memdevs_free(). A QEMU before 6.1 (no "share") is refused with -EPROTO.
  */
 int qmp_query_memdevs(struct qmp *q, int timeout_ms, struct qmp_memdev **ret_v, size_t *ret_n,
@@ -124,9 +125,9 @@ int qmp_query_memdevs(struct qmp *q, int timeout_ms, struct qmp_memdev **ret_v, 
 void qmp_memdevs_free(struct qmp_memdev *v, size_t n);
 
 /*
- * The machine type as -M names it resolved, e.g. "pc-q35-10.0" (qom-get /machine
- * "type" without its "-machine" suffix; query-machines has no is-current in 7.2).
- * *ret is malloc'ed and the caller frees it.
+ * The machine type as -M names it resolved, e.g. "pc-q35-10.0": qom-get /machine
+ * "type" without its "-machine" suffix (query-machines marks no current machine in
+ * 7.2 or 10.0). *ret is malloc'ed and the caller frees it.
  */
 int qmp_query_machine_type(struct qmp *q, int timeout_ms, char **ret, char *errbuf, size_t errlen);
 
