@@ -384,6 +384,23 @@ static void test_buf_json_str(void **state)
 	mr_buf_free(&b);
 }
 
+/* The names snaprestore --info --json gives section types. */
+static void test_sec_type_name(void **state)
+{
+	(void)state;
+	assert_string_equal(mr_sec_type_name(MR_SEC_START), "start");
+	assert_string_equal(mr_sec_type_name(MR_SEC_PART), "part");
+	assert_string_equal(mr_sec_type_name(MR_SEC_END), "end");
+	assert_string_equal(mr_sec_type_name(MR_SEC_FULL), "full");
+	assert_string_equal(mr_sec_type_name(MR_SEC_COMMAND), "command");
+	assert_string_equal(mr_sec_type_name(MR_SEC_EOF), "other");
+	assert_string_equal(mr_sec_type_name(0x42), "other");
+	assert_true(mr_sec_is_named(MR_SEC_START) && mr_sec_is_named(MR_SEC_FULL));
+	assert_false(mr_sec_is_named(MR_SEC_PART) || mr_sec_is_named(MR_SEC_COMMAND));
+	assert_true(mr_sec_is_command(MR_SEC_COMMAND));
+	assert_false(mr_sec_is_command(MR_SEC_END));
+}
+
 int main(void)
 {
 	const struct CMUnitTest stream_tests[] = {
@@ -400,6 +417,7 @@ int main(void)
 		cmocka_unit_test(test_buf_error_latch),
 		cmocka_unit_test(test_buf_printf),
 		cmocka_unit_test(test_buf_json_str),
+		cmocka_unit_test(test_sec_type_name),
 	};
 
 	return cmocka_run_group_tests_name("stream", stream_tests, NULL, NULL);
