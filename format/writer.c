@@ -142,19 +142,10 @@ int mr_writer_encode_end(const struct mr_writer *w, struct mr_buf *b)
 	return b->err;
 }
 
-static long tail_pread(void *ctx, void *buf, size_t len, uint64_t off)
-{
-	const struct mr_buf *t = ctx;
-	size_t n = off >= t->len ? 0 : t->len - off < len ? t->len - (size_t)off : len;
-
-	memcpy(buf, t->data + off, n);
-	return (long)n;
-}
-
 int mr_writer_check_tail(struct mr_writer *w, const uint8_t *tail, size_t len, struct mr_err *err)
 {
 	struct mr_buf t = { (uint8_t *)tail, len, len, 0 };
-	struct mr_src src = { .pread = tail_pread, .ctx = &t, .size = len };
+	struct mr_src src = { .pread = mr_buf_pread, .ctx = &t, .size = len };
 
 	return mr_tail_parse(&src, &w->ram_id, err);
 }

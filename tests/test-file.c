@@ -19,27 +19,10 @@
 #include "file.h"
 #include "stream.h"
 
-struct mem {
-	uint8_t *data;
-	size_t len;
-};
-
-static long mem_pread(void *ctx, void *buf, size_t len, uint64_t off)
-{
-	const struct mem *m = ctx;
-
-	if (off >= m->len)
-		return 0;
-	if (len > m->len - off)
-		len = m->len - off;
-	memcpy(buf, m->data + off, len);
-	return (long)len;
-}
-
-static struct mem load(const char *name)
+static struct mr_buf load(const char *name)
 {
 	char path[512];
-	struct mem m = { 0 };
+	struct mr_buf m = { 0 };
 	FILE *f;
 	long n;
 
@@ -58,16 +41,16 @@ static struct mem load(const char *name)
 	return m;
 }
 
-static int parse(struct mem *m, uint64_t offset, struct mr_file *f, struct mr_err *err)
+static int parse(struct mr_buf *m, uint64_t offset, struct mr_file *f, struct mr_err *err)
 {
-	struct mr_src src = { mem_pread, m, m->len };
+	struct mr_src src = { mr_buf_pread, m, m->len };
 
 	return mr_file_parse(&src, offset, f, err);
 }
 
 static void test_complete(void **state)
 {
-	struct mem m = load("one-page.snap");
+	struct mr_buf m = load("one-page.snap");
 	struct mr_file f;
 	struct mr_err err;
 
@@ -88,7 +71,7 @@ static void test_complete(void **state)
 
 static void test_appended(void **state)
 {
-	struct mem m = load("appended.snap");
+	struct mr_buf m = load("appended.snap");
 	struct mr_file f;
 	struct mr_err err;
 
@@ -105,7 +88,7 @@ static void test_appended(void **state)
 
 static void test_foreign(void **state)
 {
-	struct mem m = load("qemu-like.img");
+	struct mr_buf m = load("qemu-like.img");
 	struct mr_file f;
 	struct mr_err err;
 
@@ -127,7 +110,7 @@ static void test_incomplete(void **state)
 
 	(void)state;
 	for (size_t i = 0; i < 2; i++) {
-		struct mem m = load(names[i]);
+		struct mr_buf m = load(names[i]);
 		struct mr_file f;
 		struct mr_err err;
 
@@ -142,7 +125,7 @@ static void test_incomplete(void **state)
 
 static void test_damaged_table(void **state)
 {
-	struct mem m = load("bad-table.snap");
+	struct mr_buf m = load("bad-table.snap");
 	struct mr_file f;
 	struct mr_err err;
 
@@ -159,7 +142,7 @@ static void test_damaged_table(void **state)
 /* A save cut short inside its stream: the stream's error, flagged incomplete. */
 static void test_cut_short(void **state)
 {
-	struct mem m = load("two-blocks-devstate.snap");
+	struct mr_buf m = load("two-blocks-devstate.snap");
 	struct mr_file f;
 	struct mr_err err;
 
@@ -175,7 +158,7 @@ static void test_cut_short(void **state)
 /* Refused streams keep the reader's code, offset and block; nothing is incomplete. */
 static void test_refused(void **state)
 {
-	struct mem m = load("bitmap-tail.img");
+	struct mr_buf m = load("bitmap-tail.img");
 	struct mr_file f;
 	struct mr_err err;
 
@@ -196,7 +179,7 @@ static void test_refused(void **state)
 /* The stream behind a libvirt header: the trailer describes it at its offset only. */
 static void test_offset(void **state)
 {
-	struct mem m = load("libvirt.snap");
+	struct mr_buf m = load("libvirt.snap");
 	struct mr_file f;
 	struct mr_err err;
 
@@ -212,8 +195,8 @@ static void test_offset(void **state)
 
 static void test_marker(void **state)
 {
-	struct mem m = load("one-page.snap");
-	struct mr_src src = { mem_pread, &m, m.len };
+	struct mr_buf m = load("one-page.snap");
+	struct mr_src src = { mr_buf_pread, &m, m.len };
 	const struct mr_block_info *b;
 	struct mr_file f;
 	struct mr_err err;
@@ -235,7 +218,7 @@ static void test_marker(void **state)
 
 static void test_devstate_range(void **state)
 {
-	struct mem m = load("two-blocks-devstate.snap");
+	struct mr_buf m = load("two-blocks-devstate.snap");
 	struct mr_section_info sec = { .type = MR_SEC_FULL, .idstr = "timer", .off = 0x40 };
 	struct mr_image fake = { .sections = &sec, .n_sections = 1 };
 	struct mr_file f;

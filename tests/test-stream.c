@@ -384,6 +384,23 @@ static void test_buf_json_str(void **state)
 	mr_buf_free(&b);
 }
 
+/* mr_buf_pread(): whole reads inside, a short read at the end, 0 past it. */
+static void test_buf_pread(void **state)
+{
+	struct mr_buf b = MR_BUF_INIT;
+	uint8_t out[8];
+
+	(void)state;
+	mr_buf_put(&b, "0123456789", 10);
+	assert_int_equal(mr_buf_pread(&b, out, 4, 2), 4);
+	assert_memory_equal(out, "2345", 4);
+	assert_int_equal(mr_buf_pread(&b, out, 8, 7), 3);
+	assert_memory_equal(out, "789", 3);
+	assert_int_equal(mr_buf_pread(&b, out, 8, 10), 0);
+	assert_int_equal(mr_buf_pread(&b, out, 8, UINT64_MAX), 0);
+	mr_buf_free(&b);
+}
+
 /* The names snaprestore --info --json gives section types. */
 static void test_sec_type_name(void **state)
 {
@@ -418,6 +435,7 @@ int main(void)
 		cmocka_unit_test(test_buf_printf),
 		cmocka_unit_test(test_buf_json_str),
 		cmocka_unit_test(test_sec_type_name),
+		cmocka_unit_test(test_buf_pread),
 	};
 
 	return cmocka_run_group_tests_name("stream", stream_tests, NULL, NULL);

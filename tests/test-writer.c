@@ -20,25 +20,8 @@
 #include "stream.h"
 #include "writer.h"
 
-struct mem {
-	uint8_t *data;
-	size_t len;
-};
-
-static long mem_pread(void *ctx, void *buf, size_t len, uint64_t off)
-{
-	const struct mem *m = ctx;
-
-	if (off >= m->len)
-		return 0;
-	if (len > m->len - off)
-		len = m->len - off;
-	memcpy(buf, m->data + off, len);
-	return (long)len;
-}
-
 /* Copies the piece an encoder built to off in the file image, and empties the buffer. */
-static void put(struct mem *m, struct mr_buf *b, int r, uint64_t off)
+static void put(struct mr_buf *m, struct mr_buf *b, int r, uint64_t off)
 {
 	assert_int_equal(r, 0);
 	assert_true(off + b->len <= m->len);
@@ -51,10 +34,11 @@ static void put(struct mem *m, struct mr_buf *b, int r, uint64_t off)
  * bitmaps stay zero, page regions holes. tail: the raw tail, or NULL for the
  * device-state section with ds_len bytes of 0xAB.
  */
-static struct mem assemble(struct mr_writer *w, const uint8_t *tail, size_t tail_len, size_t ds_len)
+static struct mr_buf assemble(struct mr_writer *w, const uint8_t *tail, size_t tail_len,
+			      size_t ds_len)
 {
 	struct mr_buf b = MR_BUF_INIT;
-	struct mem m;
+	struct mr_buf m = MR_BUF_INIT;
 
 	if (tail)
 		assert_int_equal(mr_writer_set_raw_tail(w, tail_len), 0);
@@ -80,9 +64,9 @@ static struct mem assemble(struct mr_writer *w, const uint8_t *tail, size_t tail
 }
 
 /* The reader finds the planned records in the planned order. */
-static void check_reads_back(const struct mr_writer *w, struct mem *m)
+static void check_reads_back(const struct mr_writer *w, struct mr_buf *m)
 {
-	struct mr_src src = { mem_pread, m, m->len };
+	struct mr_src src = { mr_buf_pread, m, m->len };
 	struct mr_image *img = NULL;
 	struct mr_err err;
 
@@ -117,7 +101,7 @@ static void test_worked_example(void **state)
 	struct mr_wblock blk = { .name = "pc.ram", .length = 16u << 20 };
 	struct mr_writer w = { .ram_id = MR_RAM_SECTION_ID, .blocks = &blk, .n_blocks = 1 };
 	struct mr_err err;
-	struct mem m;
+	struct mr_buf m = MR_BUF_INIT;
 
 	(void)state;
 	assert_int_equal(mr_writer_plan(&w, &err), 0);
@@ -157,7 +141,7 @@ static void test_several_blocks(void **state)
 			       .blocks = blk,
 			       .n_blocks = 3 };
 	struct mr_err err;
-	struct mem m;
+	struct mr_buf m = MR_BUF_INIT;
 
 	(void)state;
 	assert_int_equal(mr_writer_plan(&w, &err), 0);
@@ -189,7 +173,7 @@ static void test_marker_always_has_room(void **state)
 	struct mr_writer w = { .ram_id = MR_RAM_SECTION_ID, .blocks = &blk, .n_blocks = 1 };
 	struct mr_block_layout qemu;
 	struct mr_err err;
-	struct mem m;
+	struct mr_buf m = MR_BUF_INIT;
 
 	(void)state;
 	assert_int_equal(mr_writer_plan(&w, &err), 0);
@@ -215,7 +199,7 @@ static void test_raw_tail(void **state)
 	};
 	struct mr_buf tail = MR_BUF_INIT;
 	struct mr_err err;
-	struct mem m;
+	struct mr_buf m = MR_BUF_INIT;
 
 	(void)state;
 	mr_encode_ram_eos(&tail, 7);

@@ -16,21 +16,10 @@
 
 #include <xxhash.h>
 
-struct mem {
-	const uint8_t *data;
-	size_t len;
-};
-
-static long mem_pread(void *ctx, void *buf, size_t len, uint64_t off)
+/* The input, read only, through mr_buf_pread(). */
+static struct mr_buf mem(const uint8_t *data, size_t len)
 {
-	const struct mem *m = ctx;
-
-	if (off >= m->len)
-		return 0;
-	if (len > m->len - off)
-		len = m->len - off;
-	memcpy(buf, m->data + off, len);
-	return (long)len;
+	return (struct mr_buf){ .data = (uint8_t *)data, .len = len, .cap = len };
 }
 
 /* Touches every decoded field so the sanitizers see uninitialized or freed data. */
@@ -58,8 +47,8 @@ static void walk_image(const struct mr_image *img)
 /* A raw tail [off, off + len) of data, decoded as snapsave checks it. */
 static void parse_tail(const uint8_t *data, uint64_t off, uint64_t len)
 {
-	struct mem m = { data + off, (size_t)len };
-	struct mr_src src = { mem_pread, &m, len };
+	struct mr_buf m = mem(data + off, (size_t)len);
+	struct mr_src src = { mr_buf_pread, &m, len };
 	struct mr_err err;
 	uint32_t id;
 
@@ -74,7 +63,7 @@ static void parse_image(const struct mr_src *src, uint64_t base, unsigned flags)
 	if (mr_image_parse(src, base, flags, &img, &err) == 0) {
 		walk_image(img);
 		if (img->stream_end <= src->size && img->ram_end <= img->stream_end)
-			parse_tail(((const struct mem *)src->ctx)->data, img->ram_end,
+			parse_tail(((const struct mr_buf *)src->ctx)->data, img->ram_end,
 				   img->stream_end - img->ram_end);
 		mr_image_free(img);
 	}
@@ -125,8 +114,8 @@ static void parse_whole(const struct mr_src *src, uint64_t base)
 /* Runs every decoder over one file image. */
 static void parse_file(const uint8_t *data, size_t size)
 {
-	struct mem m = { data, size };
-	struct mr_src src = { mem_pread, &m, size };
+	struct mr_buf m = mem(data, size);
+	struct mr_src src = { mr_buf_pread, &m, size };
 	struct mr_trailer *t = NULL;
 	enum mr_container kind;
 	struct mr_err err;
