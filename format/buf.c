@@ -140,3 +140,15 @@ void mr_buf_json_str(struct mr_buf *b, const char *s)
 	}
 	mr_buf_u8(b, '"');
 }
+
+long mr_buf_pread(void *ctx, void *buf, size_t len, uint64_t off)
+{
+	const struct mr_buf *b = ctx;
+
+	if (off >= b->len)
+		return 0;
+	if (len > b->len - off)
+		len = b->len - (size_t)off;
+	memcpy(buf, b->data + off, len);
+	return (long)len;
+}

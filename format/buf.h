@@ -33,6 +33,11 @@ void mr_buf_be64(struct mr_buf *b, uint64_t v);
 void mr_buf_str8(struct mr_buf *b, const char *s);
 /* printf-style append of text (used for JSON); no terminating NUL counted. */
 void mr_buf_printf(struct mr_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/*
+ * An mr_src read callback over the bytes of the struct mr_buf in ctx: short
+ * only at its end. For streams held in memory (a raw tail, tests, fuzzing).
+ */
+long mr_buf_pread(void *ctx, void *buf, size_t len, uint64_t off);
 /* Appends s as a JSON string literal, quotes included. */
 void mr_buf_json_str(struct mr_buf *b, const char *s);
 

@@ -205,17 +205,16 @@ static struct mr_section_info *add_section(struct parser *p)
 	return &img->sections[img->n_sections++];
 }
 
-static int parse_header(struct parser *p)
+/* Magic and version. */
+static int parse_file_header(struct parser *p)
 {
 	struct mr_image *img = p->img;
-	struct cur *c = &p->c;
-	uint32_t magic, version, n;
-	uint8_t t;
+	uint32_t magic, version;
 	int r;
 
-	r = cur_be32(c, &magic);
+	r = cur_be32(&p->c, &magic);
 	if (!r)
-		r = cur_be32(c, &version);
+		r = cur_be32(&p->c, &version);
 	if (r)
 		return fail(p, r, img->base, NULL, "file header %s", rd_what(r));
 	if (magic != MR_FILE_MAGIC)
@@ -226,10 +225,20 @@ static int parse_header(struct parser *p)
 		return fail(p, -EPROTONOSUPPORT, img->base + 4, NULL,
 			    "unsupported stream version %u (expected %u)", version,
 			    MR_FILE_VERSION);
+	return 0;
+}
+
+/* The configuration section's type byte and machine name. */
+static int parse_machine(struct parser *p)
+{
+	struct mr_image *img = p->img;
+	struct cur *c = &p->c;
+	uint64_t cfg_off = c->off;
+	uint32_t n;
+	uint8_t t;
+	int r;
 
 	/* The configuration section is optional in QEMU's grammar, expected here. */
-	uint64_t cfg_off = c->off;
-
 	r = cur_u8(c, &t);
 	if (r)
 		return fail(p, r, cfg_off, NULL, "configuration section %s", rd_what(r));
@@ -248,11 +257,95 @@ static int parse_header(struct parser *p)
 	img->machine[n] = 0;
 	if (strlen(img->machine) != n)
 		return fail(p, -EBADMSG, cfg_off + 5, NULL, "machine name contains a NUL byte");
+	return 0;
+}
 
-	for (;;) {
+/* The body of configuration/capabilities: be32 count, count str8 names. */
+static int parse_caps(struct parser *p, uint64_t sub_off)
+{
+	struct mr_image *img = p->img;
+	char name[MR_NAME_MAX + 1];
+	uint32_t count;
+	int r;
+
+	/* A second list would replace the first and desync n_caps. */
+	if (img->caps)
+		return fail(p, -EBADMSG, sub_off, NULL, "capability list given twice");
+	r = cur_be32(&p->c, &count);
+	if (r)
+		return fail(p, r, sub_off, NULL, "capability list %s", rd_what(r));
+	if (count > 64)
+		return fail(p, -EBADMSG, sub_off, NULL, "capability count %u out of range", count);
+	img->caps = calloc(count ? count : 1, sizeof(char *));
+	if (!img->caps)
+		return fail(p, -ENOMEM, sub_off, NULL, "out of memory");
+	for (uint32_t i = 0; i < count; i++) {
+		r = cur_str8(&p->c, name, NULL);
+		if (r)
+			return fail(p, r, sub_off, NULL, "capability %u %s", i, rd_what(r));
+		img->caps[i] = strdup(name);
+		if (!img->caps[i])
+			return fail(p, -ENOMEM, sub_off, NULL, "out of memory");
+		img->n_caps++;
+	}
+	return 0;
+}
+
+/* One configuration subsection after its marker byte at sub_off. */
+static int parse_subsection(struct parser *p, uint64_t sub_off)
+{
+	struct mr_image *img = p->img;
+	struct cur *c = &p->c;
+	char name[MR_NAME_MAX + 1];
+	uint32_t sub_version;
+	int r;
+
+	r = cur_str8(c, name, NULL);
+	if (!r)
+		r = cur_be32(c, &sub_version);
+	if (r)
+		return fail(p, r, sub_off, NULL, "configuration subsection %s", rd_what(r));
+	if (sub_version != 1)
+		return fail(p, -EPROTONOSUPPORT, sub_off, NULL,
+			    "configuration subsection '%s' version %u (expected 1)", name,
+			    sub_version);
+	if (strncmp(name, "configuration", 13))
+		return fail(p, -EBADMSG, sub_off, NULL,
+			    "unexpected subsection '%s' in the configuration", name);
+	if (!strcmp(name, MR_CAP_SUBSECTION))
+		return parse_caps(p, sub_off);
+	if (!strcmp(name, MR_PAGEBITS_SUBSEC)) {
+		r = cur_be32(c, &img->target_page_bits);
+		if (r)
+			return fail(p, r, sub_off, NULL, "target-page-bits %s", rd_what(r));
+		if (img->target_page_bits != MR_PAGE_SHIFT)
+			return fail(p, -EPROTONOSUPPORT, sub_off, NULL,
+				    "target page size 2^%u is not supported (only 4 KiB)",
+				    img->target_page_bits);
+		return 0;
+	}
+	if (!strcmp(name, MR_UUID_SUBSEC)) {
+		r = cur_read(c, img->uuid, 16);
+		if (r)
+			return fail(p, r, sub_off, NULL, "uuid %s", rd_what(r));
+		img->has_uuid = true;
+		return 0;
+	}
+	return fail(p, -EPROTONOSUPPORT, sub_off, NULL, "unknown configuration subsection '%s'",
+		    name);
+}
+
+static int parse_header(struct parser *p)
+{
+	struct cur *c = &p->c;
+	uint8_t t;
+	int r;
+
+	r = parse_file_header(p);
+	if (!r)
+		r = parse_machine(p);
+	while (!r) {
 		uint64_t sub_off = c->off;
-		char name[MR_NAME_MAX + 1];
-		uint32_t sub_version;
 
 		r = cur_u8(c, &t);
 		if (r)
@@ -261,62 +354,9 @@ static int parse_header(struct parser *p)
 			c->off = sub_off; /* not ours: the first section */
 			return 0;
 		}
-		r = cur_str8(c, name, NULL);
-		if (!r)
-			r = cur_be32(c, &sub_version);
-		if (r)
-			return fail(p, r, sub_off, NULL, "configuration subsection %s", rd_what(r));
-		if (sub_version != 1)
-			return fail(p, -EPROTONOSUPPORT, sub_off, NULL,
-				    "configuration subsection '%s' version %u (expected 1)", name,
-				    sub_version);
-		if (strncmp(name, "configuration", 13))
-			return fail(p, -EBADMSG, sub_off, NULL,
-				    "unexpected subsection '%s' in the configuration", name);
-		if (!strcmp(name, MR_CAP_SUBSECTION)) {
-			uint32_t count;
-
-			/* A second list would replace the first and desync n_caps. */
-			if (img->caps)
-				return fail(p, -EBADMSG, sub_off, NULL,
-					    "capability list given twice");
-			r = cur_be32(c, &count);
-			if (r)
-				return fail(p, r, sub_off, NULL, "capability list %s", rd_what(r));
-			if (count > 64)
-				return fail(p, -EBADMSG, sub_off, NULL,
-					    "capability count %u out of range", count);
-			img->caps = calloc(count ? count : 1, sizeof(char *));
-			if (!img->caps)
-				return fail(p, -ENOMEM, sub_off, NULL, "out of memory");
-			for (uint32_t i = 0; i < count; i++) {
-				r = cur_str8(c, name, NULL);
-				if (r)
-					return fail(p, r, sub_off, NULL, "capability %u %s", i,
-						    rd_what(r));
-				img->caps[i] = strdup(name);
-				if (!img->caps[i])
-					return fail(p, -ENOMEM, sub_off, NULL, "out of memory");
-				img->n_caps++;
-			}
-		} else if (!strcmp(name, MR_PAGEBITS_SUBSEC)) {
-			r = cur_be32(c, &img->target_page_bits);
-			if (r)
-				return fail(p, r, sub_off, NULL, "target-page-bits %s", rd_what(r));
-			if (img->target_page_bits != MR_PAGE_SHIFT)
-				return fail(p, -EPROTONOSUPPORT, sub_off, NULL,
-					    "target page size 2^%u is not supported (only 4 KiB)",
-					    img->target_page_bits);
-		} else if (!strcmp(name, MR_UUID_SUBSEC)) {
-			r = cur_read(c, img->uuid, 16);
-			if (r)
-				return fail(p, r, sub_off, NULL, "uuid %s", rd_what(r));
-			img->has_uuid = true;
-		} else {
-			return fail(p, -EPROTONOSUPPORT, sub_off, NULL,
-				    "unknown configuration subsection '%s'", name);
-		}
+		r = parse_subsection(p, sub_off);
 	}
+	return r;
 }
 
 static int cmp_block_name(const void *a, const void *b)
@@ -641,6 +681,180 @@ static unsigned section_nth(const struct mr_image *img, const struct mr_section_
 }
 
 /* Walks sections up to EOF and the optional VM description; ram_seen for a raw tail. */
+/* The RAM SECTION_START (header read): its checks, words, blocks and EOS. */
+static int parse_ram_start(struct parser *p, const struct mr_section_info *s, uint64_t off,
+			   bool *ram_seen)
+{
+	struct mr_image *img = p->img;
+	int r;
+
+	if (*ram_seen)
+		return fail(p, -EBADMSG, off, NULL, "second RAM section start");
+	if (s->instance != 0)
+		return fail(p, -EBADMSG, off, NULL, "RAM section instance %u (expected 0)",
+			    s->instance);
+	if (s->version != MR_RAM_VERSION)
+		return fail(p, -EPROTONOSUPPORT, off, NULL, "RAM section version %u (expected %u)",
+			    s->version, MR_RAM_VERSION);
+	if (!mr_image_has_cap(img, "mapped-ram"))
+		return fail(p, -EPROTONOSUPPORT, off, NULL,
+			    "not a mapped-ram stream (capability missing)");
+	if (mr_image_has_cap(img, "x-ignore-shared"))
+		return fail(p, -EPROTONOSUPPORT, off, NULL,
+			    "x-ignore-shared with mapped-ram is not "
+			    "supported (QEMU 10.0 cannot save it either)");
+	*ram_seen = true;
+	img->ram_id = s->id;
+	r = parse_ram_words(p, off, true);
+	if (r)
+		return r;
+	if (!img->n_blocks && !img->ram_end)
+		img->ram_end = p->c.off - 8;
+	return 0;
+}
+
+/* snapmr's device-state section (header read): be64 length and that many bytes. */
+static int parse_devstate(struct parser *p, const struct mr_section_info *s, uint64_t off)
+{
+	struct mr_image *img = p->img;
+	uint64_t len;
+	int r;
+
+	if (img->has_devstate)
+		return fail_sec(p, -EBADMSG, off, s->idstr, "second device-state section");
+	if (s->instance != 0 || s->version != MR_DEVSTATE_VERSION)
+		return fail_sec(p, -EPROTONOSUPPORT, off, s->idstr,
+				"instance %u version %u (expected 0 and %u)", s->instance,
+				s->version, MR_DEVSTATE_VERSION);
+	r = cur_be64(&p->c, &len);
+	if (r)
+		return fail_sec(p, r, off, s->idstr, "length %s", rd_what(r));
+	img->has_devstate = true;
+	img->devstate_off = p->c.off;
+	img->devstate_len = len;
+	if (cur_skip(&p->c, len))
+		return fail_sec(p, -EOVERFLOW, off, s->idstr,
+				"device state of 0x%llx bytes extends past "
+				"the end of the stream",
+				(unsigned long long)len);
+	return 0;
+}
+
+/* A QEMU device section (header read), skipped by the size its VM description gives. */
+static int skip_device(struct parser *p, const struct mr_section_info *s, uint64_t off)
+{
+	uint64_t body;
+	int r;
+
+	r = load_vmdesc(p);
+	if (r == -ENOMEM)
+		return fail_sec(p, r, off, s->idstr, "out of memory");
+	if (r)
+		return fail_sec(p, -EPROTONOSUPPORT, off, s->idstr,
+				"cannot size device section (no usable VM "
+				"description: %s)",
+				r == -E2BIG ? "too many values" : strerror(-r));
+	r = mr_vmdesc_section_size(p->vmdesc, s->idstr, s->instance, section_nth(p->img, s), &body);
+	if (r)
+		return fail_sec(p, -EPROTONOSUPPORT, off, s->idstr,
+				"device section instance %u is not in the "
+				"VM description",
+				s->instance);
+	if (cur_skip(&p->c, body))
+		return fail_sec(p, -ENODATA, off, s->idstr,
+				"device section of 0x%llx bytes is truncated",
+				(unsigned long long)body);
+	return 0;
+}
+
+/* A START or FULL section: header, body by kind, footer. */
+static int parse_named(struct parser *p, struct mr_section_info *s, uint64_t off, bool *ram_seen)
+{
+	struct cur *c = &p->c;
+	int r;
+
+	r = cur_be32(c, &s->id);
+	if (!r)
+		r = cur_str8(c, s->idstr, NULL);
+	if (!r)
+		r = cur_be32(c, &s->instance);
+	if (!r)
+		r = cur_be32(c, &s->version);
+	if (r)
+		return fail(p, r, off, NULL, "section header %s", rd_what(r));
+	if (s->type == MR_SEC_START && !strcmp(s->idstr, MR_RAM_IDSTR))
+		r = parse_ram_start(p, s, off, ram_seen);
+	else if (s->type == MR_SEC_FULL && !strcmp(s->idstr, MR_DEVSTATE_IDSTR))
+		r = parse_devstate(p, s, off);
+	else if (s->type == MR_SEC_FULL)
+		r = skip_device(p, s, off);
+	else
+		return fail_sec(p, -EPROTONOSUPPORT, off, s->idstr,
+				"cannot walk iterative section '%s' (id %u)", s->idstr, s->id);
+	if (r)
+		return r;
+	return parse_footer(p, s->id, s->idstr);
+}
+
+/* A PART or END section: only of the RAM section, only EOS words. */
+static int parse_ram_part(struct parser *p, struct mr_section_info *s, uint64_t off, bool ram_seen)
+{
+	int r;
+
+	r = cur_be32(&p->c, &s->id);
+	if (r)
+		return fail(p, r, off, NULL, "section header %s", rd_what(r));
+	if (!ram_seen || s->id != p->img->ram_id)
+		return fail(p, -EPROTONOSUPPORT, off, NULL, "cannot walk part of section id %u",
+			    s->id);
+	snprintf(s->idstr, sizeof(s->idstr), "%s", MR_RAM_IDSTR);
+	r = parse_ram_words(p, off, false);
+	if (r)
+		return r;
+	return parse_footer(p, s->id, MR_RAM_IDSTR);
+}
+
+static int parse_command(struct parser *p, struct mr_section_info *s, uint64_t off)
+{
+	uint16_t len;
+	int r;
+
+	r = cur_be16(&p->c, &s->command);
+	if (!r)
+		r = cur_be16(&p->c, &len);
+	if (!r)
+		r = cur_skip(&p->c, len);
+	if (r)
+		return fail(p, r, off, NULL, "command record %s", rd_what(r));
+	return 0;
+}
+
+/* An optional VM description follows EOF and ends the stream. */
+static int parse_vmdesc_record(struct parser *p)
+{
+	struct mr_image *img = p->img;
+	struct cur *c = &p->c;
+	uint64_t off = c->off;
+	uint32_t len;
+	uint8_t t;
+	int r;
+
+	if (cur_u8(c, &t) || t != MR_SEC_VMDESC) {
+		c->off = off;
+		return 0;
+	}
+	r = cur_be32(c, &len);
+	if (!r)
+		r = cur_skip(c, len);
+	if (r)
+		return fail(p, r, off, NULL, "VM description %s", rd_what(r));
+	img->has_vmdesc = true;
+	img->vmdesc_off = off;
+	img->vmdesc_len = len;
+	img->stream_end = c->off;
+	return 0;
+}
+
 static int parse_sections(struct parser *p, bool ram_seen)
 {
 	struct mr_image *img = p->img;
@@ -671,153 +885,19 @@ static int parse_sections(struct parser *p, bool ram_seen)
 		s->off = off;
 		switch (t) {
 		case MR_SEC_START:
-		case MR_SEC_FULL: {
-			r = cur_be32(c, &s->id);
-			if (!r)
-				r = cur_str8(c, s->idstr, NULL);
-			if (!r)
-				r = cur_be32(c, &s->instance);
-			if (!r)
-				r = cur_be32(c, &s->version);
-			if (r)
-				return fail(p, r, off, NULL, "section header %s", rd_what(r));
-			if (t == MR_SEC_START && !strcmp(s->idstr, MR_RAM_IDSTR)) {
-				if (ram_seen)
-					return fail(p, -EBADMSG, off, NULL,
-						    "second RAM section start");
-				if (s->instance != 0)
-					return fail(p, -EBADMSG, off, NULL,
-						    "RAM section instance %u (expected 0)",
-						    s->instance);
-				if (s->version != MR_RAM_VERSION)
-					return fail(p, -EPROTONOSUPPORT, off, NULL,
-						    "RAM section version %u (expected %u)",
-						    s->version, MR_RAM_VERSION);
-				if (!mr_image_has_cap(img, "mapped-ram"))
-					return fail(p, -EPROTONOSUPPORT, off, NULL,
-						    "not a mapped-ram stream (capability missing)");
-				if (mr_image_has_cap(img, "x-ignore-shared"))
-					return fail(p, -EPROTONOSUPPORT, off, NULL,
-						    "x-ignore-shared with mapped-ram is not "
-						    "supported (QEMU 10.0 cannot save it either)");
-				ram_seen = true;
-				img->ram_id = s->id;
-				r = parse_ram_words(p, off, true);
-				if (r)
-					return r;
-				if (!img->n_blocks && !img->ram_end)
-					img->ram_end = c->off - 8;
-			} else if (t == MR_SEC_FULL && !strcmp(s->idstr, MR_DEVSTATE_IDSTR)) {
-				uint64_t len;
-
-				if (img->has_devstate)
-					return fail_sec(p, -EBADMSG, off, s->idstr,
-							"second device-state section");
-				if (s->instance != 0 || s->version != MR_DEVSTATE_VERSION)
-					return fail_sec(
-						p, -EPROTONOSUPPORT, off, s->idstr,
-						"instance %u version %u (expected 0 and %u)",
-						s->instance, s->version, MR_DEVSTATE_VERSION);
-				r = cur_be64(c, &len);
-				if (r)
-					return fail_sec(p, r, off, s->idstr, "length %s",
-							rd_what(r));
-				img->has_devstate = true;
-				img->devstate_off = c->off;
-				img->devstate_len = len;
-				if (cur_skip(c, len))
-					return fail_sec(p, -EOVERFLOW, off, s->idstr,
-							"device state of 0x%llx bytes extends past "
-							"the end of the stream",
-							(unsigned long long)len);
-			} else if (t == MR_SEC_FULL) {
-				uint64_t body;
-
-				r = load_vmdesc(p);
-				if (r == -ENOMEM)
-					return fail_sec(p, r, off, s->idstr, "out of memory");
-				if (r)
-					return fail_sec(p, -EPROTONOSUPPORT, off, s->idstr,
-							"cannot size device section (no usable VM "
-							"description: %s)",
-							r == -E2BIG ? "too many values"
-								    : strerror(-r));
-				r = mr_vmdesc_section_size(p->vmdesc, s->idstr, s->instance,
-							   section_nth(img, s), &body);
-				if (r)
-					return fail_sec(p, -EPROTONOSUPPORT, off, s->idstr,
-							"device section instance %u is not in the "
-							"VM description",
-							s->instance);
-				if (cur_skip(c, body))
-					return fail_sec(
-						p, -ENODATA, off, s->idstr,
-						"device section of 0x%llx bytes is truncated",
-						(unsigned long long)body);
-			} else {
-				return fail_sec(p, -EPROTONOSUPPORT, off, s->idstr,
-						"cannot walk iterative section '%s' (id %u)",
-						s->idstr, s->id);
-			}
-			r = parse_footer(p, s->id, s->idstr);
-			if (r)
-				return r;
-			break;
-		}
+		case MR_SEC_FULL: r = parse_named(p, s, off, &ram_seen); break;
 		case MR_SEC_PART:
-		case MR_SEC_END:
-			r = cur_be32(c, &s->id);
-			if (r)
-				return fail(p, r, off, NULL, "section header %s", rd_what(r));
-			if (!ram_seen || s->id != img->ram_id)
-				return fail(p, -EPROTONOSUPPORT, off, NULL,
-					    "cannot walk part of section id %u", s->id);
-			snprintf(s->idstr, sizeof(s->idstr), "%s", MR_RAM_IDSTR);
-			r = parse_ram_words(p, off, false);
-			if (r)
-				return r;
-			r = parse_footer(p, s->id, MR_RAM_IDSTR);
-			if (r)
-				return r;
-			break;
-		case MR_SEC_COMMAND: {
-			uint16_t len;
-
-			r = cur_be16(c, &s->command);
-			if (!r)
-				r = cur_be16(c, &len);
-			if (!r)
-				r = cur_skip(c, len);
-			if (r)
-				return fail(p, r, off, NULL, "command record %s", rd_what(r));
-			break;
-		}
+		case MR_SEC_END: r = parse_ram_part(p, s, off, ram_seen); break;
+		case MR_SEC_COMMAND: r = parse_command(p, s, off); break;
 		default: return fail(p, -EBADMSG, off, NULL, "unknown section type 0x%02x", t);
 		}
+		if (r)
+			return r;
 		s->size = c->off - off;
 	}
 	if (!ram_seen)
 		return fail(p, -EBADMSG, img->base, NULL, "stream has no RAM section");
-
-	/* An optional VM description follows EOF and ends the stream. */
-	uint64_t off = c->off;
-	uint8_t t;
-	uint32_t len;
-
-	if (cur_u8(c, &t) || t != MR_SEC_VMDESC) {
-		c->off = off;
-		return 0;
-	}
-	r = cur_be32(c, &len);
-	if (!r)
-		r = cur_skip(c, len);
-	if (r)
-		return fail(p, r, off, NULL, "VM description %s", rd_what(r));
-	img->has_vmdesc = true;
-	img->vmdesc_off = off;
-	img->vmdesc_len = len;
-	img->stream_end = c->off;
-	return 0;
+	return parse_vmdesc_record(p);
 }
 
 static struct parser *parser_new(const struct mr_src *src, uint64_t base, unsigned flags,

@@ -3,6 +3,23 @@
 #include "stream.h"
 #include "be.h"
 
+const char *mr_sec_type_name(uint8_t type)
+{
+	switch ((enum mr_sec_type)type) {
+	case MR_SEC_START: return "start";
+	case MR_SEC_PART: return "part";
+	case MR_SEC_END: return "end";
+	case MR_SEC_FULL: return "full";
+	case MR_SEC_COMMAND: return "command";
+	case MR_SEC_EOF:
+	case MR_SEC_SUBSECTION:
+	case MR_SEC_VMDESC:
+	case MR_SEC_CONFIG:
+	case MR_SEC_FOOTER: break;
+	}
+	return "other";
+}
+
 void mr_encode_file_header(struct mr_buf *b)
 {
 	mr_buf_be32(b, MR_FILE_MAGIC);

@@ -9,6 +9,7 @@
 #include "buf.h"
 #include "layout.h"
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #define MR_FILE_MAGIC	0x5145564Du /* "QEVM" */
@@ -26,6 +27,21 @@ enum mr_sec_type {
 	MR_SEC_COMMAND = 0x08,
 	MR_SEC_FOOTER = 0x7e,
 };
+
+/* "start", "part", "end", "full", "command", or "other" for any other type byte. */
+const char *mr_sec_type_name(uint8_t type);
+
+/* START and FULL headers carry an idstr, an instance and a version. */
+static inline bool mr_sec_is_named(uint8_t type)
+{
+	return type == MR_SEC_START || type == MR_SEC_FULL;
+}
+
+/* A COMMAND record has a command number and no section id. */
+static inline bool mr_sec_is_command(uint8_t type)
+{
+	return type == MR_SEC_COMMAND;
+}
 
 /* RAM section flags: the low 12 bits of each be64 word. */
 #define MR_RAM_ZERO	     0x002u

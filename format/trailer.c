@@ -680,13 +680,69 @@ int mr_trailer_parse(const struct mr_src *src, uint64_t file_size, struct mr_tra
 	return mr_trailer_parse_flags(src, file_size, 0, ret, err);
 }
 
+/* Decodes the footer read at foot_off into t and checks it against the file. */
+static int check_footer(struct mr_trailer *t, const uint8_t *foot, uint64_t foot_off,
+			struct mr_err *err)
+{
+	uint64_t table_end;
+
+	t->version = mr_get_be32(foot + 8);
+	t->flags = mr_get_be32(foot + 12);
+	t->table_offset = mr_get_be64(foot + 16);
+	t->table_length = mr_get_be64(foot + 24);
+	if (t->version != MR_TRAILER_VERSION)
+		return fail(err, -EPROTONOSUPPORT, foot_off + 8, NULL,
+			    "trailer version %u not supported", t->version);
+	if (mr_get_be64(foot + 40) != XXH3_64bits(foot, 40))
+		return fail(err, -EBADMSG, foot_off, NULL, "trailer footer checksum mismatch");
+	if (t->flags & ~MR_TRAILER_F_COMPLETE)
+		return fail(err, -EBADMSG, foot_off + 12, NULL, "reserved trailer flags %#x set",
+			    t->flags);
+	if (!(t->flags & MR_TRAILER_F_COMPLETE))
+		return fail(err, -ENOENT, foot_off + 12, NULL, "trailer not marked complete");
+	if (__builtin_add_overflow(t->table_offset, t->table_length, &table_end) ||
+	    table_end > foot_off)
+		return fail(err, -EOVERFLOW, foot_off + 16, NULL,
+			    "trailer table %#llx+%#llx outside the file",
+			    (unsigned long long)t->table_offset,
+			    (unsigned long long)t->table_length);
+	if (table_end != foot_off)
+		return fail(err, -EBADMSG, foot_off + 16, NULL,
+			    "trailer table does not end at the footer");
+	return 0;
+}
+
+/* The table, hashed whole (against the footer's hash) before any of it is believed or sized. */
+static int check_table(const struct mr_src *src, struct mr_trailer *t, const uint8_t *foot,
+		       unsigned flags, struct mr_err *err)
+{
+	struct cur c = { .src = src };
+	uint64_t h = 0;
+	int r;
+
+	c.buf = malloc(TABLE_WINDOW);
+	if (!c.buf)
+		return fail(err, -ENOMEM, t->table_offset, NULL, "out of memory");
+	r = hash_range(src, t->table_offset, t->table_length, c.buf, &h);
+	if (r < 0)
+		r = fail(err, r, t->table_offset, NULL, "cannot read the trailer table");
+	else if (mr_get_be64(foot + 32) != h)
+		r = fail(err, -EBADMSG, t->table_offset, NULL, "trailer table checksum mismatch");
+	if (!r) {
+		c.off = t->table_offset;
+		c.left = t->table_length;
+		r = parse_table(&c, t, flags, err);
+	}
+	free(c.buf);
+	return r < 0 ? r : 0;
+}
+
 int mr_trailer_parse_flags(const struct mr_src *src, uint64_t file_size, unsigned flags,
 			   struct mr_trailer **ret, struct mr_err *err)
 {
 	uint8_t foot[MR_TRAILER_FOOTER_SIZE];
-	uint64_t foot_off, table_end, h = 0;
 	struct mr_trailer *t;
-	struct cur c = { .src = src };
+	uint64_t foot_off;
 	int r;
 
 	if (file_size < MR_TRAILER_FOOTER_SIZE)
@@ -701,70 +757,15 @@ int mr_trailer_parse_flags(const struct mr_src *src, uint64_t file_size, unsigne
 	t = calloc(1, sizeof(*t));
 	if (!t)
 		return fail(err, -ENOMEM, file_size, NULL, "out of memory");
-	t->version = mr_get_be32(foot + 8);
-	t->flags = mr_get_be32(foot + 12);
-	t->table_offset = mr_get_be64(foot + 16);
-	t->table_length = mr_get_be64(foot + 24);
-
-	if (t->version != MR_TRAILER_VERSION) {
-		r = fail(err, -EPROTONOSUPPORT, foot_off + 8, NULL,
-			 "trailer version %u not supported", t->version);
-		goto free_trailer;
+	r = check_footer(t, foot, foot_off, err);
+	if (!r)
+		r = check_table(src, t, foot, flags, err);
+	if (r) {
+		mr_trailer_free(t);
+		return r;
 	}
-	if (mr_get_be64(foot + 40) != XXH3_64bits(foot, 40)) {
-		r = fail(err, -EBADMSG, foot_off, NULL, "trailer footer checksum mismatch");
-		goto free_trailer;
-	}
-	if (t->flags & ~MR_TRAILER_F_COMPLETE) {
-		r = fail(err, -EBADMSG, foot_off + 12, NULL, "reserved trailer flags %#x set",
-			 t->flags);
-		goto free_trailer;
-	}
-	if (!(t->flags & MR_TRAILER_F_COMPLETE)) {
-		r = fail(err, -ENOENT, foot_off + 12, NULL, "trailer not marked complete");
-		goto free_trailer;
-	}
-	if (__builtin_add_overflow(t->table_offset, t->table_length, &table_end) ||
-	    table_end > foot_off) {
-		r = fail(err, -EOVERFLOW, foot_off + 16, NULL,
-			 "trailer table %#llx+%#llx outside the file",
-			 (unsigned long long)t->table_offset, (unsigned long long)t->table_length);
-		goto free_trailer;
-	}
-	if (table_end != foot_off) {
-		r = fail(err, -EBADMSG, foot_off + 16, NULL,
-			 "trailer table does not end at the footer");
-		goto free_trailer;
-	}
-
-	/* The whole table is hashed before any of it is believed or sized. */
-	c.buf = malloc(TABLE_WINDOW);
-	if (!c.buf) {
-		r = fail(err, -ENOMEM, t->table_offset, NULL, "out of memory");
-		goto free_trailer;
-	}
-	r = hash_range(src, t->table_offset, t->table_length, c.buf, &h);
-	if (r < 0) {
-		r = fail(err, r, t->table_offset, NULL, "cannot read the trailer table");
-		goto free_trailer;
-	}
-	if (mr_get_be64(foot + 32) != h) {
-		r = fail(err, -EBADMSG, t->table_offset, NULL, "trailer table checksum mismatch");
-		goto free_trailer;
-	}
-	c.off = t->table_offset;
-	c.left = t->table_length;
-	r = parse_table(&c, t, flags, err);
-	if (r < 0)
-		goto free_trailer;
-	free(c.buf);
 	*ret = t;
 	return 0;
-
-free_trailer:
-	free(c.buf);
-	mr_trailer_free(t);
-	return r;
 }
 
 int mr_trailer_load_hashes(const struct mr_src *src, struct mr_trailer_block *blk,

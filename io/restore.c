@@ -6,8 +6,8 @@
  * checksum as soon as the last read covering it completes.
  */
 #include "snapmr.h"
+#include "file.h"
 #include "layout.h"
-#include "stream.h"
 #include "workers.h"
 
 #include <errno.h>
@@ -533,26 +533,14 @@ static void rctx_fini(struct rctx *c)
 static int devstate_range(const struct mr_image *img, bool raw, uint64_t *off, uint64_t *len,
 			  struct snap_err *err)
 {
-	if (raw) {
-		/* Early-setup sections before RAM would be lost from a tail-only copy. */
-		if (img->n_sections && (img->sections[0].type != MR_SEC_START ||
-					strcmp(img->sections[0].idstr, MR_RAM_IDSTR)))
-			return snap_fail(err, -EPROTONOSUPPORT,
-					 "section '%s' at offset 0x%llx precedes RAM; the raw tail "
-					 "holds only what follows RAM",
-					 img->sections[0].idstr,
-					 (unsigned long long)img->sections[0].off);
-		*off = img->ram_end;
-		*len = img->stream_end - img->ram_end;
-	} else if (img->has_devstate) {
-		*off = img->devstate_off;
-		*len = img->devstate_len;
-	} else {
-		return snap_fail(
-			err, -ENOENT,
-			"the file has no snapmr device-state section (a QEMU file keeps device "
-			"state in its raw stream tail)");
-	}
+	struct mr_err me;
+	int r = mr_file_devstate_range(img, raw, off, len, &me);
+
+	if (r == -EPROTONOSUPPORT)
+		return snap_fail(err, r, "section '%s' at offset 0x%llx %s", me.section,
+				 (unsigned long long)me.off, me.msg);
+	if (r)
+		return snap_fail(err, r, "%s", me.msg);
 	return 0;
 }
 
@@ -707,23 +695,6 @@ static long fd_pread(void *ctx, void *buf, size_t len, uint64_t off)
 	return snap_pread_full(*(int *)ctx, buf, len, off);
 }
 
-/* Looks for the snapmr marker in the padding after the first bitmap that has room. */
-static bool has_marker(const struct mr_src *src, const struct mr_image *img)
-{
-	for (size_t i = 0; i < img->n_blocks; i++) {
-		const struct mr_block_info *b = &img->blocks[i];
-		uint64_t at = b->hdr.bitmap_offset + b->bitmap_size;
-		char m[MR_SNAPMR_MARKER_LEN];
-
-		if (at < b->hdr.bitmap_offset || b->hdr.pages_offset < at ||
-		    b->hdr.pages_offset - at < MR_SNAPMR_MARKER_LEN)
-			continue;
-		return src->pread(src->ctx, m, sizeof(m), at) == (long)sizeof(m) &&
-		       !memcmp(m, MR_SNAPMR_MARKER, sizeof(m));
-	}
-	return false;
-}
-
 int snap_detect_offset(int fd, uint64_t *ret_offset, enum mr_container *ret_kind,
 		       struct snap_err *err)
 {
@@ -750,39 +721,6 @@ void snap_file_free(struct snap_file *f)
 	mr_image_free(f->img);
 	mr_trailer_free(f->trailer);
 	free(f);
-}
-
-/*
- * A complete file with bytes appended after it: the completion record is not
- * in the last 48 bytes but where the stream and its table say it ends. Looks
- * there (the stream parsed without bitmaps, the table's record sizes) and
- * parses the trailer as if the file ended at it. Returns 0 and the trailer's
- * end, or -ENOENT.
- */
-static int find_moved_trailer(struct mr_src *src, uint64_t offset, struct mr_trailer **ret,
-			      uint64_t *ret_end)
-{
-	struct mr_image *img = NULL;
-	uint64_t end;
-	int r;
-
-	r = mr_image_parse(src, offset, MR_PARSE_NO_BITMAPS, &img, NULL);
-	if (!r)
-		r = mr_trailer_locate(src, img->stream_end, src->size, &end);
-	if (!r && end >= src->size)
-		r = -ENOENT;
-	if (!r)
-		r = mr_trailer_parse_flags(src, end, MR_TRAILER_NO_HASHES, ret, NULL);
-	if (!r && ((*ret)->stream_base != offset || (*ret)->stream_end != img->stream_end)) {
-		mr_trailer_free(*ret);
-		*ret = NULL;
-		r = -ENOENT;
-	}
-	mr_image_free(img);
-	if (r)
-		return -ENOENT;
-	*ret_end = end;
-	return 0;
 }
 
 /* The source that restore and verify read bitmaps and chunk hashes through. */
@@ -827,6 +765,7 @@ int snap_inspect(int fd, uint64_t offset, struct snap_file **ret, struct snap_er
 {
 	struct mr_src src = { .pread = fd_pread, .ctx = &fd };
 	struct snap_file *f;
+	struct mr_file mf;
 	struct mr_err me;
 	struct stat st;
 	int r;
@@ -848,47 +787,11 @@ int snap_inspect(int fd, uint64_t offset, struct snap_file **ret, struct snap_er
 	f = calloc(1, sizeof(*f));
 	if (!f)
 		return snap_fail(err, -ENOMEM, "out of memory");
-	f->file_size = src.size;
-	f->allocated = (uint64_t)st.st_blocks * 512;
-
-	/* The trailer first: it says where the stream ends. */
-	r = mr_trailer_parse_flags(&src, src.size, MR_TRAILER_NO_HASHES, &f->trailer, &me);
-	if (r == -ENOENT && me.off + MR_TRAILER_FOOTER_SIZE == src.size &&
-	    !strcmp(me.msg, "no snapmr trailer")) {
-		uint64_t end;
-
-		/* No footer magic at the end: is there a complete file before added bytes? */
-		if (!find_moved_trailer(&src, offset, &f->trailer, &end)) {
-			f->appended = src.size - end;
-			f->record_off = end - MR_TRAILER_FOOTER_SIZE;
-			r = 0;
-		}
-	}
-	if (!r && f->trailer->stream_base != offset) {
-		snprintf(f->trailer_msg, sizeof(f->trailer_msg),
-			 "the checksum table describes a stream at offset %llu, not %llu",
-			 (unsigned long long)f->trailer->stream_base, (unsigned long long)offset);
-		mr_trailer_free(f->trailer);
-		f->trailer = NULL;
-		r = -EBADMSG;
-	} else if (r && r != -ENOENT) {
-		snprintf(f->trailer_msg, sizeof(f->trailer_msg), "offset 0x%llx: %s%s%s",
-			 (unsigned long long)me.off, me.block[0] ? me.block : "",
-			 me.block[0] ? ": " : "", me.msg);
-	}
-	f->trailer_status = r;
-	if (f->trailer)
-		src.size = f->trailer->stream_end;
-
-	/* Bitmaps are counted in windows, not kept: see snap_file_load_block(). */
-	r = mr_image_parse(&src, offset, MR_PARSE_COUNT_BITMAPS, &f->img, &me);
+	r = mr_file_parse(&src, offset, &mf, &me);
 	if (r) {
-		/* A save cut short ends inside its stream, with no completion record. */
-		const char *pre = r == -ENODATA && f->trailer_status == -ENOENT
-					  ? "incomplete (the save did not finish): "
-					  : "";
+		const char *pre = mf.incomplete ? "incomplete (the save did not finish): " : "";
 
-		snap_file_free(f);
+		free(f);
 		if (me.block[0])
 			return snap_fail(err, r, "%soffset 0x%llx: block '%s': %s", pre,
 					 (unsigned long long)me.off, me.block, me.msg);
@@ -898,16 +801,16 @@ int snap_inspect(int fd, uint64_t offset, struct snap_file **ret, struct snap_er
 		return snap_fail(err, r, "%soffset 0x%llx: %s", pre, (unsigned long long)me.off,
 				 me.msg);
 	}
-	if (f->trailer && f->img->stream_end != f->trailer->stream_end) {
-		snprintf(f->trailer_msg, sizeof(f->trailer_msg),
-			 "the checksum table starts at 0x%llx but the stream ends at 0x%llx",
-			 (unsigned long long)f->trailer->stream_end,
-			 (unsigned long long)f->img->stream_end);
-		mr_trailer_free(f->trailer);
-		f->trailer = NULL;
-		f->trailer_status = -EBADMSG;
-	}
-	f->marker = has_marker(&src, f->img);
+	*f = (struct snap_file){ .img = mf.img,
+				 .trailer = mf.trailer,
+				 .trailer_status = mf.trailer_status,
+				 .marker = mf.marker,
+				 .appended = mf.appended,
+				 .record_off = mf.record_off,
+				 .file_size = src.size,
+				 .allocated = (uint64_t)st.st_blocks * 512 };
+	_Static_assert(sizeof(f->trailer_msg) == sizeof(mf.trailer_msg), "same message size");
+	memcpy(f->trailer_msg, mf.trailer_msg, sizeof(f->trailer_msg));
 	*ret = f;
 	return 0;
 }

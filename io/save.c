@@ -7,13 +7,13 @@
  * descriptor and makes it all durable.
  */
 #include "snapmr.h"
-#include "be.h"
 #include "buf.h"
 #include "config.h"
 #include "layout.h"
 #include "stream.h"
 #include "trailer.h"
 #include "workers.h"
+#include "writer.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -496,13 +496,12 @@ struct save_run {
 	struct save_ctx c;
 	struct snap_pool pool;
 	struct mr_buf b;
-	uint64_t total;	  /* RAM bytes */
-	uint64_t end;	  /* next stream byte to write */
-	uint64_t meta;	  /* non-page bytes written */
-	uint64_t skipped; /* bytes of holes never scanned */
-	uint32_t ram_id;
-	struct mr_buf tail; /* the raw tail (SNAP_DEVSTATE_RAW), checked before writing */
-	uint64_t devstate_off, devstate_len;
+	struct mr_writer w;	   /* where every record goes (format/writer.h) */
+	struct mr_wblock *wblocks; /* the plan's blocks, in args order */
+	uint64_t end;		   /* next stream byte to write */
+	uint64_t meta;		   /* non-page bytes written */
+	uint64_t skipped;	   /* bytes of holes never scanned */
+	struct mr_buf tail;	   /* the raw tail (SNAP_DEVSTATE_RAW), checked before writing */
 	XXH3_state_t *dh;
 	bool engine_fallback;
 };
@@ -518,86 +517,78 @@ static int write_at(struct save_run *s, const void *buf, size_t len, uint64_t of
 	return 0;
 }
 
+/* Writes the piece the plan's encoder put in s->b at off. */
+static int write_piece(struct save_run *s, int r, uint64_t off, const char *what)
+{
+	if (r)
+		return snap_fail(s->err, r, "out of memory");
+	r = write_at(s, s->b.data, s->b.len, off, what);
+	mr_buf_reset(&s->b);
+	return r;
+}
+
+/* Per block: its bitmap, its trailer record and its scan units. */
+static int prepare_block(struct save_run *s, size_t i, size_t *units_cap)
+{
+	struct save_block *sb = &s->c.blocks[i];
+	int r;
+
+	sb->b = &s->args->blocks[i];
+	sb->l = s->wblocks[i].l;
+	sb->num_pages = sb->b->length / MR_PAGE_SIZE;
+	sb->how = source_scan(sb->b->fd);
+	sb->bitmap = calloc(sb->l.bitmap_size / 8 ? sb->l.bitmap_size / 8 : 1, 8);
+	if (!sb->bitmap)
+		return snap_fail(s->err, -ENOMEM, "out of memory for the bitmap of '%s'",
+				 sb->b->name);
+	r = mr_trailer_builder_add_block(s->c.tb, sb->b->name, sb->b->length, sb->l.bitmap_off,
+					 sb->l.pages_off, &(size_t){ 0 });
+	if (r)
+		return snap_fail(s->err, r, "block '%s': cannot be described in the trailer",
+				 sb->b->name);
+	r = plan_block(&s->c, units_cap, (uint32_t)i, &s->skipped);
+	if (r)
+		return snap_fail(s->err, r, "out of memory");
+	return 0;
+}
+
 /*
- * Header, configuration and every block entry, then the file sized to the
- * end of the last page region: O_DIRECT writes inside i_size avoid the
- * serialised size-extending path of ext4 and XFS.
+ * Header, configuration and every block entry, the marker, then the file
+ * sized to the end of the last page region: O_DIRECT writes inside i_size
+ * avoid the serialised size-extending path of ext4 and XFS.
  */
 static int write_head(struct save_run *s)
 {
-	static const char *const caps[] = { "mapped-ram" };
 	const struct snap_save_args *args = s->args;
-	const char *machine = args->machine ? args->machine : MR_DEFAULT_MACHINE;
-	struct save_ctx *c = &s->c;
+	struct mr_writer *w = &s->w;
 	size_t units_cap = 0;
-	bool marked = false;
-	uint64_t off;
+	struct mr_err me;
+	struct stat st;
 	int r;
 
-	mr_encode_file_header(&s->b);
-	mr_encode_config(&s->b, machine, caps, 1);
-	mr_encode_ram_start(&s->b, s->ram_id, s->total);
-	if (s->b.err)
-		return snap_fail(s->err, s->b.err, "out of memory");
-	off = args->offset + s->b.len;
+	r = mr_writer_plan(w, &me);
+	if (r == -EOVERFLOW && me.block[0])
+		return snap_fail(s->err, r, "block '%s': layout overflows at offset 0x%llx",
+				 me.block, (unsigned long long)me.off);
+	if (r)
+		return snap_fail(s->err, r, "%s", me.msg);
 	for (size_t i = 0; i < args->n_blocks; i++) {
-		struct save_block *sb = &c->blocks[i];
-		struct mr_ram_header h;
-
-		sb->b = &args->blocks[i];
-		sb->num_pages = sb->b->length / MR_PAGE_SIZE;
-		sb->how = source_scan(sb->b->fd);
-		/*
-		 * The first block always has room for the marker: without it a
-		 * file that lost its trailer would pass for a QEMU file.
-		 */
-		r = mr_layout_block_room(off, strlen(sb->b->name), sb->b->length, MR_PAGES_ALIGN,
-					 i ? 0 : MR_SNAPMR_MARKER_LEN, &sb->l);
-		if (r)
-			return snap_fail(s->err, r, "block '%s': layout overflows at offset 0x%llx",
-					 sb->b->name, (unsigned long long)off);
-		sb->bitmap = calloc(sb->l.bitmap_size / 8 ? sb->l.bitmap_size / 8 : 1, 8);
-		if (!sb->bitmap)
-			return snap_fail(s->err, -ENOMEM, "out of memory for the bitmap of '%s'",
-					 sb->b->name);
-		r = mr_trailer_builder_add_block(c->tb, sb->b->name, sb->b->length,
-						 sb->l.bitmap_off, sb->l.pages_off, &(size_t){ 0 });
-		if (r)
-			return snap_fail(s->err, r,
-					 "block '%s': cannot be described in the trailer",
-					 sb->b->name);
-		h = (struct mr_ram_header){ MR_RAM_HDR_VERSION, MR_PAGE_SIZE, sb->l.bitmap_off,
-					    sb->l.pages_off };
-		mr_encode_block_entry(&s->b, sb->b->name, sb->b->length, &h);
-		if (s->b.err)
-			return snap_fail(s->err, s->b.err, "out of memory");
-		/* Entries after the first start right after the previous page region. */
-		r = write_at(s, s->b.data, s->b.len, i ? sb->l.entry_off : args->offset,
-			     "a block header");
+		r = prepare_block(s, i, &units_cap);
 		if (r)
 			return r;
-		mr_buf_reset(&s->b);
-		/*
-		 * The marker goes into padding before a page region, which QEMU
-		 * never writes nor reads: it says a trailer must follow.
-		 */
-		if (!marked && sb->l.pages_off - (sb->l.bitmap_off + sb->l.bitmap_size) >=
-				       MR_SNAPMR_MARKER_LEN) {
-			r = write_at(s, MR_SNAPMR_MARKER, MR_SNAPMR_MARKER_LEN,
-				     sb->l.bitmap_off + sb->l.bitmap_size, "the snapmr marker");
-			if (r)
-				return r;
-			marked = true;
-		}
-		off = sb->l.next_off;
-		r = plan_block(c, &units_cap, (uint32_t)i, &s->skipped);
+		/* The first entry goes out with the head, which it follows directly. */
+		r = i ? 0 : mr_writer_encode_head(w, &s->b);
+		if (!r)
+			r = mr_writer_encode_entry(w, i, &s->b);
+		r = write_piece(s, r, i ? s->wblocks[i].l.entry_off : args->offset,
+				"a block header");
+		if (!r && !i)
+			r = write_piece(s, mr_writer_encode_marker(&s->b), w->marker_off,
+					"the snapmr marker");
 		if (r)
-			return snap_fail(s->err, r, "out of memory");
+			return r;
 	}
-	s->end = off;
-
-	struct stat st;
-
+	s->end = w->ram_end;
 	if (fstat(args->fd, &st) == 0 && S_ISREG(st.st_mode) && (uint64_t)st.st_size < s->end &&
 	    ftruncate(args->fd, (off_t)s->end) < 0)
 		return snap_fail(s->err, -errno, "sizing the output to 0x%llx bytes: %s",
@@ -620,7 +611,7 @@ static int write_pages(struct save_run *s, double t0)
 		return snap_fail(s->err, r, "%s", ebuf);
 	c->max_pages = pool->max_io / MR_PAGE_SIZE;
 	atomic_store(&pool->progress, s->skipped);
-	r = snap_pool_run(pool, save_worker, c, opts, s->total, t0);
+	r = snap_pool_run(pool, save_worker, c, opts, s->w.total, t0);
 	if (r == -EINVAL && c->page_fd == args->direct_fd && c->alt_fd < 0)
 		return snap_fail(
 			s->err, r,
@@ -696,58 +687,49 @@ static int write_bitmaps(struct save_run *s)
 static int write_tail(struct save_run *s)
 {
 	const struct snap_save_args *args = s->args;
-	struct mr_buf *b = &s->b;
-	uint64_t len_off;
+	struct mr_writer *w = &s->w;
 	int64_t n = 0;
-	uint8_t be[8];
 	int r;
 
-	mr_buf_reset(b);
+	mr_buf_reset(&s->b);
 	if (args->devstate == SNAP_DEVSTATE_RAW) {
-		s->devstate_off = s->end;
+		r = mr_writer_set_raw_tail(w, s->tail.len);
+		if (r)
+			return snap_fail(s->err, r, "the stream tail overflows");
 		XXH3_64bits_update(s->dh, s->tail.data, s->tail.len);
-		r = write_at(s, s->tail.data, s->tail.len, s->end, "the stream tail");
+		r = write_at(s, s->tail.data, s->tail.len, w->devstate_off, "the stream tail");
 		if (r)
 			return r;
-		s->devstate_len = s->tail.len;
 		s->meta += s->tail.len - MR_TAIL_HEAD_SIZE;
-		s->end += s->tail.len;
+		s->end = w->stream_end;
 		return 0;
 	}
-	mr_encode_ram_eos(b, s->ram_id);
-	mr_encode_devstate_hdr(b, 0);
-	if (b->err)
-		return snap_fail(s->err, b->err, "out of memory");
-	len_off = s->end + b->len - 8;
-	s->devstate_off = s->end + b->len;
-	r = write_at(s, b->data, b->len, s->end, "the device-state section");
+	r = write_piece(s, mr_writer_encode_devstate_head(w, &s->b), w->ram_end,
+			"the device-state section");
 	if (r)
 		return r;
 	if (args->devstate == SNAP_DEVSTATE_SECTION) {
-		n = copy_stream(args->devstate_fd, args->fd, s->devstate_off, s->dh, s->err,
+		n = copy_stream(args->devstate_fd, args->fd, w->devstate_off, s->dh, s->err,
 				"device state");
 		if (n < 0)
 			return (int)n;
 	}
+	r = mr_writer_set_devstate_len(w, (uint64_t)n);
+	if (!r)
+		r = mr_writer_encode_devstate_len(w, &s->b);
+	if (r)
+		return snap_fail(s->err, r, "out of memory");
 	/* The length is known only now when the state came from a pipe. */
-	mr_put_be64(be, (uint64_t)n);
-	r = snap_pwrite_all(args->fd, be, 8, len_off);
+	r = snap_pwrite_all(args->fd, s->b.data, s->b.len, w->devstate_len_off);
+	mr_buf_reset(&s->b);
 	if (r)
 		return snap_fail(s->err, r, "writing the device-state length at offset 0x%llx: %s",
-				 (unsigned long long)len_off, strerror(-r));
-	s->devstate_len = (uint64_t)n;
+				 (unsigned long long)w->devstate_len_off, strerror(-r));
 	s->meta += (uint64_t)n;
-	s->end = s->devstate_off + (uint64_t)n;
-	mr_buf_reset(b);
-	mr_encode_footer(b, MR_DEVSTATE_ID);
-	mr_buf_u8(b, MR_SEC_EOF);
-	mr_encode_vmdesc_devstate(b, (uint64_t)n);
-	if (b->err)
-		return snap_fail(s->err, b->err, "out of memory");
-	r = write_at(s, b->data, b->len, s->end, "the end of the stream");
+	r = write_piece(s, mr_writer_encode_end(w, &s->b), w->end_off, "the end of the stream");
 	if (r)
 		return r;
-	s->end += b->len;
+	s->end = w->stream_end;
 	return 0;
 }
 
@@ -775,7 +757,7 @@ static int write_trailer(struct save_run *s)
 	size_t table_len;
 	int r;
 
-	mr_trailer_builder_set_devstate(s->c.tb, s->devstate_off, s->devstate_len,
+	mr_trailer_builder_set_devstate(s->c.tb, s->w.devstate_off, s->w.devstate_len,
 					XXH3_64bits_digest(s->dh));
 	mr_buf_reset(b);
 	r = mr_trailer_encode(s->c.tb, s->end, b);
@@ -794,15 +776,6 @@ static int write_trailer(struct save_run *s)
 	return 0;
 }
 
-static long mem_pread(void *ctx, void *buf, size_t len, uint64_t off)
-{
-	const struct mr_buf *b = ctx;
-	size_t n = off >= b->len ? 0 : b->len - off < len ? b->len - (size_t)off : len;
-
-	memcpy(buf, b->data + off, n);
-	return (long)n;
-}
-
 /*
  * Reads the whole raw tail and decodes it exactly as the reader will inside
  * the written file (mr_tail_parse()), before anything is written: a tail the
@@ -812,7 +785,6 @@ static long mem_pread(void *ctx, void *buf, size_t len, uint64_t off)
 static int read_raw_tail(struct save_run *s)
 {
 	uint8_t *buf = malloc(COPY_BUF);
-	struct mr_src src = { .pread = mem_pread, .ctx = &s->tail };
 	struct mr_err me;
 	int r = 0;
 
@@ -845,8 +817,7 @@ static int read_raw_tail(struct save_run *s)
 	free(buf);
 	if (r)
 		return r;
-	src.size = s->tail.len;
-	r = mr_tail_parse(&src, &s->ram_id, &me);
+	r = mr_writer_check_tail(&s->w, s->tail.data, s->tail.len, &me);
 	if (r)
 		return snap_fail(s->err, r,
 				 "the raw device-state tail: offset 0x%llx in the tail%s%s: %s",
@@ -899,14 +870,115 @@ static int check_readback(struct save_run *s)
 	return r;
 }
 
+/*
+ * Checks the arguments and sets up the plan's inputs: the blocks in args
+ * order, the machine, QEMU's RAM section id until a raw tail names its own.
+ */
+static int save_setup(struct save_run *s)
+{
+	const struct snap_save_args *args = s->args;
+	int r;
+
+	r = check_args(args, s->err);
+	if (r)
+		return r;
+	if (args->machine && (!*args->machine || strlen(args->machine) > MR_NAME_MAX))
+		return snap_fail(s->err, -EINVAL, "machine name must have 1 to 255 bytes");
+	s->wblocks = calloc(args->n_blocks, sizeof(*s->wblocks));
+	if (!s->wblocks)
+		return snap_fail(s->err, -ENOMEM, "out of memory");
+	for (size_t i = 0; i < args->n_blocks; i++)
+		s->wblocks[i] = (struct mr_wblock){ .name = args->blocks[i].name,
+						    .length = args->blocks[i].length };
+	s->w = (struct mr_writer){
+		.base = args->offset,
+		.machine = args->machine,
+		.ram_id = MR_RAM_SECTION_ID,
+		.blocks = s->wblocks,
+		.n_blocks = args->n_blocks,
+		.tail = args->devstate == SNAP_DEVSTATE_RAW ? MR_WTAIL_RAW : MR_WTAIL_DEVSTATE,
+	};
+	if (mr_writer_total(&s->w, &s->w.total))
+		return snap_fail(s->err, -EOVERFLOW, "total RAM size overflows");
+	return 0;
+}
+
+/* The output truncated to the offset and the pipeline's state, before anything is written. */
+static int save_prepare(struct save_run *s)
+{
+	const struct snap_save_args *args = s->args;
+	struct stat fst;
+	int r;
+
+	/* Start from the offset, as QEMU does: nothing stale may survive past it. */
+	if (fstat(args->fd, &fst) == 0 && S_ISREG(fst.st_mode) &&
+	    (uint64_t)fst.st_size > args->offset && ftruncate(args->fd, (off_t)args->offset) < 0)
+		return snap_fail(s->err, -errno, "truncating the output to %llu bytes: %s",
+				 (unsigned long long)args->offset, strerror(errno));
+	s->c.blocks = calloc(args->n_blocks, sizeof(*s->c.blocks));
+	s->dh = XXH3_createState();
+	r = s->c.blocks && s->dh ? mr_trailer_builder_new(args->offset, 0, &s->c.tb) : -ENOMEM;
+	if (r)
+		return snap_fail(s->err, r, "out of memory");
+	XXH3_64bits_reset(s->dh);
+	s->c.chunk_size = mr_trailer_builder_chunk_size(s->c.tb);
+	return 0;
+}
+
+/* Every phase, in the order of docs/format.md section 18. */
+static int save_phases(struct save_run *s, double t0)
+{
+	int r = save_setup(s);
+
+	if (!r && s->args->devstate == SNAP_DEVSTATE_RAW)
+		r = read_raw_tail(s);
+	if (!r)
+		r = save_prepare(s);
+	if (!r)
+		r = write_head(s);
+	if (!r)
+		r = write_pages(s, t0);
+	if (!r)
+		r = write_bitmaps(s);
+	if (!r)
+		r = write_tail(s);
+	if (!r)
+		r = sync_out(s, "the stream");
+	if (!r)
+		r = write_trailer(s);
+	if (!r)
+		r = sync_out(s, "the completion record");
+	if (!r)
+		r = check_readback(s);
+	return r;
+}
+
+static void save_stats(const struct save_run *s, double t0, struct snap_stats *st)
+{
+	const struct snap_save_args *args = s->args;
+
+	*st = (struct snap_stats){ 0 };
+	st->total_bytes = s->w.total;
+	st->normal_pages = atomic_load(&s->c.normal_pages);
+	st->zero_pages = s->w.total / MR_PAGE_SIZE - st->normal_pages;
+	st->page_bytes = st->normal_pages * MR_PAGE_SIZE;
+	st->stream_bytes = s->meta;
+	st->devstate_bytes = s->w.devstate_len;
+	st->requests = atomic_load(&s->pool.requests);
+	st->seconds = snap_now() - t0;
+	st->engine = s->pool.ops->name;
+	st->engine_fallback = s->engine_fallback;
+	st->direct = s->c.page_fd == args->direct_fd && args->direct_fd >= 0;
+	st->direct_fell_back = atomic_load(&s->pool.fell_back);
+	st->jobs = s->pool.jobs;
+}
+
 int snap_save(const struct snap_save_args *args, const struct snap_opts *opts,
 	      struct snap_stats *ret_stats, struct snap_err *err)
 {
 	static const struct snap_opts no_opts;
 	struct save_run s = { .args = args, .opts = opts ? opts : &no_opts, .err = err };
-	struct snap_stats st = { 0 };
 	struct snap_err dummy;
-	struct stat fst;
 	double t0 = snap_now();
 	int r;
 
@@ -916,77 +988,14 @@ int snap_save(const struct snap_save_args *args, const struct snap_opts *opts,
 	s.c.args = args;
 	s.b = (struct mr_buf)MR_BUF_INIT;
 	s.tail = (struct mr_buf)MR_BUF_INIT;
-	s.ram_id = MR_RAM_SECTION_ID;
-	r = check_args(args, s.err);
-	if (r)
-		return r;
-	if (args->machine && (!*args->machine || strlen(args->machine) > MR_NAME_MAX))
-		return snap_fail(s.err, -EINVAL, "machine name must have 1 to 255 bytes");
-	for (size_t i = 0; i < args->n_blocks; i++)
-		if (__builtin_add_overflow(s.total, args->blocks[i].length, &s.total) ||
-		    (s.total & MR_RAM_FLAG_MASK))
-			return snap_fail(s.err, -EOVERFLOW, "total RAM size overflows");
-
-	if (args->devstate == SNAP_DEVSTATE_RAW) {
-		r = read_raw_tail(&s);
-		if (r)
-			goto out;
-	}
-
-	/* Start from the offset, as QEMU does: nothing stale may survive past it. */
-	if (fstat(args->fd, &fst) == 0 && S_ISREG(fst.st_mode) &&
-	    (uint64_t)fst.st_size > args->offset && ftruncate(args->fd, (off_t)args->offset) < 0)
-		return snap_fail(s.err, -errno, "truncating the output to %llu bytes: %s",
-				 (unsigned long long)args->offset, strerror(errno));
-
-	s.c.blocks = calloc(args->n_blocks, sizeof(*s.c.blocks));
-	s.dh = XXH3_createState();
-	r = s.c.blocks && s.dh ? mr_trailer_builder_new(args->offset, 0, &s.c.tb) : -ENOMEM;
-	if (r) {
-		snap_fail(s.err, r, "out of memory");
-		goto out;
-	}
-	XXH3_64bits_reset(s.dh);
-	s.c.chunk_size = mr_trailer_builder_chunk_size(s.c.tb);
-
-	r = write_head(&s);
-	if (!r)
-		r = write_pages(&s, t0);
-	if (!r)
-		r = write_bitmaps(&s);
-	if (!r)
-		r = write_tail(&s);
-	if (!r)
-		r = sync_out(&s, "the stream");
-	if (!r)
-		r = write_trailer(&s);
-	if (!r)
-		r = sync_out(&s, "the completion record");
-	if (!r)
-		r = check_readback(&s);
-	if (r)
-		goto out;
-
-	st.total_bytes = s.total;
-	st.normal_pages = atomic_load(&s.c.normal_pages);
-	st.zero_pages = s.total / MR_PAGE_SIZE - st.normal_pages;
-	st.page_bytes = st.normal_pages * MR_PAGE_SIZE;
-	st.stream_bytes = s.meta;
-	st.devstate_bytes = s.devstate_len;
-	st.requests = atomic_load(&s.pool.requests);
-	st.seconds = snap_now() - t0;
-	st.engine = s.pool.ops->name;
-	st.engine_fallback = s.engine_fallback;
-	st.direct = s.c.page_fd == args->direct_fd && args->direct_fd >= 0;
-	st.direct_fell_back = atomic_load(&s.pool.fell_back);
-	st.jobs = s.pool.jobs;
-	if (ret_stats)
-		*ret_stats = st;
-out:
+	r = save_phases(&s, t0);
+	if (!r && ret_stats)
+		save_stats(&s, t0, ret_stats);
 	for (size_t i = 0; s.c.blocks && i < args->n_blocks; i++)
 		free(s.c.blocks[i].bitmap);
 	free(s.c.blocks);
 	free(s.c.units);
+	free(s.wblocks);
 	mr_trailer_builder_free(s.c.tb);
 	XXH3_freeState(s.dh);
 	mr_buf_free(&s.b);

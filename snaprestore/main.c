@@ -9,6 +9,7 @@
 #include "fdset.h"
 #include "ramsrc.h"
 #include "snapmr.h"
+#include "stream.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -260,18 +261,6 @@ static void print_info_text(const char *file, const struct snap_file *f)
 	printf("\n");
 }
 
-static const char *sec_type_name(uint8_t t)
-{
-	switch (t) {
-	case 0x01: return "start";
-	case 0x02: return "part";
-	case 0x03: return "end";
-	case 0x04: return "full";
-	case 0x08: return "command";
-	default: return "other";
-	}
-}
-
 static void print_info_json(const char *file, const struct snap_file *f)
 {
 	const struct mr_image *img = f->img;
@@ -313,12 +302,12 @@ static void print_info_json(const char *file, const struct snap_file *f)
 	for (size_t i = 0; i < img->n_sections; i++) {
 		const struct mr_section_info *s = &img->sections[i];
 
-		printf(i ? ", {\"type\": \"%s\"" : "{\"type\": \"%s\"", sec_type_name(s->type));
-		if (s->type == 0x08)
+		printf(i ? ", {\"type\": \"%s\"" : "{\"type\": \"%s\"", mr_sec_type_name(s->type));
+		if (mr_sec_is_command(s->type))
 			printf(", \"command\": %u", s->command);
 		else
 			printf(", \"id\": %u", s->id);
-		if (s->type == 0x01 || s->type == 0x04) {
+		if (mr_sec_is_named(s->type)) {
 			printf(", \"name\": ");
 			cli_json_str(stdout, s->idstr);
 			printf(", \"instance\": %u, \"version\": %u", s->instance, s->version);

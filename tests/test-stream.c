@@ -384,6 +384,40 @@ static void test_buf_json_str(void **state)
 	mr_buf_free(&b);
 }
 
+/* mr_buf_pread(): whole reads inside, a short read at the end, 0 past it. */
+static void test_buf_pread(void **state)
+{
+	struct mr_buf b = MR_BUF_INIT;
+	uint8_t out[8];
+
+	(void)state;
+	mr_buf_put(&b, "0123456789", 10);
+	assert_int_equal(mr_buf_pread(&b, out, 4, 2), 4);
+	assert_memory_equal(out, "2345", 4);
+	assert_int_equal(mr_buf_pread(&b, out, 8, 7), 3);
+	assert_memory_equal(out, "789", 3);
+	assert_int_equal(mr_buf_pread(&b, out, 8, 10), 0);
+	assert_int_equal(mr_buf_pread(&b, out, 8, UINT64_MAX), 0);
+	mr_buf_free(&b);
+}
+
+/* The names snaprestore --info --json gives section types. */
+static void test_sec_type_name(void **state)
+{
+	(void)state;
+	assert_string_equal(mr_sec_type_name(MR_SEC_START), "start");
+	assert_string_equal(mr_sec_type_name(MR_SEC_PART), "part");
+	assert_string_equal(mr_sec_type_name(MR_SEC_END), "end");
+	assert_string_equal(mr_sec_type_name(MR_SEC_FULL), "full");
+	assert_string_equal(mr_sec_type_name(MR_SEC_COMMAND), "command");
+	assert_string_equal(mr_sec_type_name(MR_SEC_EOF), "other");
+	assert_string_equal(mr_sec_type_name(0x42), "other");
+	assert_true(mr_sec_is_named(MR_SEC_START) && mr_sec_is_named(MR_SEC_FULL));
+	assert_false(mr_sec_is_named(MR_SEC_PART) || mr_sec_is_named(MR_SEC_COMMAND));
+	assert_true(mr_sec_is_command(MR_SEC_COMMAND));
+	assert_false(mr_sec_is_command(MR_SEC_END));
+}
+
 int main(void)
 {
 	const struct CMUnitTest stream_tests[] = {
@@ -400,6 +434,8 @@ int main(void)
 		cmocka_unit_test(test_buf_error_latch),
 		cmocka_unit_test(test_buf_printf),
 		cmocka_unit_test(test_buf_json_str),
+		cmocka_unit_test(test_sec_type_name),
+		cmocka_unit_test(test_buf_pread),
 	};
 
 	return cmocka_run_group_tests_name("stream", stream_tests, NULL, NULL);

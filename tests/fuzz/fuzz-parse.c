@@ -1,9 +1,10 @@
 // SPDX-License-Identifier: MIT
 /*
  * libFuzzer target for the file decoders: the input is a whole file, read
- * through an in-memory mr_src by the trailer, stream and VM-description
- * parsers, the way snap_inspect() reads a file on disk.
+ * through an in-memory mr_src by mr_file_parse(), as snap_inspect() reads a
+ * file on disk, and by the trailer, stream and VM-description parsers alone.
  */
+#include "file.h"
 #include "reader.h"
 #include "trailer.h"
 #include "vmdesc.h"
@@ -15,21 +16,10 @@
 
 #include <xxhash.h>
 
-struct mem {
-	const uint8_t *data;
-	size_t len;
-};
-
-static long mem_pread(void *ctx, void *buf, size_t len, uint64_t off)
+/* The input, read only, through mr_buf_pread(). */
+static struct mr_buf mem(const uint8_t *data, size_t len)
 {
-	const struct mem *m = ctx;
-
-	if (off >= m->len)
-		return 0;
-	if (len > m->len - off)
-		len = m->len - off;
-	memcpy(buf, m->data + off, len);
-	return (long)len;
+	return (struct mr_buf){ .data = (uint8_t *)data, .len = len, .cap = len };
 }
 
 /* Touches every decoded field so the sanitizers see uninitialized or freed data. */
@@ -57,8 +47,8 @@ static void walk_image(const struct mr_image *img)
 /* A raw tail [off, off + len) of data, decoded as snapsave checks it. */
 static void parse_tail(const uint8_t *data, uint64_t off, uint64_t len)
 {
-	struct mem m = { data + off, (size_t)len };
-	struct mr_src src = { mem_pread, &m, len };
+	struct mr_buf m = mem(data + off, (size_t)len);
+	struct mr_src src = { mr_buf_pread, &m, len };
 	struct mr_err err;
 	uint32_t id;
 
@@ -72,12 +62,8 @@ static void parse_image(const struct mr_src *src, uint64_t base, unsigned flags)
 
 	if (mr_image_parse(src, base, flags, &img, &err) == 0) {
 		walk_image(img);
-		/* Bitmaps counted only: loaded later, as a restore does. */
-		for (size_t i = 0; (flags & MR_PARSE_COUNT_BITMAPS) && i < img->n_blocks; i++)
-			if (mr_block_load_bitmap(src, &img->blocks[i], true, &err) == 0)
-				walk_image(img);
 		if (img->stream_end <= src->size && img->ram_end <= img->stream_end)
-			parse_tail(((const struct mem *)src->ctx)->data, img->ram_end,
+			parse_tail(((const struct mr_buf *)src->ctx)->data, img->ram_end,
 				   img->stream_end - img->ram_end);
 		mr_image_free(img);
 	}
@@ -96,55 +82,58 @@ static void parse_vmdesc(const char *json, size_t len)
 	mr_vmdesc_free(d);
 }
 
+/*
+ * The file as snap_inspect() reads it (mr_file_parse()), then each block's
+ * bitmap and chunk hashes loaded as a restore does, through a source that
+ * ends where the trailer says the stream ends.
+ */
+static void parse_whole(const struct mr_src *src, uint64_t base)
+{
+	struct mr_src bounded = *src;
+	struct mr_file f;
+	struct mr_err err;
+
+	if (mr_file_parse(src, base, &f, &err))
+		return;
+	if (f.appended && f.record_off + MR_TRAILER_FOOTER_SIZE + f.appended != src->size)
+		abort(); /* the moved completion record must end where the appended bytes start */
+	walk_image(f.img);
+	if (f.trailer)
+		bounded.size = f.trailer->stream_end;
+	for (size_t i = 0; i < f.img->n_blocks; i++)
+		if (mr_block_load_bitmap(&bounded, &f.img->blocks[i], true, &err) == 0)
+			walk_image(f.img);
+	for (size_t i = 0; f.trailer && i < f.trailer->n_blocks; i++) {
+		if (mr_trailer_find_block(f.trailer, f.trailer->blocks[i].name) == NULL)
+			abort();
+		(void)mr_trailer_load_hashes(&bounded, &f.trailer->blocks[i], &err);
+	}
+	mr_file_clear(&f);
+}
+
 /* Runs every decoder over one file image. */
 static void parse_file(const uint8_t *data, size_t size)
 {
-	struct mem m = { data, size };
-	struct mr_src src = { mem_pread, &m, size };
+	struct mr_buf m = mem(data, size);
+	struct mr_src src = { mr_buf_pread, &m, size };
 	struct mr_trailer *t = NULL;
 	enum mr_container kind;
 	struct mr_err err;
 	uint64_t base = 0, voff, vlen;
 
-	/* As snap_inspect(): the trailer first, and it bounds the stream. */
+	parse_whole(&src, 0);
+	/* The trailer with every chunk hash kept, and the stream where it says. */
 	if (mr_trailer_parse(&src, size, &t, &err) == 0) {
-		for (size_t i = 0; i < t->n_blocks; i++)
-			if (mr_trailer_find_block(t, t->blocks[i].name) == NULL)
-				abort();
-		src.size = t->stream_end;
 		if (t->stream_base)
-			parse_image(&src, t->stream_base, 0);
-		mr_trailer_free(t);
-	}
-	/* Chunk hashes left out, then loaded per block, as a restore does. */
-	t = NULL;
-	if (mr_trailer_parse_flags(&src, size, MR_TRAILER_NO_HASHES, &t, &err) == 0) {
-		for (size_t i = 0; i < t->n_blocks; i++)
-			(void)mr_trailer_load_hashes(&src, &t->blocks[i], &err);
+			parse_whole(&src, t->stream_base);
 		mr_trailer_free(t);
 	}
 	parse_image(&src, 0, 0);
 	parse_image(&src, 0, MR_PARSE_NO_BITMAPS);
-	parse_image(&src, 0, MR_PARSE_COUNT_BITMAPS);
-	/* A completion record with bytes after it, found from the stream's end. */
-	{
-		struct mr_image *img = NULL;
-		uint64_t end;
-
-		if (mr_image_parse(&src, 0, MR_PARSE_NO_BITMAPS, &img, &err) == 0 &&
-		    mr_trailer_locate(&src, img->stream_end, size, &end) == 0) {
-			if (end > size)
-				abort(); /* mr_trailer_locate promised an end inside the file */
-			t = NULL;
-			if (mr_trailer_parse(&src, end, &t, &err) == 0)
-				mr_trailer_free(t);
-		}
-		mr_image_free(img);
-	}
 	/* The whole input as a raw tail (it starts with an EOS word). */
 	parse_tail(data, 0, size);
 	if (mr_detect_stream(&src, &base, &kind) == 0 && base)
-		parse_image(&src, base, 0);
+		parse_whole(&src, base);
 	if (mr_find_vmdesc(&src, 0, src.size, &voff, &vlen) == 0) {
 		if (voff + 5 + vlen > size)
 			abort(); /* mr_find_vmdesc promised a record inside the file */
