@@ -777,6 +777,12 @@ static int write_trailer(struct save_run *s)
 
 	mr_trailer_builder_set_devstate(s->c.tb, s->devstate_off, s->devstate_len,
 					XXH3_64bits_digest(s->dh));
+	if (s->args->blob_len) {
+		r = mr_trailer_builder_set_blob(s->c.tb, s->args->blob, s->args->blob_len);
+		if (r)
+			return snap_fail(s->err, r, "the trailer blob of %zu bytes: %s",
+					 s->args->blob_len, strerror(-r));
+	}
 	mr_buf_reset(b);
 	r = mr_trailer_encode(s->c.tb, s->end, b);
 	if (r)
@@ -922,6 +928,10 @@ int snap_save(const struct snap_save_args *args, const struct snap_opts *opts,
 		return r;
 	if (args->machine && (!*args->machine || strlen(args->machine) > MR_NAME_MAX))
 		return snap_fail(s.err, -EINVAL, "machine name must have 1 to 255 bytes");
+	/* Before anything is written: a blob the trailer cannot hold fails the save late. */
+	if (args->blob_len > MR_TRAILER_EXT_MAX || (args->blob_len && !args->blob))
+		return snap_fail(s.err, -EINVAL, "trailer blob of %zu bytes (1 to %u)",
+				 args->blob_len, MR_TRAILER_EXT_MAX);
 	for (size_t i = 0; i < args->n_blocks; i++)
 		if (__builtin_add_overflow(s.total, args->blocks[i].length, &s.total) ||
 		    (s.total & MR_RAM_FLAG_MASK))
