@@ -23,9 +23,7 @@ int qf_connect(const char *spec, struct qmp **ret_q)
 		return 0;
 	switch (r) {
 	case -EBUSY:
-		cli_err("%s: busy or not a QMP monitor (%s): QEMU serves one QMP client at a "
-			"time; close the other client or give QEMU another -qmp socket",
-			spec, ebuf);
+		cli_err("%s: close the other client or give QEMU a second -qmp socket", ebuf);
 		break;
 	case -EPROTO:
 		cli_err("%s: not a QMP monitor (%s): give the socket of QEMU's -qmp option", spec,
