@@ -13,6 +13,8 @@ QEMU 10, q35, ram0 + a pc-dimm on ram1, one boot:
     migrate-incoming file:, new backend files, no x-ignore-shared): same;
   - measured on the restored guest: QEMU's own `migrate file:` with
     mapped-ram + multifd 4 + direct-io, against snapsave --quit's downtime.
+memory-backend-memfd (unbooted): saved with a note and restored on QEMU 10,
+refused before the pause on 7.2.
 QEMU 7.2, q35 (pc-q35-7.2): --quit, snaprestore --qmp into 7.2, and the same
 file loaded natively by QEMU 10 with -M pc-q35-7.2.
 
@@ -196,6 +198,47 @@ def refusals(qemu, image, g, work):
         print(f"  share=off refused: {p.stderr.strip()}", flush=True)
 
 
+def memfd_ram1(v):
+    """Makes v's ram1 a memory-backend-memfd,share=on (before start)."""
+    orig = v.args
+    path = v.backends["ram1"][0]
+
+    def args():
+        return [x.replace("memory-backend-file,id=ram1", "memory-backend-memfd,id=ram1")
+                .replace(f",mem-path={path}", "") for x in orig()]
+    v.args = args
+    return v
+
+
+def memfd(q72, image, work):
+    """QEMU 10 migrates a memfd backend inside its stream: saved, with a note,
+    and restored; QEMU 7.2 leaves it out: refused before the pause."""
+    snap = os.path.join(work, "memfd.snap")
+    with memfd_ram1(G.V.VM("q35", "64M", "32M", accel=ACCEL)) as v:
+        v.qmp.close()
+        v.qmp = None
+        p = run([SNAPSAVE, "--qmp", v.sock, "-o", snap, "--quit", "--json"])
+        ok_json(p, "memfd on QEMU 10")
+        require("memory-backend-memfd" in p.stderr and "slower" in p.stderr,
+                f"memfd on QEMU 10: no note: {p.stderr.strip()}")
+    dst = memfd_ram1(G.V.VM("q35", "64M", "32M", accel=ACCEL, incoming=True))
+    dst.sock2 = os.path.join(dst.tmpdir, "qmp2.sock")
+    dst.extra_args += ["-qmp", f"unix:{dst.sock2},server=on,wait=off"]
+    with dst:
+        ok_json(run([SNAPRESTORE, snap, "--qmp", dst.sock2, "--json"]),
+                "memfd: snaprestore --qmp")
+    os.unlink(snap)
+    g = memfd_ram1(G.Guest(q72, image, "q35", "64M", "32M", 1, accel=ACCEL))
+    with g:
+        g.qmp.close()
+        g.qmp = None
+        p = run([SNAPSAVE, "--qmp", g.sock, "-o", snap])
+        require(p.returncode == 1 and "leaves memory-backend-memfd out" in p.stderr
+                and not os.path.exists(snap),
+                f"memfd on QEMU 7.2: rc={p.returncode}: {p.stderr.strip()}")
+    print("  memfd: saved and restored on QEMU 10 (with a note), refused on 7.2", flush=True)
+
+
 def measure_qemu(g, work):
     """QEMU 10's own save of the same guest: mapped-ram, multifd 4, direct-io."""
     path = os.path.join(work, "qemu-own.img")
@@ -278,7 +321,8 @@ def main():
         return SKIP
     work = tempfile.mkdtemp(prefix="snapmr-qmpflow-", dir=WORK_DIR)
     try:
-        for name, fn in (("10", lambda: lineage10(q10, image, work)),
+        for name, fn in (("memfd", lambda: memfd(q72, image, work)),
+                         ("10", lambda: lineage10(q10, image, work)),
                          ("7.2", lambda: lineage72(q72, q10, image, work))):
             try:
                 fn()
