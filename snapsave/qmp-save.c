@@ -55,6 +55,8 @@ struct save_run {
 	} * anon;
 	size_t n_anon;
 	int pipe_fd;
+	struct snap_outfile out;
+	bool out_open;
 };
 
 static struct backend *backend_of(struct save_run *s, const char *block)
@@ -299,7 +301,6 @@ static int write_file(struct save_run *s, const struct mr_classic *c, struct sna
 	const struct qmp_save_args *a = s->a;
 	struct snap_block *blocks = calloc(c->n_blocks ? c->n_blocks : 1, sizeof(*blocks));
 	struct mr_buf rec = MR_BUF_INIT;
-	struct snap_outfile out;
 	struct snap_save_args sa;
 	struct snap_err err;
 	char ebuf[512];
@@ -327,13 +328,8 @@ static int write_file(struct save_run *s, const struct mr_classic *c, struct sna
 		r = -EIO;
 		goto out;
 	}
-	r = snap_outfile_open(&out, a->output, a->cc->opts.direct, 0, ebuf, sizeof(ebuf));
-	if (r) {
-		cli_err("%s: %s", a->output, ebuf);
-		goto out;
-	}
-	sa = (struct snap_save_args){ .fd = out.fd,
-				      .direct_fd = out.direct_fd,
+	sa = (struct snap_save_args){ .fd = s->out.fd,
+				      .direct_fd = s->out.direct_fd,
 				      .machine = c->machine,
 				      .blocks = blocks,
 				      .n_blocks = c->n_blocks,
@@ -343,19 +339,50 @@ static int write_file(struct save_run *s, const struct mr_classic *c, struct sna
 				      .blob_len = rec.len };
 	r = snap_save(&sa, &a->cc->opts, st, &err);
 	if (!r)
-		r = snap_outfile_commit(&out, ebuf, sizeof(ebuf));
+		r = snap_outfile_commit(&s->out, ebuf, sizeof(ebuf));
 	else
 		snprintf(ebuf, sizeof(ebuf), "%s", err.msg);
 	cli_progress_end();
 	if (r)
 		cli_err("%s: %s", a->output, ebuf);
-	snap_outfile_abort(&out);
 out:
 	if (tail_fd >= 0)
 		close(tail_fd);
 	mr_buf_free(&rec);
 	free(blocks);
 	return r;
+}
+
+/*
+ * The output is opened (a temporary file next to it) before the pause, so a
+ * path that cannot be written is refused while the guest runs; it must not
+ * be one of the backend files, which the rename would replace.
+ */
+static int open_output(struct save_run *s)
+{
+	const char *path = s->a->output;
+	struct stat so, sb;
+	char ebuf[512];
+	int r;
+
+	if (stat(path, &so) == 0)
+		for (size_t i = 0; i < s->n_md; i++)
+			if (s->be[i].shared && fstat(s->be[i].map.fd, &sb) == 0 &&
+			    cli_same_file(&so, &sb)) {
+				cli_err("%s: the output is the file of backend '%s'", path,
+					s->md[i].id);
+				return -EINVAL;
+			}
+	r = snap_outfile_open(&s->out, path, s->a->cc->opts.direct, 0, ebuf, sizeof(ebuf));
+	if (r) {
+		cli_err("%s: %s", path, ebuf);
+		return r;
+	}
+	s->out_open = true;
+	if (s->out.direct_refused)
+		cli_note("%s: O_DIRECT unavailable (%s); writing buffered", path,
+			 s->out.direct_err);
+	return 0;
 }
 
 /* What is checked before the guest is paused. */
@@ -394,6 +421,9 @@ static int preflight(struct save_run *s)
 		return r;
 	}
 	r = check_backends(s);
+	if (r)
+		return r;
+	r = open_output(s);
 	if (r)
 		return r;
 	r = qmp_query_machine_type(s->q, QF_CMD_MS, &s->machine, ebuf, sizeof(ebuf));
@@ -528,6 +558,8 @@ out:
 	if (s.stopped && s.running &&
 	    qmp_execute(s.q, "cont", NULL, QF_CMD_MS, NULL, ebuf, sizeof(ebuf)))
 		cli_err("the guest stays paused: cont: %s", ebuf);
+	if (s.out_open)
+		snap_outfile_abort(&s.out);
 	if (s.pipe_fd >= 0)
 		close(s.pipe_fd);
 	for (size_t i = 0; s.anon && i < s.n_anon; i++)

@@ -15,6 +15,9 @@ QEMU 10, q35, ram0 + a pc-dimm on ram1, one boot:
     mapped-ram + multifd 4 + direct-io, against snapsave --quit's downtime.
 memory-backend-memfd (unbooted): saved with a note and restored on QEMU 10,
 refused before the pause on 7.2.
+Also: a failure after the pause (output on a full 1 MiB tmpfs): exit 1, no
+file, the guest runs on; snaprestore --qmp refusing a machine type or backend
+size mismatch before writing guest memory, and a file without a resume record.
 QEMU 7.2, q35 (pc-q35-7.2): --quit, snaprestore --qmp into 7.2, and the same
 file loaded natively by QEMU 10 with -M pc-q35-7.2.
 
@@ -239,6 +242,59 @@ def memfd(q72, image, work):
     print("  memfd: saved and restored on QEMU 10 (with a note), refused on 7.2", flush=True)
 
 
+def fail_after_pause(g, work):
+    """Output on a 1 MiB tmpfs: snap_save fails with ENOSPC after the pause;
+    the guest runs again and no file appears."""
+    mnt = os.path.join(work, "tiny")
+    os.mkdir(mnt)
+    p = run(["mount", "-t", "tmpfs", "-o", "size=1M", "tmpfs", mnt])
+    if p.returncode:
+        print(f"  (no tmpfs mount: {p.stderr.strip()}; failure after the pause not tested)")
+        return
+    try:
+        last = max(n for n, _ in g.ticks())
+        p = run([SNAPSAVE, "--qmp", g.sock2, "-o", os.path.join(mnt, "x.snap"), "--json"])
+        require(p.returncode == 1 and "x.snap" in p.stderr,
+                f"full disk: rc={p.returncode}: {p.stderr.strip()}")
+        require(os.listdir(mnt) == [], f"full disk: files left: {os.listdir(mnt)}")
+        require(status(g) == "running", f"full disk: guest is {status(g)}")
+        g.wait_tick(last + 1, 30)
+        print(f"  failure after the pause (full disk): guest runs on: {p.stderr.strip()}",
+              flush=True)
+    finally:
+        run(["umount", mnt])
+
+
+def restore_refusals(qemu, image, snap, work):
+    """Mismatches are reported before any byte of guest memory is written."""
+    def untouched(v):
+        for bid, (path, _) in v.backends.items():
+            with open(path, "rb") as f:
+                require(not any(f.read()), f"{bid} was written before the refusal")
+
+    for what, machine, dimm, want in (("machine type", "pc", "128M", "machine type"),
+                                      ("backend size", "q35", "64M", "'ram1'")):
+        v = G.Guest(qemu, image, machine, "256M", dimm, 1, accel=ACCEL, incoming=True)
+        v.sock2 = os.path.join(v.tmpdir, "qmp2.sock")
+        v.extra_args += ["-qmp", f"unix:{v.sock2},server=on,wait=off"]
+        with v:
+            p = run([SNAPRESTORE, snap, "--qmp", v.sock2])
+            require(p.returncode == 1 and want in p.stderr
+                    and len(p.stderr.strip().splitlines()) == 1,
+                    f"{what} mismatch: rc={p.returncode}: {p.stderr.strip()}")
+            untouched(v)
+            print(f"  {what} mismatch refused: {p.stderr.strip()}", flush=True)
+    src = os.path.join(work, "plain.ram")
+    plain = os.path.join(work, "plain.snap")
+    with open(src, "wb") as f:
+        f.truncate(1 << 20)
+    ok_json(run([SNAPSAVE, "-o", plain, "--ram", f"ram0={src}", "--json"]), "plain snapsave")
+    p = run([SNAPRESTORE, plain, "--qmp", "/nonexistent.sock"])
+    require(p.returncode == 1 and "not saved with --qmp" in p.stderr,
+            f"file without resume record: rc={p.returncode}: {p.stderr.strip()}")
+    print(f"  file without a resume record refused: {p.stderr.strip()}", flush=True)
+
+
 def measure_qemu(g, work):
     """QEMU 10's own save of the same guest: mapped-ram, multifd 4, direct-io."""
     path = os.path.join(work, "qemu-own.img")
@@ -267,6 +323,7 @@ def lineage10(qemu, image, work):
     dst = None
     try:
         refusals(qemu, image, g, work)
+        fail_after_pause(g, work)
         f0 = os.path.join(work, "resume.snap")
         last = max(n for n, _ in g.ticks())
         p = run([SNAPSAVE, "--qmp", g.sock2, "-o", f0, "--resume", "--json", "--progress"])
@@ -280,6 +337,7 @@ def lineage10(qemu, image, work):
         st, before = save_quit(g, snap)
         print(f"  --quit: downtime {st['downtime-ms']:.0f} ms, phases {st['phases']}, "
               f"{st['ram-bytes']} RAM bytes", flush=True)
+        restore_refusals(qemu, image, snap, work)
         dst = restore_qmp(qemu, image, "q35", snap, before, want, "snaprestore --qmp (10)")
         load_native(qemu, image, "q35", snap, before, want, "native mapped-ram load (10)")
         print(f"  {measure_qemu(dst, work)}", flush=True)
