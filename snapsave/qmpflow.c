@@ -21,6 +21,10 @@ int qf_connect(const char *spec, struct qmp **ret_q)
 
 	if (!r)
 		return 0;
+	/* The peer's own bytes may be quoted: the error stays one line. */
+	for (char *p = ebuf; *p; p++)
+		if ((unsigned char)*p < 0x20)
+			*p = ' ';
 	switch (r) {
 	case -EBUSY:
 		cli_err("%s: close the other client or give QEMU a second -qmp socket", ebuf);
