@@ -340,6 +340,7 @@ int qmp_restore(const struct qmp_restore_args *a, int fd, int dfd, const struct 
 {
 	struct restore_run s = { .a = a, .f = f };
 	struct mr_buf tail = MR_BUF_INIT;
+	struct qmp_status st;
 	char ebuf[512];
 	int ret = 1;
 
@@ -360,7 +361,19 @@ int qmp_restore(const struct qmp_restore_args *a, int fd, int dfd, const struct 
 	if (feed_qemu(&s, &tail))
 		goto out;
 	qf_phase(&s.ph, "device-state");
-	if (s.rec->running && !a->paused) {
+	/* A QEMU started without -S runs the guest as soon as the load completes. */
+	if (qmp_query_status(s.q, QF_CMD_MS, &st, ebuf, sizeof(ebuf))) {
+		cli_err("%s: %s", a->qmp, ebuf);
+		goto out;
+	}
+	if (st.running && (!s.rec->running || a->paused)) {
+		cli_note(
+			"QEMU was started without -S and ran the guest after the load; pausing it");
+		if (qmp_execute(s.q, "stop", NULL, QF_CMD_MS, NULL, ebuf, sizeof(ebuf))) {
+			cli_err("stop: %s", ebuf);
+			goto out;
+		}
+	} else if (s.rec->running && !a->paused && !st.running) {
 		if (qmp_execute(s.q, "cont", NULL, QF_CMD_MS, NULL, ebuf, sizeof(ebuf))) {
 			cli_err("cont: %s", ebuf);
 			goto out;

@@ -128,14 +128,24 @@ def save_quit(g, snap):
     return st, before
 
 
-def restore_qmp(qemu, image, machine, snap, before, want_sum, what):
-    dst = guest(qemu, image, machine, incoming=True).start()
+def restore_qmp(qemu, image, machine, snap, before, want_sum, what, paused=False):
+    """snaprestore --qmp into a new QEMU; with `paused`, one started without
+    -S (it would run the guest as soon as the load completes) and --paused."""
+    dst = guest(qemu, image, machine, incoming=True)
+    if paused:
+        orig = dst.args
+        dst.args = lambda: [a for a in orig() if a != "-S"]
+    dst.start()
     try:
         for path, _ in dst.backends.values():
             require(os.path.getsize(path) == 0 or not any(open(path, "rb").read(1 << 20)),
                     f"{path}: a new backend file holds data before the restore")
-        p = run([SNAPRESTORE, snap, "--qmp", dst.sock2, "--json"])
+        p = run([SNAPRESTORE, snap, "--qmp", dst.sock2, "--json"] +
+                (["--paused"] if paused else []))
         st = ok_json(p, f"{what}: snaprestore --qmp")
+        if paused:
+            require(status(dst) == "paused", f"{what}: status {status(dst)} with --paused")
+            dst.qmp.execute("cont")
         require(status(dst) == "running", f"{what}: status {status(dst)} after the restore")
         a, b = continues(before, dst, want_sum, what)
         print(f"  {what}: ticks {a} -> {b}; phases {st['phases']}", flush=True)
@@ -338,6 +348,8 @@ def lineage10(qemu, image, work):
         print(f"  --quit: downtime {st['downtime-ms']:.0f} ms, phases {st['phases']}, "
               f"{st['ram-bytes']} RAM bytes", flush=True)
         restore_refusals(qemu, image, snap, work)
+        restore_qmp(qemu, image, "q35", snap, before, want,
+                    "snaprestore --qmp --paused (10, no -S)", paused=True).stop()
         dst = restore_qmp(qemu, image, "q35", snap, before, want, "snaprestore --qmp (10)")
         load_native(qemu, image, "q35", snap, before, want, "native mapped-ram load (10)")
         print(f"  {measure_qemu(dst, work)}", flush=True)
