@@ -170,6 +170,8 @@ struct mr_trailer_builder {
 	uint64_t devstate_offset;
 	uint64_t devstate_length;
 	uint64_t devstate_hash;
+	uint8_t *blob; /* the BLOB extension, NULL without one */
+	size_t blob_len;
 };
 
 int mr_trailer_builder_new(uint64_t stream_base, uint32_t chunk_size,
@@ -199,6 +201,7 @@ void mr_trailer_builder_free(struct mr_trailer_builder *b)
 		free(b->blocks[i].have);
 	}
 	free(b->blocks);
+	free(b->blob);
 	free(b);
 }
 
@@ -285,6 +288,22 @@ void mr_trailer_builder_set_devstate(struct mr_trailer_builder *b, uint64_t offs
 	b->have_devstate = true;
 }
 
+int mr_trailer_builder_set_blob(struct mr_trailer_builder *b, const void *data, size_t len)
+{
+	uint8_t *p;
+
+	if (!len || len > MR_TRAILER_EXT_MAX)
+		return -EINVAL;
+	p = malloc(len);
+	if (!p)
+		return -ENOMEM;
+	memcpy(p, data, len);
+	free(b->blob);
+	b->blob = p;
+	b->blob_len = len;
+	return 0;
+}
+
 /* Checks everything the decoder will check; returns the table size or 0. */
 static size_t table_size(const struct mr_trailer_builder *b, uint64_t stream_end)
 {
@@ -311,6 +330,8 @@ static size_t table_size(const struct mr_trailer_builder *b, uint64_t stream_end
 		if (__builtin_add_overflow(size, rec, &size))
 			return 0;
 	}
+	if (b->blob && __builtin_add_overflow(size, MR_TRAILER_EXT_HDR + b->blob_len, &size))
+		return 0;
 	return size;
 }
 
@@ -343,6 +364,11 @@ int mr_trailer_encode(const struct mr_trailer_builder *b, uint64_t stream_end, s
 		for (uint64_t c = 0; c < blk->n_chunks; c++)
 			mr_buf_be64(out, blk->hashes[c]);
 	}
+	if (b->blob) {
+		mr_buf_be32(out, MR_TRAILER_EXT_BLOB);
+		mr_buf_be64(out, b->blob_len);
+		mr_buf_put(out, b->blob, b->blob_len);
+	}
 	if (out->err) {
 		out->len = start;
 		return out->err;
@@ -350,7 +376,7 @@ int mr_trailer_encode(const struct mr_trailer_builder *b, uint64_t stream_end, s
 	assert(out->len - start == tsize);
 
 	memcpy(foot, MR_TRAILER_MAGIC, 8);
-	mr_put_be32(foot + 8, MR_TRAILER_VERSION);
+	mr_put_be32(foot + 8, b->blob ? MR_TRAILER_VERSION_EXT : MR_TRAILER_VERSION);
 	mr_put_be32(foot + 12, MR_TRAILER_F_COMPLETE);
 	mr_put_be64(foot + 16, stream_end);
 	mr_put_be64(foot + 24, tsize);
@@ -591,6 +617,54 @@ static int load_hashes(struct cur *c, struct mr_trailer_block *blk, struct mr_er
 	return 0;
 }
 
+/* Extension records (version 2): from the cursor to the table's end. */
+static int parse_extensions(struct cur *c, struct mr_trailer *t, struct mr_err *err)
+{
+	while (c->left) {
+		uint64_t at = c->off, len;
+		const uint8_t *p = take(c, MR_TRAILER_EXT_HDR);
+		uint32_t tag;
+
+		if (!p)
+			return fail(err, take_err(c), at, NULL, "trailer extension record %s",
+				    take_what(c));
+		tag = mr_get_be32(p);
+		len = mr_get_be64(p + 4);
+		if (len > c->left)
+			return fail(err, -ENODATA, at, NULL,
+				    "trailer extension of %llu bytes runs past the table",
+				    (unsigned long long)len);
+		if (len > MR_TRAILER_EXT_MAX)
+			return fail(err, -EOVERFLOW, at, NULL,
+				    "trailer extension of %llu bytes (at most %u)",
+				    (unsigned long long)len, MR_TRAILER_EXT_MAX);
+		if (tag != MR_TRAILER_EXT_BLOB) {
+			/* Another writer's record: covered by the table hash, not ours to read. */
+			c->off += len;
+			c->left -= len;
+			continue;
+		}
+		if (t->blob || !len)
+			return fail(err, -EBADMSG, at, NULL, "%s trailer blob record",
+				    t->blob ? "second" : "empty");
+		t->blob = malloc(len);
+		if (!t->blob)
+			return fail(err, -ENOMEM, at, NULL, "out of memory");
+		t->blob_len = (size_t)len;
+		for (size_t done = 0; done < len;) {
+			size_t n = len - done < TABLE_WINDOW ? (size_t)(len - done) : TABLE_WINDOW;
+
+			p = take(c, n);
+			if (!p)
+				return fail(err, take_err(c), at, NULL, "trailer blob %s",
+					    take_what(c));
+			memcpy(t->blob + done, p, n);
+			done += n;
+		}
+	}
+	return 0;
+}
+
 /* Parses the table (read through c) into t, whose footer fields are already set. */
 static int parse_table(struct cur *cp, struct mr_trailer *t, unsigned flags, struct mr_err *err)
 {
@@ -647,6 +721,11 @@ static int parse_table(struct cur *cp, struct mr_trailer *t, unsigned flags, str
 		if (r < 0)
 			return r;
 	}
+	if (t->version == MR_TRAILER_VERSION_EXT) {
+		r = parse_extensions(&c, t, err);
+		if (r < 0)
+			return r;
+	}
 	if (c.left)
 		return fail(err, -EBADMSG, c.off, NULL, "%llu stray bytes after the trailer blocks",
 			    (unsigned long long)c.left);
@@ -690,7 +769,7 @@ static int check_footer(struct mr_trailer *t, const uint8_t *foot, uint64_t foot
 	t->flags = mr_get_be32(foot + 12);
 	t->table_offset = mr_get_be64(foot + 16);
 	t->table_length = mr_get_be64(foot + 24);
-	if (t->version != MR_TRAILER_VERSION)
+	if (t->version != MR_TRAILER_VERSION && t->version != MR_TRAILER_VERSION_EXT)
 		return fail(err, -EPROTONOSUPPORT, foot_off + 8, NULL,
 			    "trailer version %u not supported", t->version);
 	if (mr_get_be64(foot + 40) != XXH3_64bits(foot, 40))
@@ -819,6 +898,27 @@ int mr_trailer_locate(const struct mr_src *src, uint64_t table_offset, uint64_t 
 		    __builtin_add_overflow(off, 1 + (uint64_t)rec[0] + REC_FIXED + n * 8, &off))
 			return -ENOENT;
 	}
+	/*
+	 * Extension records (version 2) until the footer's magic: no tag
+	 * starts like it. Each record takes at least 12 bytes, so the loop
+	 * ends within the file.
+	 */
+	for (;;) {
+		uint8_t x[MR_TRAILER_EXT_HDR];
+		uint64_t len;
+
+		if (off >= file_size || file_size - off < sizeof(x))
+			return -ENOENT;
+		r = read_exact(src, x, sizeof(x), off);
+		if (r)
+			return r == -ENODATA ? -ENOENT : r;
+		if (!memcmp(x, MR_TRAILER_MAGIC, 8))
+			break;
+		len = mr_get_be64(x + 4);
+		if (len > MR_TRAILER_EXT_MAX ||
+		    __builtin_add_overflow(off, MR_TRAILER_EXT_HDR + len, &off))
+			return -ENOENT;
+	}
 	if (__builtin_add_overflow(off, MR_TRAILER_FOOTER_SIZE, &off) || off > file_size)
 		return -ENOENT;
 	*ret_end = off;
@@ -833,6 +933,7 @@ void mr_trailer_free(struct mr_trailer *t)
 		free(t->blocks[i].chunk_hashes);
 	free(t->blocks);
 	free(t->by_name);
+	free(t->blob);
 	free(t);
 }
 

@@ -27,7 +27,7 @@
  *
  * Footer, 48 bytes, the last bytes of the file:
  *	+0	8	magic "SNAPMRT1"
- *	+8	be32	version, 1
+ *	+8	be32	version: 1, or 2 when the table has extension records
  *	+12	be32	flags: bit 0 COMPLETE (required); other bits zero
  *	+16	be64	table_offset, absolute; equals stream_end
  *	+24	be64	table_length; table_offset + table_length = file_size - 48
@@ -52,6 +52,16 @@
  *	+33+n	be64	n_chunks = ceil(length / chunk_size)
  *	+41+n	8*k	k = n_chunks XXH3-64 chunk hashes
  * Bitmap and page region must lie inside [stream_base, stream_end).
+ * Version 2 only: extension records after the last block record, back to
+ * back up to the table's end (a version 1 table ends with its last block):
+ *	+0	be32	tag: 1 BLOB (opaque bytes for the writer's tool, at most
+ *			once); other tags are skipped; never 0x534E4150 ("SNAP",
+ *			so that mr_trailer_locate() tells a record from the footer)
+ *	+4	be64	length, at most MR_TRAILER_EXT_MAX
+ *	+12	length	bytes
+ * They are covered by the table hash. The writer uses version 2 only when it
+ * has an extension to store, so files without one stay readable by version 1
+ * readers.
  *
  * Chunk i of a block covers pages [i*chunk_size/4096, (i+1)*chunk_size/4096)
  * clipped to the block (the last chunk may be shorter). Its hash is taken over
@@ -83,7 +93,7 @@
  *
  * Decoding errors: -ENOENT no trailer (no footer magic in the last 48 bytes,
  * file shorter than 48 bytes, or COMPLETE clear); -EPROTONOSUPPORT footer
- * version not 1; -EBADMSG bad footer or table hash, reserved flag, value or
+ * version not 1 or 2; -EBADMSG bad footer or table hash, reserved flag, value or
  * name not allowed, inconsistent counts, table not directly before the footer;
  * -ENODATA a table record runs past the table's end, or the source returned
  * fewer bytes than file_size promised; -EOVERFLOW an offset or length that
@@ -93,6 +103,10 @@
 
 #define MR_TRAILER_MAGIC	 "SNAPMRT1"
 #define MR_TRAILER_VERSION	 1u
+#define MR_TRAILER_VERSION_EXT	 2u /* the table may have extension records */
+#define MR_TRAILER_EXT_BLOB	 1u
+#define MR_TRAILER_EXT_HDR	 12u
+#define MR_TRAILER_EXT_MAX	 (16u << 20)
 #define MR_TRAILER_F_COMPLETE	 0x1u
 #define MR_TRAILER_FOOTER_SIZE	 48u
 #define MR_TRAILER_TABLE_HDR	 48u
@@ -173,6 +187,12 @@ void mr_trailer_builder_set_bitmap_hash(struct mr_trailer_builder *b, size_t blo
 /* Records the device-state range and its XXH3-64. */
 void mr_trailer_builder_set_devstate(struct mr_trailer_builder *b, uint64_t offset, uint64_t length,
 				     uint64_t hash);
+/*
+ * Stores len bytes (copied; 1..MR_TRAILER_EXT_MAX) as the table's BLOB
+ * extension record, which makes the footer version 2. Returns 0, -EINVAL
+ * or -ENOMEM.
+ */
+int mr_trailer_builder_set_blob(struct mr_trailer_builder *b, const void *data, size_t len);
 
 /*
  * Appends table + footer to out, for writing at file offset stream_end (the
@@ -210,6 +230,8 @@ struct mr_trailer {
 	uint64_t devstate_hash;
 	struct mr_trailer_block *blocks;
 	size_t n_blocks;
+	uint8_t *blob; /* the BLOB extension record's bytes (owned), NULL without one */
+	size_t blob_len;
 	/* The blocks sorted by name, for mr_trailer_find_block(); NULL if fewer than 2. */
 	const struct mr_trailer_block **by_name;
 };

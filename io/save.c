@@ -759,6 +759,12 @@ static int write_trailer(struct save_run *s)
 
 	mr_trailer_builder_set_devstate(s->c.tb, s->w.devstate_off, s->w.devstate_len,
 					XXH3_64bits_digest(s->dh));
+	if (s->args->blob_len) {
+		r = mr_trailer_builder_set_blob(s->c.tb, s->args->blob, s->args->blob_len);
+		if (r)
+			return snap_fail(s->err, r, "the trailer blob of %zu bytes: %s",
+					 s->args->blob_len, strerror(-r));
+	}
 	mr_buf_reset(b);
 	r = mr_trailer_encode(s->c.tb, s->end, b);
 	if (r)
@@ -884,6 +890,10 @@ static int save_setup(struct save_run *s)
 		return r;
 	if (args->machine && (!*args->machine || strlen(args->machine) > MR_NAME_MAX))
 		return snap_fail(s->err, -EINVAL, "machine name must have 1 to 255 bytes");
+	/* Before anything is written: a blob the trailer cannot hold fails the save late. */
+	if (args->blob_len > MR_TRAILER_EXT_MAX || (args->blob_len && !args->blob))
+		return snap_fail(s->err, -EINVAL, "trailer blob of %zu bytes (1 to %u)",
+				 args->blob_len, MR_TRAILER_EXT_MAX);
 	s->wblocks = calloc(args->n_blocks, sizeof(*s->wblocks));
 	if (!s->wblocks)
 		return snap_fail(s->err, -ENOMEM, "out of memory");

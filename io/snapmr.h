@@ -103,6 +103,13 @@ struct snap_save_args {
 	size_t n_blocks;
 	enum snap_devstate_kind devstate;
 	int devstate_fd; /* read sequentially to EOF */
+	/*
+	 * Optional opaque bytes (1..16 MiB) kept in the trailer's BLOB extension
+	 * record, which QEMU never reads: snap_inspect() returns them in
+	 * file->trailer->blob. NULL/0: none.
+	 */
+	const void *blob;
+	size_t blob_len;
 };
 
 /*

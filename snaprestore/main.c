@@ -7,6 +7,7 @@
 #include "config.h"
 #include "engine.h"
 #include "fdset.h"
+#include "qmp-restore.h"
 #include "ramsrc.h"
 #include "snapmr.h"
 #include "stream.h"
@@ -58,6 +59,8 @@ static void usage(FILE *f)
 		"back\n"
 		"      --offset N            the stream starts at byte N of FILE (default: 0, or\n"
 		"                            after a libvirt save image header, found by itself)\n"
+		"      --qmp SOCKET|fd:N     restore a snapsave --qmp file into the QEMU of this\n"
+		"                            monitor (-incoming defer); --paused keeps it paused\n"
 		"  -i, --info                describe the file instead of restoring\n"
 		"      --verify              check every checksum without restoring; lists each\n"
 		"                            mismatch and exits 1 if there is any\n"
@@ -84,6 +87,8 @@ enum {
 	OPT_VERIFY,
 	OPT_NO_VERIFY,
 	OPT_FORCE,
+	OPT_QMP,
+	OPT_PAUSED,
 };
 
 static const struct option long_opts[] = {
@@ -94,6 +99,8 @@ static const struct option long_opts[] = {
 	{ "verify", no_argument, NULL, OPT_VERIFY },
 	{ "no-verify", no_argument, NULL, OPT_NO_VERIFY },
 	{ "force", no_argument, NULL, OPT_FORCE },
+	{ "qmp", required_argument, NULL, OPT_QMP },
+	{ "paused", no_argument, NULL, OPT_PAUSED },
 	CLI_COMMON_LONG_OPTS,
 	{ NULL, 0, NULL, 0 },
 };
@@ -109,6 +116,7 @@ struct args {
 	bool info;
 	bool verify;
 	bool force;
+	struct qmp_restore_args qmp; /* --qmp and --paused */
 };
 
 static int parse_args(int argc, char **argv, struct args *a)
@@ -140,6 +148,8 @@ static int parse_args(int argc, char **argv, struct args *a)
 		case OPT_VERIFY: a->verify = true; break;
 		case OPT_NO_VERIFY: a->cc.opts.no_verify = true; break;
 		case OPT_FORCE: a->force = true; break;
+		case OPT_QMP: a->qmp.qmp = optarg; break;
+		case OPT_PAUSED: a->qmp.paused = true; break;
 		default: cli_err("option '%s' is not handled", argv[optind - 1]); return 2;
 		}
 	}
@@ -155,6 +165,13 @@ static int parse_args(int argc, char **argv, struct args *a)
 	if ((a->info || a->verify) && (a->n_ram || a->all_dir || a->cc.devstate || a->n_skip)) {
 		cli_err("--%s does not restore: drop --ram, --all, --skip and --device-state",
 			a->info ? "info" : "verify");
+		return 2;
+	}
+	if ((a->qmp.qmp || a->qmp.paused) && (!a->qmp.qmp || a->info || a->verify || a->n_ram ||
+					      a->all_dir || a->cc.devstate || a->n_skip)) {
+		cli_err(a->qmp.qmp ? "--qmp fills the waiting QEMU's backends itself: drop --ram, "
+				     "--all, --skip, --device-state, --info and --verify"
+				   : "--paused needs --qmp SOCKET");
 		return 2;
 	}
 	if (a->info && a->verify) {
@@ -891,7 +908,9 @@ int main(int argc, char **argv)
 	} else if (a.verify) {
 		ret = do_verify(&a, fd, dfd, f);
 	} else if (!check_integrity(&a, f)) {
-		ret = do_restore(&a, fd, dfd, f);
+		a.qmp.file = a.file;
+		a.qmp.cc = &a.cc;
+		ret = a.qmp.qmp ? qmp_restore(&a.qmp, fd, dfd, f) : do_restore(&a, fd, dfd, f);
 	}
 	snap_file_free(f);
 close_fds:

@@ -244,6 +244,11 @@ void cli_progress(void *arg, const struct snap_progress *p)
 	progress_shown = true;
 }
 
+bool cli_progress_is_json(void)
+{
+	return progress_json;
+}
+
 void cli_progress_end(void)
 {
 	if (progress_shown)

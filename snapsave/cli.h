@@ -72,6 +72,8 @@ int cli_common_option(int c, char **argv, struct cli_common *cc, void (*usage)(F
 /* Progress callback: bytes done/total, MiB/s and ETA on one stderr line. */
 void cli_progress(void *arg, const struct snap_progress *p);
 void cli_progress_end(void);
+/* --progress=json was given. */
+bool cli_progress_is_json(void);
 
 /* Prints a JSON string literal. */
 void cli_json_str(FILE *f, const char *s);

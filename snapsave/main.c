@@ -8,6 +8,7 @@
 #include "engine.h"
 #include "fdset.h"
 #include "outfile.h"
+#include "qmp-save.h"
 #include "ramsrc.h"
 #include "snapmr.h"
 
@@ -41,6 +42,9 @@ static void usage(FILE *f)
 		"                            --device-state-raw) appended verbatim, so QEMU loads "
 		"it\n"
 		"  -m, --machine TYPE        machine type in the stream (default pc-q35-10.0)\n"
+		"      --qmp SOCKET|fd:N     save the VM of this QMP monitor (no --ram): "
+		"--resume\n"
+		"                            lets it run on after the save, --quit ends QEMU\n"
 		"      --add-fd fd=F,set=N[,opaque=S]  put inherited descriptor F into fd set N;\n"
 		"                            /dev/fdset/N then works wherever a path does\n"
 		"      --fd-socket PATH|fd:N receive descriptors over a UNIX socket before "
@@ -67,6 +71,9 @@ static void usage(FILE *f)
 
 enum {
 	OPT_NOSYNC = CLI_OPT_LOCAL,
+	OPT_QMP,
+	OPT_RESUME,
+	OPT_QUIT,
 };
 
 static const struct option long_opts[] = {
@@ -74,6 +81,9 @@ static const struct option long_opts[] = {
 	{ "ram", required_argument, NULL, 'r' },
 	{ "machine", required_argument, NULL, 'm' },
 	{ "no-sync", no_argument, NULL, OPT_NOSYNC },
+	{ "qmp", required_argument, NULL, OPT_QMP },
+	{ "resume", no_argument, NULL, OPT_RESUME },
+	{ "quit", no_argument, NULL, OPT_QUIT },
 	CLI_COMMON_LONG_OPTS,
 	{ NULL, 0, NULL, 0 },
 };
@@ -84,6 +94,7 @@ struct args {
 	struct snap_ram_spec ram[MAX_BLOCKS];
 	size_t n_ram;
 	const char *machine;
+	struct qmp_save_args qmp; /* --qmp and its options */
 };
 
 static int parse_args(int argc, char **argv, struct args *a)
@@ -112,6 +123,9 @@ static int parse_args(int argc, char **argv, struct args *a)
 			a->machine = optarg;
 			break;
 		case OPT_NOSYNC: a->cc.opts.no_sync = true; break;
+		case OPT_QMP: a->qmp.qmp = optarg; break;
+		case OPT_RESUME: a->qmp.resume = true; break;
+		case OPT_QUIT: a->qmp.quit = true; break;
 		default: cli_err("option '%s' is not handled", argv[optind - 1]); return 2;
 		}
 	}
@@ -123,6 +137,8 @@ static int parse_args(int argc, char **argv, struct args *a)
 		cli_err("no output file (-o FILE)");
 		return 2;
 	}
+	if (a->qmp.qmp || a->qmp.resume || a->qmp.quit)
+		return qmp_save_check_args(&a->qmp, a->output, a->n_ram, a->machine, &a->cc);
 	if (!a->n_ram) {
 		cli_err("no RAM blocks (--ram NAME=SOURCE)");
 		return 2;
@@ -185,6 +201,10 @@ int main(int argc, char **argv)
 	}
 	if (a.cc.fd_socket && cli_fd_socket_start(a.cc.fd_socket))
 		goto free_specs;
+	if (a.qmp.qmp) {
+		ret = qmp_save(&a.qmp);
+		goto free_specs;
+	}
 
 	cli_install_fault_handler("the save was abandoned");
 	for (size_t i = 0; i < a.n_ram; i++) {

@@ -616,10 +616,19 @@ static void test_hostile_footer(void **state)
 	foot_off = f.len - 48;
 	foot = f.data + foot_off;
 
-	/* Version 2, even with a valid hash. */
-	mr_put_be32(foot + 8, 2);
+	/* Version 3, even with a valid hash (2 adds extension records: none here is fine). */
+	mr_put_be32(foot + 8, 3);
 	reseal_footer(&f);
 	expect_parse(&f, -EPROTONOSUPPORT, "");
+	mr_put_be32(foot + 8, 2);
+	reseal_footer(&f);
+	{
+		struct mr_trailer *t = NULL;
+
+		assert_int_equal(parse_mem(&f.mf, f.len, &t, NULL), 0);
+		assert_null(t->blob);
+		mr_trailer_free(t);
+	}
 	mr_put_be32(foot + 8, 1);
 
 	/* Reserved flag, and COMPLETE clear. */
@@ -974,6 +983,126 @@ static void test_many_records(void **state)
 	fixture_fini(&f);
 }
 
+/* Sets the footer version of a fixture (after replace_table()) and reseals it. */
+static void set_version(struct fixture *f, uint32_t v)
+{
+	mr_put_be32(f->data + f->len - MR_TRAILER_FOOTER_SIZE + 8, v);
+	reseal_footer(f);
+}
+
+/* The fixture's table followed by extension records recs/rlen, as version v. */
+static void append_ext(struct fixture *f, const uint8_t *recs, size_t rlen, uint32_t v)
+{
+	size_t tlen = mr_get_be64(f->data + f->len - MR_TRAILER_FOOTER_SIZE + 24);
+	uint8_t *tab = malloc(tlen + rlen);
+
+	assert_non_null(tab);
+	memcpy(tab, table(f), tlen);
+	memcpy(tab + tlen, recs, rlen);
+	replace_table(f, tab, tlen + rlen);
+	set_version(f, v);
+	free(tab);
+}
+
+static size_t ext_rec(uint8_t *p, uint32_t tag, const void *data, uint64_t len)
+{
+	mr_put_be32(p, tag);
+	mr_put_be64(p + 4, len);
+	memcpy(p + 12, data, (size_t)len);
+	return MR_TRAILER_EXT_HDR + (size_t)len;
+}
+
+static void test_blob_extension(void **state)
+{
+	/* Larger than one table window, so the blob is gathered across reads. */
+	const size_t blen = 3 * 65536 + 123;
+	uint8_t *blob = malloc(blen), recs[64];
+	struct mr_buf out = MR_BUF_INIT;
+	struct mr_trailer_builder *b;
+	struct mr_trailer *t = NULL;
+	struct mr_err err;
+	struct fixture f;
+	struct mr_src src;
+	uint64_t end = 0;
+	size_t n;
+
+	(void)state;
+	assert_non_null(blob);
+	fill_random(blob, blen);
+	/* Without a blob: version 1, as before. */
+	fixture_init(&f, 65536);
+	assert_int_equal(parse_mem(&f.mf, f.len, &t, NULL), 0);
+	assert_int_equal(t->version, MR_TRAILER_VERSION);
+	assert_null(t->blob);
+	mr_trailer_free(t);
+
+	/* With one: version 2, returned intact, blocks unchanged; located with bytes after it. */
+	b = fixture_builder(&f);
+	assert_int_equal(mr_trailer_builder_set_blob(b, blob, 0), -EINVAL);
+	assert_int_equal(mr_trailer_builder_set_blob(b, blob, MR_TRAILER_EXT_MAX + 1ul), -EINVAL);
+	assert_int_equal(mr_trailer_builder_set_blob(b, blob, blen), 0);
+	mr_buf_put(&out, f.data, STREAM_END);
+	assert_int_equal(mr_trailer_encode(b, STREAM_END, &out), 0);
+	mr_trailer_builder_free(b);
+	mr_buf_put(&out, "appended", 8);
+	f.mf = (struct memfile){ out.data, out.len, 0, 0 };
+	assert_int_equal(parse_mem(&f.mf, out.len - 8, &t, NULL), 0);
+	assert_int_equal(t->version, MR_TRAILER_VERSION_EXT);
+	assert_int_equal(t->blob_len, blen);
+	assert_memory_equal(t->blob, blob, blen);
+	assert_int_equal(t->n_blocks, 2);
+	assert_non_null(mr_trailer_find_block(t, "vga.vram"));
+	mr_trailer_free(t);
+	src = (struct mr_src){ mem_pread, &f.mf, out.len };
+	assert_int_equal(mr_trailer_locate(&src, STREAM_END, out.len, &end), 0);
+	assert_int_equal(end, out.len - 8);
+	mr_buf_free(&out);
+	f.mf = (struct memfile){ f.data, f.len, 0, 0 };
+
+	/* An unknown record is skipped; the blob after it is found. */
+	n = ext_rec(recs, 7, "other", 5);
+	n += ext_rec(recs + n, MR_TRAILER_EXT_BLOB, "blob", 4);
+	append_ext(&f, recs, n, MR_TRAILER_VERSION_EXT);
+	assert_int_equal(parse_mem(&f.mf, f.len, &t, NULL), 0);
+	assert_int_equal(t->blob_len, 4);
+	assert_memory_equal(t->blob, "blob", 4);
+	mr_trailer_free(t);
+	fixture_fini(&f);
+
+	/* The same records in a version 1 table are stray bytes. */
+	fixture_init(&f, 65536);
+	append_ext(&f, recs, n, MR_TRAILER_VERSION);
+	assert_int_equal(parse_fail(&f.mf, f.len, &err), -EBADMSG);
+	assert_non_null(strstr(err.msg, "stray bytes"));
+	fixture_fini(&f);
+
+	/* Two blobs, an empty one, a length past the table, a cut header, version 3. */
+	fixture_init(&f, 65536);
+	n = ext_rec(recs, MR_TRAILER_EXT_BLOB, "a", 1);
+	n += ext_rec(recs + n, MR_TRAILER_EXT_BLOB, "b", 1);
+	append_ext(&f, recs, n, MR_TRAILER_VERSION_EXT);
+	assert_int_equal(parse_fail(&f.mf, f.len, &err), -EBADMSG);
+	assert_non_null(strstr(err.msg, "second trailer blob"));
+	fixture_fini(&f);
+	fixture_init(&f, 65536);
+	append_ext(&f, recs, ext_rec(recs, MR_TRAILER_EXT_BLOB, "", 0), MR_TRAILER_VERSION_EXT);
+	assert_int_equal(parse_fail(&f.mf, f.len, &err), -EBADMSG);
+	fixture_fini(&f);
+	fixture_init(&f, 65536);
+	n = ext_rec(recs, MR_TRAILER_EXT_BLOB, "abcd", 4);
+	mr_put_be64(recs + 4, 5);
+	append_ext(&f, recs, n, MR_TRAILER_VERSION_EXT);
+	assert_int_equal(parse_fail(&f.mf, f.len, &err), -ENODATA);
+	fixture_fini(&f);
+	fixture_init(&f, 65536);
+	append_ext(&f, recs, 7, MR_TRAILER_VERSION_EXT);
+	assert_int_equal(parse_fail(&f.mf, f.len, &err), -ENODATA);
+	set_version(&f, 3);
+	assert_int_equal(parse_fail(&f.mf, f.len, &err), -EPROTONOSUPPORT);
+	fixture_fini(&f);
+	free(blob);
+}
+
 int main(void)
 {
 	/* clang-format off */
@@ -995,6 +1124,7 @@ int main(void)
 		cmocka_unit_test(test_lazy_hashes),
 		cmocka_unit_test(test_locate),
 		cmocka_unit_test(test_many_records),
+		cmocka_unit_test(test_blob_extension),
 	};
 	/* clang-format on */
 

@@ -214,16 +214,16 @@ static int parse_line(struct qmp *q, const char *line, size_t n, struct json_obj
 	if (e != json_tokener_success || json_tokener_get_parse_end(q->tok) != n) {
 		json_object_put(o);
 		return fail(q, qerr(errbuf, errlen, -EPROTO,
-				    "QEMU sent a line that is not JSON (%s): %.60s%s",
+				    "QEMU sent a line that is not JSON (%s): %.*s%s",
 				    e == json_tokener_success ? "text after the value"
 							      : json_tokener_error_desc(e),
-				    line, n > 60 ? "..." : ""));
+				    (int)(n > 60 ? 60 : n), line, n > 60 ? "..." : ""));
 	}
 	if (!json_object_is_type(o, json_type_object)) {
 		json_object_put(o);
 		return fail(q, qerr(errbuf, errlen, -EPROTO,
-				    "QEMU sent JSON that is not an object: %.60s%s", line,
-				    n > 60 ? "..." : ""));
+				    "QEMU sent JSON that is not an object: %.*s%s",
+				    (int)(n > 60 ? 60 : n), line, n > 60 ? "..." : ""));
 	}
 	*ret = o;
 	return 0;
