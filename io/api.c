@@ -420,15 +420,15 @@ int snapmr_file_section(const snapmr_file *h, size_t i, struct snapmr_section_in
 	if (i >= img->n_sections)
 		return -ENOENT;
 	s = &img->sections[i];
-	bool named = s->type == MR_SEC_START || s->type == MR_SEC_FULL;
+	bool named = mr_sec_is_named(s->type), command = mr_sec_is_command(s->type);
 	struct snapmr_section_info si = {
 		.size = sizeof(si),
 		.type = (enum snapmr_section_type)s->type,
-		.id = s->type == MR_SEC_COMMAND ? 0 : s->id,
+		.id = command ? 0 : s->id,
 		.name = named ? s->idstr : "",
 		.instance = named ? s->instance : 0,
 		.version = named ? s->version : 0,
-		.command = s->type == MR_SEC_COMMAND ? s->command : 0,
+		.command = command ? s->command : 0,
 		.offset = s->off,
 		.length = s->size,
 	};

@@ -273,7 +273,7 @@ static void print_info_text(const char *file, const struct snap_file *f)
 	if (f->appended)
 		printf("; %llu bytes after the completion record at offset %#llx",
 		       (unsigned long long)f->appended, (unsigned long long)f->record_off);
-	else if (f->trailer_status != -ENOENT)
+	else if (!f->trailer && f->trailer_status != -ENOENT)
 		printf(" (%s)", f->trailer_msg);
 	printf("\n");
 }

@@ -55,6 +55,11 @@ def many(blocks, out_dir, dest_dir):
                   b.name, f[2], b.pat.nonzero_pages, b.pat.pages))
     check("5 blocks" in text, "--info text does not say '5 blocks':\n" + text)
     check("pc-q35" in text, "--info text does not name the machine:\n" + text)
+    integ = next((l for l in text.splitlines() if l.startswith("integrity:")), "")
+    check(integ.split(None, 1)[1:2] and integ.split(None, 1)[1].startswith(
+          "checksums present, complete (65536-byte chunks, table at 0x") and
+          integ.endswith(")") and "()" not in integ,
+          "--info text: integrity line %r" % integ)
 
 
 def all_dir(blocks, out_dir, shm):

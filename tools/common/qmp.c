@@ -239,7 +239,9 @@ static int read_msg(struct qmp *q, int64_t deadline, const char *what, struct js
 		return qerr(errbuf, errlen, -EPIPE,
 			    "the QMP connection is unusable after an earlier error");
 	for (;;) {
-		char *nl = memchr(q->buf + scanned, '\n', q->len - scanned);
+		/* Nothing buffered yet: q->buf may still be NULL (memchr wants an object). */
+		char *nl =
+			q->len > scanned ? memchr(q->buf + scanned, '\n', q->len - scanned) : NULL;
 		int r;
 
 		if (nl) {
