@@ -93,6 +93,18 @@ static int fail_args(struct snapmr_error *err, int code, const char *what)
 	return fail(err, code, msg);
 }
 
+/* A required argument struct, copied in by struct_in(). */
+static int args_in(void *dst, size_t known, const void *src, const char *what,
+		   struct snapmr_error *err)
+{
+	int r;
+
+	if (!src)
+		return fail(err, -EINVAL, "no arguments");
+	r = struct_in(dst, known, src);
+	return r ? fail_args(err, r, what) : 0;
+}
+
 /* The internal error, as the public one. */
 static int export_err(struct snapmr_error *err, const struct snap_err *in)
 {
@@ -246,11 +258,9 @@ int snapmr_save(const struct snapmr_save_args *args, const struct snapmr_opts *o
 	struct snap_err e = { 0 };
 	int r;
 
-	if (!args)
-		return fail(err, -EINVAL, "no arguments");
-	r = struct_in(&a, sizeof(a), args);
+	r = args_in(&a, sizeof(a), args, "save arguments", err);
 	if (r)
-		return fail_args(err, r, "save arguments");
+		return r;
 	if (a.devstate > SNAPMR_DEVSTATE_RAW)
 		return fail(err, -EINVAL, "unknown device-state kind");
 	r = check_output(a.fd, a.direct_fd, err);
@@ -438,11 +448,9 @@ int snapmr_restore(const struct snapmr_restore_args *args, const struct snapmr_o
 	struct snap_err e = { 0 };
 	int r;
 
-	if (!args)
-		return fail(err, -EINVAL, "no arguments");
-	r = struct_in(&a, sizeof(a), args);
+	r = args_in(&a, sizeof(a), args, "restore arguments", err);
 	if (r)
-		return fail_args(err, r, "restore arguments");
+		return r;
 	if (!a.file)
 		return fail(err, -EINVAL, "no file");
 	switch (integrity_of(a.file->f)) {
@@ -525,11 +533,9 @@ long long snapmr_verify(const struct snapmr_verify_args *args, const struct snap
 	uint64_t bad = 0;
 	int r;
 
-	if (!args)
-		return fail(err, -EINVAL, "no arguments");
-	r = struct_in(&a, sizeof(a), args);
+	r = args_in(&a, sizeof(a), args, "verify arguments", err);
 	if (r)
-		return fail_args(err, r, "verify arguments");
+		return r;
 	if (!a.file)
 		return fail(err, -EINVAL, "no file");
 	if (integrity_of(a.file->f) == SNAPMR_INTEGRITY_DAMAGED)

@@ -721,6 +721,74 @@ int snap_io_open(const char *spec, int flags, mode_t mode, int *ret_fd, char *er
 	return 0;
 }
 
+/*
+ * A twin is reached by another route than fd (a second descriptor in a set, a
+ * reopen), so nothing but this check says it is the same file: a set built
+ * from two different files, or a name swapped between two opens, would send
+ * the O_DIRECT half of the data elsewhere.
+ */
+static int check_twin(int fd, int twin, char *errbuf, size_t errlen)
+{
+	struct stat a, b;
+
+	if (fstat(fd, &a) < 0 || fstat(twin, &b) < 0) {
+		int e = errno;
+
+		seterr(errbuf, errlen, "fstat: %s", strerror(e));
+		return -e;
+	}
+	if (a.st_dev != b.st_dev || a.st_ino != b.st_ino) {
+		seterr(errbuf, errlen,
+		       "the second descriptor (for O_DIRECT) is another file than the first "
+		       "(device %llu inode %llu, not device %llu inode %llu)",
+		       (unsigned long long)b.st_dev, (unsigned long long)b.st_ino,
+		       (unsigned long long)a.st_dev, (unsigned long long)a.st_ino);
+		return -EXDEV;
+	}
+	return 0;
+}
+
+int snap_io_open_twin(int fd, const char *spec, int dir_fd, const char *name, bool nofollow,
+		      int flags, int *ret_fd, char *errbuf, size_t errlen)
+{
+	_cleanup_close_ int twin = -1;
+	char proc[64];
+	int r;
+
+	if (spec && !strncmp(spec, "fd:", 3)) {
+		seterr(errbuf, errlen,
+		       "%s is one descriptor; O_DIRECT needs a second one in an fd set", spec);
+		return -EINVAL;
+	}
+	if (spec && !strncmp(spec, FDSET_PREFIX, strlen(FDSET_PREFIX))) {
+		r = open_fdset(spec, flags, &twin, errbuf, errlen);
+		if (r < 0)
+			return r;
+	} else {
+		/* The open file itself, not whatever the name holds by now. */
+		snprintf(proc, sizeof(proc), "/proc/self/fd/%d", fd);
+		twin = open(proc, (flags & ~(O_CREAT | O_EXCL | O_TRUNC)) | O_CLOEXEC);
+		if (twin < 0 && errno == ENOENT && access("/proc/self/fd", F_OK) < 0)
+			twin = openat(dir_fd, name,
+				      (flags & ~(O_CREAT | O_EXCL | O_TRUNC)) | O_CLOEXEC |
+					      (nofollow ? O_NOFOLLOW : 0));
+		if (twin < 0) {
+			int e = errno;
+
+			seterr(errbuf, errlen, "%s%s", strerror(e),
+			       (flags & O_DIRECT) && e == EINVAL
+				       ? " (the file system may not support O_DIRECT)"
+				       : "");
+			return -e;
+		}
+	}
+	r = check_twin(fd, twin, errbuf, errlen);
+	if (r < 0)
+		return r;
+	*ret_fd = take_fd(&twin);
+	return 0;
+}
+
 /* ---- the socket protocol ---- */
 
 int snap_fdset_connect(const char *spec, int *ret_sock, char *errbuf, size_t errlen)

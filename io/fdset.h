@@ -141,4 +141,18 @@ bool snap_io_is_fd_spec(const char *spec);
 int snap_io_open(const char *spec, int flags, mode_t mode, int *ret_fd, char *errbuf,
 		 size_t errlen);
 
+/*
+ * Opens a second descriptor ("twin") on the file fd is open on, with other flags (an
+ * O_DIRECT twin: O_DIRECT belongs to an open file description):
+ *  - spec "/dev/fdset/N": the set's descriptor matching flags, as snap_io_open();
+ *  - spec "fd:N": -EINVAL, one descriptor cannot have a twin;
+ *  - otherwise (a path, spec may be NULL): /proc/self/fd/FD is reopened, so no name
+ *    is looked up again; only without /proc, openat(dir_fd, name, flags), with
+ *    O_NOFOLLOW if nofollow.
+ * Whatever the route, the twin must be the same file as fd (st_dev and st_ino), else
+ * -EXDEV and a message. Other errors are open(2)'s or snap_io_open()'s.
+ */
+int snap_io_open_twin(int fd, const char *spec, int dir_fd, const char *name, bool nofollow,
+		      int flags, int *ret_fd, char *errbuf, size_t errlen);
+
 #endif

@@ -377,16 +377,15 @@ static int open_input(const struct args *a, int *ret_fd, int *ret_dfd)
 		*ret_dfd = -1;
 		return 0;
 	}
-	/* O_DIRECT is a property of the open file description: a second open. */
-	if (!strncmp(a->file, "fd:", 3)) {
-		r = -EINVAL;
-		snprintf(ebuf, sizeof(ebuf),
-			 "%s is one descriptor; O_DIRECT needs a second one in an fd set", a->file);
-	} else {
-		r = snap_io_open(a->file, O_RDONLY | O_DIRECT, 0, &dfd, ebuf, sizeof(ebuf));
-	}
+	/*
+	 * O_DIRECT is a property of the open file description: a second descriptor,
+	 * reopened from the first (not the path, which may name another file by
+	 * now) and checked to be the same file, whatever the route.
+	 */
+	r = snap_io_open_twin(fd, a->file, AT_FDCWD, a->file, false, O_RDONLY | O_DIRECT, &dfd,
+			      ebuf, sizeof(ebuf));
 	if (r < 0) {
-		if (a->cc.opts.direct == SNAP_DIRECT_ON) {
+		if (a->cc.opts.direct == SNAP_DIRECT_ON || r == -EXDEV) {
 			cli_err("%s: O_DIRECT: %s", a->file, ebuf);
 			close(fd);
 			return r;

@@ -16,12 +16,30 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <sys/resource.h>
 
 const char *cli_prog = "snapmr";
 static bool progress_shown;
 static bool progress_json; /* --progress=json: one JSON object per line */
 static char last_error[1024];
 static int fd_sock = -1;
+
+/*
+ * EFBIG from a write under a file size limit (ulimit -f; SIGXFSZ is ignored
+ * so that the write fails instead of killing us): name the limit, which
+ * "File too large" does not.
+ */
+static void add_limit_hint(char *msg, size_t cap)
+{
+	size_t n = strlen(msg);
+	struct rlimit rl;
+
+	if (!strstr(msg, strerror(EFBIG)) || getrlimit(RLIMIT_FSIZE, &rl) < 0 ||
+	    rl.rlim_cur == RLIM_INFINITY)
+		return;
+	snprintf(msg + n, cap - n, " (the file size limit, ulimit -f, is %llu bytes)",
+		 (unsigned long long)rl.rlim_cur);
+}
 
 void cli_err(const char *fmt, ...)
 {
@@ -31,6 +49,7 @@ void cli_err(const char *fmt, ...)
 	va_start(ap, fmt);
 	vsnprintf(last_error, sizeof(last_error), fmt, ap);
 	va_end(ap);
+	add_limit_hint(last_error, sizeof(last_error));
 	fprintf(stderr, "%s: %s\n", cli_prog, last_error);
 }
 
@@ -382,14 +401,6 @@ void cli_remove_aborted(void)
 	}
 }
 
-static void on_signal(int sig)
-{
-	snap_outfile_signal_cleanup();
-	cli_remove_aborted();
-	signal(sig, SIG_DFL);
-	raise(sig);
-}
-
 static void put(char *buf, size_t *len, size_t cap, const char *s)
 {
 	while (*s && *len + 1 < cap)
@@ -436,11 +447,44 @@ static void write_all(int fd, const char *p, size_t len)
 	}
 }
 
+/*
+ * The one line of a run that ends in a signal handler, on stderr and to a
+ * manager on --fd-socket (as for any failure). Async-signal-safe.
+ */
+static void report_end(const char *body)
+{
+	char line[1024];
+	size_t len = 0;
+
+	if (progress_shown)
+		put(line, &len, sizeof(line), "\n");
+	put(line, &len, sizeof(line), cli_prog);
+	put(line, &len, sizeof(line), ": ");
+	put(line, &len, sizeof(line), body);
+	put(line, &len, sizeof(line), "\n");
+	write_all(STDERR_FILENO, line, len);
+	if (fd_sock >= 0) {
+		len = 0;
+		put(line, &len, sizeof(line), "{\"status\": \"failed\", \"error\": \"");
+		put_json(line, &len, sizeof(line), body);
+		put(line, &len, sizeof(line), "\"}\n");
+		write_all(fd_sock, line, len);
+	}
+}
+
+/* One report, however many threads fault or take signals: the first one ends the process. */
+static void take_the_end(void)
+{
+	if (__atomic_exchange_n(&fault_taken, 1, __ATOMIC_SEQ_CST))
+		for (;;)
+			pause();
+}
+
 static void on_fault(int sig, siginfo_t *si, void *uc)
 {
 	uintptr_t a = (uintptr_t)si->si_addr;
-	char body[640], line[1024];
-	size_t n = 0, len = 0;
+	char body[640];
+	size_t n = 0;
 	int i;
 
 	(void)uc;
@@ -451,10 +495,7 @@ static void on_fault(int sig, siginfo_t *si, void *uc)
 		signal(sig, SIG_DFL);
 		return;
 	}
-	/* One line, however many threads fault: the first one ends the process. */
-	if (__atomic_exchange_n(&fault_taken, 1, __ATOMIC_SEQ_CST))
-		for (;;)
-			pause();
+	take_the_end();
 	put(body, &n, sizeof(body), "block '");
 	put(body, &n, sizeof(body), watched[i].name);
 	put(body, &n, sizeof(body), "': its memory at offset ");
@@ -464,24 +505,68 @@ static void on_fault(int sig, siginfo_t *si, void *uc)
 	    "storage failed; ");
 	put(body, &n, sizeof(body), fault_what);
 	body[n] = 0;
-	if (progress_shown)
-		put(line, &len, sizeof(line), "\n");
-	put(line, &len, sizeof(line), cli_prog);
-	put(line, &len, sizeof(line), ": ");
-	put(line, &len, sizeof(line), body);
-	put(line, &len, sizeof(line), "\n");
-	write_all(STDERR_FILENO, line, len);
-	/* A manager on --fd-socket gets its result line, as for any failure. */
-	if (fd_sock >= 0) {
-		len = 0;
-		put(line, &len, sizeof(line), "{\"status\": \"failed\", \"error\": \"");
-		put_json(line, &len, sizeof(line), body);
-		put(line, &len, sizeof(line), "\"}\n");
-		write_all(fd_sock, line, len);
-	}
+	report_end(body);
 	snap_outfile_signal_cleanup();
 	cli_remove_aborted();
 	_exit(1);
+}
+
+/*
+ * Every signal whose default action ends the process, but SIGKILL and SIGSTOP
+ * (which cannot be caught) and the faults a bug raises (SIGSEGV, SIGILL,
+ * SIGFPE, SIGTRAP; SIGBUS is on_fault's). SIGPIPE and SIGXFSZ are ignored
+ * instead: the write fails with EPIPE or EFBIG and the normal error path
+ * reports it.
+ */
+static const int fatal_signals[] = {
+	SIGHUP,	   SIGINT,  SIGQUIT,   SIGABRT, SIGUSR1, SIGUSR2, SIGALRM, SIGTERM,
+	SIGSTKFLT, SIGXCPU, SIGVTALRM, SIGPROF, SIGIO,	 SIGPWR,  SIGSYS,
+};
+
+static void fatal_set(sigset_t *set)
+{
+	sigemptyset(set);
+	for (size_t i = 0; i < sizeof(fatal_signals) / sizeof(fatal_signals[0]); i++)
+		sigaddset(set, fatal_signals[i]);
+	for (int s = SIGRTMIN; s <= SIGRTMAX; s++)
+		sigaddset(set, s);
+	sigaddset(set, SIGBUS);
+}
+
+static void put_signame(char *buf, size_t *len, size_t cap, int sig)
+{
+	/* glibc calls SIGIO by its other name, SIGPOLL; kill -l says SIGIO. */
+	const char *abbrev = sig == SIGIO ? "IO" : sig < SIGRTMIN ? sigabbrev_np(sig) : NULL;
+
+	put(buf, len, cap, "SIG");
+	if (abbrev) {
+		put(buf, len, cap, abbrev);
+		return;
+	}
+	put(buf, len, cap, "RTMIN+");
+	sig -= SIGRTMIN;
+	if (sig >= 10)
+		put(buf, len, cap, (char[]){ (char)('0' + sig / 10), 0 });
+	put(buf, len, cap, (char[]){ (char)('0' + sig % 10), 0 });
+}
+
+static void on_signal(int sig)
+{
+	char body[256];
+	size_t n = 0;
+
+	take_the_end();
+	put(body, &n, sizeof(body), "killed by ");
+	put_signame(body, &n, sizeof(body), sig);
+	put(body, &n, sizeof(body), "; ");
+	put(body, &n, sizeof(body), fault_what);
+	body[n] = 0;
+	report_end(body);
+	snap_outfile_signal_cleanup();
+	cli_remove_aborted();
+	/* Blocked until we return, then the default action: the process dies by sig. */
+	signal(sig, SIG_DFL);
+	raise(sig);
 }
 
 void cli_install_fault_handler(const char *what)
@@ -491,20 +576,29 @@ void cli_install_fault_handler(const char *what)
 	fault_what = what;
 	sa.sa_sigaction = on_fault;
 	sa.sa_flags = SA_SIGINFO;
-	sigemptyset(&sa.sa_mask);
+	fatal_set(&sa.sa_mask);
 	sigaction(SIGBUS, &sa, NULL);
 }
 
 void cli_install_signal_cleanup(void)
 {
 	struct sigaction sa = { 0 };
+	sigset_t set;
 
 	sa.sa_handler = on_signal;
-	sigemptyset(&sa.sa_mask);
-	sigaction(SIGINT, &sa, NULL);
-	sigaction(SIGTERM, &sa, NULL);
-	sigaction(SIGHUP, &sa, NULL);
+	fatal_set(&sa.sa_mask);
+	fatal_set(&set);
+	for (int s = 1; s <= SIGRTMAX; s++) {
+		struct sigaction old;
+
+		/* An ignored signal stays ignored (nohup, a shell's background job). */
+		if (s == SIGBUS || sigismember(&set, s) != 1 || sigaction(s, NULL, &old) < 0 ||
+		    old.sa_handler == SIG_IGN)
+			continue;
+		sigaction(s, &sa, NULL);
+	}
 	signal(SIGPIPE, SIG_IGN);
+	signal(SIGXFSZ, SIG_IGN);
 }
 
 bool cli_same_file(const struct stat *x, const struct stat *y)

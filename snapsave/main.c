@@ -177,6 +177,7 @@ int main(int argc, char **argv)
 	int devstate_fd = -1, ret = 1, r;
 
 	cli_prog = "snapsave";
+	cli_reserve_std_fds();
 	r = parse_args(argc, argv, &a);
 	if (r) {
 		ret = r < 0 ? 0 : r;
@@ -211,6 +212,10 @@ int main(int argc, char **argv)
 		cli_err("%s: %s", a.output, ebuf);
 		goto close_devstate;
 	}
+	for (size_t i = 0; i < out.n_reaped; i++)
+		cli_note("%s: removed '%s', a temporary file left in the output directory by a "
+			 "save whose process is gone",
+			 a.output, out.reaped[i]);
 	if (output_is_source(&a, &out, maps)) {
 		snap_outfile_abort(&out);
 		goto close_devstate;
@@ -261,6 +266,9 @@ unmap:
 free_specs:
 	for (size_t i = 0; i < a.n_ram; i++)
 		snap_ram_spec_clear(&a.ram[i]);
+	/* --json and --help: what was printed must have arrived (the file is in place by then). */
+	if (cli_stdout_close() && !ret)
+		ret = 1;
 	cli_fd_socket_finish(ret == 0, ret == 0 ? &st : NULL);
 	snap_fdset_clear();
 	return ret;
