@@ -123,8 +123,8 @@ def restore_all(b, path, *extra):
     r = snaprestore(*args, timeout=TIMEOUT)
     if r.rc == 0:
         for n, p in dests.items():
-            compare(b.srcs[n], p, "restore of %s reported success" % path)
-        compare(b.dev, dd, "restore of %s reported success" % path)
+            compare_files(b.srcs[n], p, "restore of %s reported success" % path)
+        compare_files(b.dev, dd, "restore of %s reported success" % path)
     return r
 
 
@@ -456,7 +456,7 @@ def hostile_names(s):
     for g in got:
         check("/" not in g and g not in (".", "..") and not g.startswith("."),
               "--all made a file named %r" % g)
-        compare(src, os.path.join(alldir, g), "--all %s" % g)
+        compare_files(src, os.path.join(alldir, g), "--all %s" % g)
 
 
 def hostile_truncation(s):

@@ -85,9 +85,9 @@ def check_restore_matches(s, snap, d, what):
     a, b, dv = (os.path.join(d, n) for n in ("r-ram", "r-rom", "r-dev"))
     ok(snaprestore(snap, "--ram", "pc.ram=" + a, "--ram", "pc.rom=" + b, "-d", dv),
        what + ": restore")
-    compare(s.ram, a, what + ": pc.ram")
-    compare(s.rom, b, what + ": pc.rom")
-    compare(s.dev, dv, what + ": device state")
+    compare_files(s.ram, a, what + ": pc.ram")
+    compare_files(s.rom, b, what + ": pc.rom")
+    compare_files(s.dev, dv, what + ": device state")
     for p in (a, b, dv):
         os.unlink(p)
 

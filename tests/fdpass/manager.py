@@ -31,13 +31,8 @@ import sys
 import tempfile
 import time
 
-PAGE = 4096
-MiB = 1024 * 1024
-
-_here = os.path.dirname(os.path.abspath(__file__))
-_build = os.path.normpath(os.path.join(_here, "..", "..", "build"))
-SNAPSAVE = os.environ.get("SNAPSAVE") or os.path.join(_build, "snapsave", "snapsave")
-SNAPRESTORE = os.environ.get("SNAPRESTORE") or os.path.join(_build, "snaprestore", "snaprestore")
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
+from snaptest import PAGE, SNAPRESTORE, SNAPSAVE, MiB, Result, run  # noqa: E402,F401
 
 # ------------------------------------------------------------------ contents
 
@@ -128,33 +123,6 @@ def libvirt_header(xml, total=None, partial=False):
 
 # ------------------------------------------------------------------- running
 
-class Result:
-    def __init__(self, argv, rc, out, err, seconds, replies=None, result=None):
-        self.argv = argv
-        self.rc = rc
-        self.out = out
-        self.err = err
-        self.seconds = seconds
-        self.replies = replies or []  # lines the tool sent on --fd-socket
-        self.result = result  # the final JSON result line, parsed
-
-    def json(self):
-        """The --json statistics printed on stdout."""
-        for line in self.out.splitlines():
-            if line.startswith("{"):
-                return json.loads(line)
-        raise ValueError("no JSON on stdout: %r" % self.out)
-
-    def err_lines(self, include_valgrind=False):
-        return [l for l in self.err.splitlines()
-                if l.strip() and (include_valgrind or not l.startswith("=="))]
-
-    def describe(self):
-        return "command: %s\n  exit %s\n  stderr: %s\n  stdout: %s\n  replies: %r" % (
-            " ".join(self.argv), self.rc, self.err.strip() or "(empty)",
-            self.out.strip()[:2000] or "(empty)", self.replies)
-
-
 def add_fd_args(fdsets):
     """--add-fd arguments for {set: [(fd, opaque), ...]} (oldest first)."""
     args = []
@@ -165,26 +133,6 @@ def add_fd_args(fdsets):
                 a += ",opaque=" + opaque.replace(",", ",,")
             args += ["--add-fd", a]
     return args
-
-
-def run(argv, pass_fds=(), wrapper=(), timeout=600, stdin=subprocess.DEVNULL, env=None,
-        user=None):
-    """Runs argv with the descriptors in pass_fds inherited (same numbers).
-    wrapper: a command prefix (valgrind, strace, unshare ...). user: a
-    (uid, gid) to drop to after fork (needs root)."""
-    argv = [str(a) for a in list(wrapper) + list(argv)]
-    if wrapper and os.path.basename(str(wrapper[0])) == "strace":
-        # LeakSanitizer (in ASan builds) cannot run under ptrace.
-        env = dict(os.environ if env is None else env)
-        env["ASAN_OPTIONS"] = env.get("ASAN_OPTIONS", "") + ":detect_leaks=0"
-    kw = {}
-    if user is not None:
-        kw.update(user=user[0], group=user[1], extra_groups=[])
-    t0 = time.monotonic()
-    p = subprocess.run(argv, pass_fds=tuple(pass_fds), stdin=stdin, stdout=subprocess.PIPE,
-                       stderr=subprocess.PIPE, timeout=timeout, env=env, **kw)
-    return Result(argv, p.returncode, p.stdout.decode("utf-8", "replace"),
-                  p.stderr.decode("utf-8", "replace"), time.monotonic() - t0)
 
 
 class Session:
@@ -299,9 +247,8 @@ class Session:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             out, err = self.proc.communicate()
-        return Result(self.argv, self.proc.returncode, out.decode("utf-8", "replace"),
-                      err.decode("utf-8", "replace"), time.monotonic() - self.t0,
-                      self.replies, result)
+        return Result(self.argv, self.proc.returncode, out, err.decode("utf-8", "replace"),
+                      time.monotonic() - self.t0, self.replies, result)
 
 
 def valgrind_fd_leaks(res):
@@ -363,7 +310,7 @@ def demo(argv):
             for fd in fds:
                 os.set_inheritable(fd, True)
             res = run(save[:1] + add_fd_args(fdsets) + save[1:], pass_fds=fds)
-            print(res.out.strip())
+            print(res.outs.strip())
         for fd in (buf, direct, ro):
             if fd is not None:
                 os.close(fd)
@@ -378,7 +325,7 @@ def demo(argv):
             os.set_inheritable(fd, True)
         res = run([SNAPRESTORE] + add_fd_args({1: in_set}) +
                   ["/dev/fdset/1", "--ram", "ram0=fd:%d" % dst, "--json"], pass_fds=fds)
-        print(res.out.strip())
+        print(res.outs.strip())
         if res.rc:
             print(res.err, file=sys.stderr)
             return 1

@@ -38,35 +38,15 @@ import socket
 import struct
 import subprocess
 import sys
-import tempfile
 import time
-import traceback
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
+from snaptest import *  # noqa: E402,F401,F403
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import manager as M  # noqa: E402
-from manager import MiB, PAGE, SNAPRESTORE, SNAPSAVE  # noqa: E402
 
-EXIT_SKIP = 77
-VERBOSE = bool(os.environ.get("SNAPMR_TEST_VERBOSE"))
-KEEP = bool(os.environ.get("SNAPMR_TEST_KEEP"))
-DISK = os.environ.get("SNAPMR_TEST_DISK", "/var/tmp")
-
-
-class Failure(Exception):
-    pass
-
-
-class Skip(Exception):
-    pass
-
-
-def check(cond, msg):
-    if not cond:
-        raise Failure(msg)
-
-
-def note(msg):
-    print("  note: " + msg, flush=True)
+DISK = scratch_base("disk")
 
 
 def _open_fds():
@@ -127,39 +107,9 @@ class Ctx:
         return buf, direct, why
 
 
-def run(argv, pass_fds=(), **kw):
-    if VERBOSE:
-        print("+ " + " ".join(str(a) for a in list(kw.get("wrapper", ())) + list(argv)),
-              flush=True)
-    res = M.run(argv, pass_fds=pass_fds, **kw)
-    if res.rc < 0:
-        raise Failure("killed by signal %d\n  %s" % (-res.rc, res.describe()))
-    return res
-
-
-def ok(res, what):
-    check(res.rc == 0, "%s: expected success\n  %s" % (what, res.describe()))
-    return res
-
-
 def one_error(res, rc, prog, *needles, what="", notes_ok=False):
     """Exit status rc and exactly one stderr line 'prog: ...' holding every needle."""
-    lines = res.err_lines()
-    if notes_ok:
-        lines = [l for l in lines if not l.startswith(prog + ": note: ")]
-    check(res.rc == rc, "%s: expected exit status %d\n  %s" % (what, rc, res.describe()))
-    check(len(lines) == 1, "%s: expected one line on stderr, got %d\n  %s" %
-          (what, len(lines), res.describe()))
-    check(lines[0].startswith(prog + ": "), "%s: stderr does not start with '%s: '\n  %s" %
-          (what, prog, res.describe()))
-    for n in needles:
-        if isinstance(n, re.Pattern):
-            check(n.search(lines[0]), "%s: stderr does not match %r\n  %s" %
-                  (what, n.pattern, res.describe()))
-        else:
-            check(n in lines[0], "%s: stderr does not mention %r\n  %s" %
-                  (what, n, res.describe()))
-    return lines[0]
+    return expect_error(res, rc, *needles, prog=prog, what=what, notes_ok=notes_ok)
 
 
 def save_argv(fdsets, *args):
@@ -380,7 +330,7 @@ def case_socket_failed(t):
                          what="bad block size over the socket (%s)" % mode)
         check(res.result == {"status": "failed", "error": line[len("snapsave: "):]},
               "result line %r does not carry the error %r" % (res.result, line))
-        check(res.out == "", "--json printed on a failure: %r" % res.out)
+        check(res.out == b"", "--json printed on a failure: %r" % res.out)
     # The same through snaprestore: a file that is not a migration stream.
     os.pwrite(buf, b"not a snapshot\n" * 100, 0)
     rd = t.fd(os.open(t.path("failed.snap"), os.O_RDONLY | os.O_CLOEXEC))
@@ -1121,64 +1071,33 @@ CASES = [
 ]
 
 
+def in_ctx(fn, root, name):
+    t = Ctx(root, name)
+    try:
+        fn(t)
+    finally:
+        t.close_all()
+
+
 def main(argv):
-    only = set(argv)
-    for b in (SNAPSAVE, SNAPRESTORE):
-        if not os.access(b, os.X_OK):
-            print("SKIP: %s is not built" % b)
-            return EXIT_SKIP
+    require_binaries()
     if not hasattr(os, "memfd_create") or not hasattr(socket, "send_fds"):
         print("SKIP: python %s lacks os.memfd_create or socket.send_fds" % sys.version.split()[0])
         return EXIT_SKIP
     if not os.path.isdir(DISK):
         print("SKIP: %s does not exist" % DISK)
         return EXIT_SKIP
-    root = tempfile.mkdtemp(prefix="snapmr-fdpass-", dir=DISK)
-    os.chmod(root, 0o755)
+    cases = Cases("fdpass", only=argv)
+    root = scratch("disk", "fdpass")
     fds_before = _open_fds()
-    failed, skipped, passed = [], [], []
-    t_all = time.monotonic()
-    try:
-        for name, fn in CASES:
-            if only and name not in only:
-                continue
-            t = Ctx(root, name)
-            t0 = time.monotonic()
-            try:
-                fn(t)
-                passed.append(name)
-                print("ok   %-18s %6.2fs" % (name, time.monotonic() - t0), flush=True)
-            except Skip as e:
-                skipped.append(name)
-                print("skip %-18s %s" % (name, e), flush=True)
-            except Failure as e:
-                failed.append(name)
-                print("FAIL %-18s %s" % (name, e), flush=True)
-            except Exception:
-                failed.append(name)
-                print("FAIL %-18s unexpected exception:\n%s" % (name, traceback.format_exc()),
-                      flush=True)
-            finally:
-                t.close_all()
-        # The manager itself: every descriptor it opened is closed again.
-        fds_after = _open_fds()
-        if fds_after != fds_before:
-            failed.append("manager-fds")
-            print("FAIL manager-fds: descriptors before %r, after %r" % (fds_before, fds_after))
-    finally:
-        if KEEP:
-            print("kept %s" % root)
-        else:
-            shutil.rmtree(root, ignore_errors=True)
-    print("%d passed, %d skipped, %d failed in %.1fs" % (len(passed), len(skipped), len(failed),
-                                                         time.monotonic() - t_all))
-    if failed:
-        print("failed: " + ", ".join(failed))
-        return 1
-    if not passed:
-        print("SKIP: every case was skipped")
-        return EXIT_SKIP
-    return 0
+    for name, fn in CASES:
+        cases.case(name, in_ctx, fn, root, name)
+    # The manager itself: every descriptor it opened is closed again.
+    fds_after = _open_fds()
+    if fds_after != fds_before:
+        cases.case("manager-fds", fail, "descriptors before %r, after %r" % (fds_before,
+                                                                             fds_after))
+    cases.finish()
 
 
 if __name__ == "__main__":

@@ -12,8 +12,8 @@ import subprocess
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import *  # noqa: E402,F401,F403
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
+from snaptest import *  # noqa: E402,F401,F403
 
 
 class Env:
@@ -65,7 +65,8 @@ def failed_saves(e):
         # a write-only descriptor as device state
         wfd = os.open(os.path.join(e.shm, "wo"), os.O_WRONLY | os.O_CREAT, 0o600)
         try:
-            r = _run_with_fd([SNAPSAVE, "-o", final, "--ram", R, "-d", "fd:%d" % wfd], wfd)
+            r = run([SNAPSAVE, "-o", final, "--ram", R, "-d", "fd:%d" % wfd], pass_fds=(wfd,),
+                    timeout=120)
         finally:
             os.close(wfd)
         expect_error(r, 1, "device state", "fd:%d" % wfd, what="write-only device-state fd " + tag)
@@ -77,30 +78,8 @@ def failed_saves(e):
         check_clean(d, final, h, "usage error " + tag)
 
 
-def _run_with_fd(argv, fd):
-    t0 = time.monotonic()
-    p = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                       stdin=subprocess.DEVNULL, pass_fds=(fd,), timeout=120)
-    res = Result(argv, p.returncode, p.stdout, p.stderr.decode("utf-8", "replace"),
-                 time.monotonic() - t0)
-    if res.rc < 0:
-        fail("killed by signal %d\n  %s" % (-res.rc, res.describe()))
-    return res
-
-
-def mount_small_tmpfs(e, size="8m"):
-    if os.geteuid() != 0:
-        raise Skip("mounting a small tmpfs for ENOSPC needs root (euid %d)" % os.geteuid())
-    d = os.path.join(e.disk, "full-%d" % len(os.listdir(e.disk)))
-    os.makedirs(d)
-    r = run(["mount", "-t", "tmpfs", "-o", "size=%s" % size, "tmpfs", d])
-    if r.rc != 0:
-        raise Skip("cannot mount a tmpfs (%s)" % r.err.strip())
-    return d
-
-
-def umount(d):
-    run(["umount", d])
+def mount_small_tmpfs(e, size=8 * MiB):
+    return mount_tmpfs(os.path.join(e.disk, "full-%d" % len(os.listdir(e.disk))), size)
 
 
 def enospc(e):

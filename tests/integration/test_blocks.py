@@ -7,8 +7,8 @@
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import *  # noqa: E402,F401,F403
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
+from snaptest import *  # noqa: E402,F401,F403
 
 # QEMU-style names; sizes all differ and are not all 1 MiB multiples
 FIVE = [
@@ -18,19 +18,6 @@ FIVE = [
     ("pc.bios", "zero", 256 * KiB),
     ("/rom@etc/table-loader", "random", 4 * KiB),
 ]
-
-
-def encoded(name):
-    """The file name snaprestore --all uses: percent-encoding of everything
-    but [A-Za-z0-9-_@:+] and '.' not in first position."""
-    out = []
-    for i, ch in enumerate(name.encode()):
-        c = chr(ch)
-        if c.isascii() and (c.isalnum() or c in "-_@:+" or (c == "." and i > 0)):
-            out.append(c)
-        else:
-            out.append("%%%02X" % ch)
-    return "".join(out)
 
 
 def five_blocks(src_dir):
@@ -70,13 +57,13 @@ def all_dir(blocks, out_dir, shm):
     d = os.path.join(parent, "dir")
     os.makedirs(d)
     ok(snaprestore(out, "--all", d), "--all")
-    want = sorted(encoded(b.name) for b in blocks)
+    want = sorted(all_file_name(b.name) for b in blocks)
     check(listdir_all(d) == want, "--all created %r, expected %r" % (listdir_all(d), want))
     check(listdir_all(parent) == ["dir"], "--all wrote outside DIR: %r" % listdir_all(parent))
     check("%2From@etc%2Facpi%2Ftables" in want and "0000:00:01.0%2Fvga.vram" in want,
           "encoding assumption: %r" % want)
     for b in blocks:
-        compare_files(b.src, os.path.join(d, encoded(b.name)), "--all: block %s" % b.name)
+        compare_files(b.src, os.path.join(d, all_file_name(b.name)), "--all: block %s" % b.name)
 
 
 def all_dir_escape(src_dir, out_dir, shm):
@@ -92,7 +79,7 @@ def all_dir_escape(src_dir, out_dir, shm):
     d = os.path.join(parent, "dir")
     os.makedirs(d)
     ok(snaprestore(out, "--all", d), "--all with escaping names")
-    want = sorted(encoded(n) for n in names)
+    want = sorted(all_file_name(n) for n in names)
     got = listdir_all(d)
     check(got == want, "--all created %r, expected %r" % (got, want))
     check(len(set(got)) == len(names), "--all names collide: %r" % got)
@@ -102,7 +89,7 @@ def all_dir_escape(src_dir, out_dir, shm):
     check(listdir_all(parent) == ["dir"], "--all wrote into the parent: %r" % listdir_all(parent))
     check(listdir_all(top) == ["parent"], "--all wrote two levels up: %r" % listdir_all(top))
     for b in blocks:
-        compare_files(b.src, os.path.join(d, encoded(b.name)), "--all: block %r" % b.name)
+        compare_files(b.src, os.path.join(d, all_file_name(b.name)), "--all: block %r" % b.name)
 
 
 def skip_and_mix(blocks, out_dir, shm):
@@ -116,12 +103,12 @@ def skip_and_mix(blocks, out_dir, shm):
             "--skip", "/rom@etc/acpi/tables", "--skip", "pc.bios"]
     ok(snaprestore(*args), "--ram + --all + --skip")
     compare_files(blocks[0].src, explicit, "--ram pc.ram")
-    want = sorted(encoded(b.name) for b in blocks
+    want = sorted(all_file_name(b.name) for b in blocks
                   if b.name not in ("pc.ram", "/rom@etc/acpi/tables", "pc.bios"))
     check(listdir_all(d) == want, "--all with --skip created %r, expected %r" % (
         listdir_all(d), want))
     for b in blocks:
-        p = os.path.join(d, encoded(b.name))
+        p = os.path.join(d, all_file_name(b.name))
         if os.path.exists(p):
             compare_files(b.src, p, "--all: block %s" % b.name)
     # --skip of everything but one, without --all

@@ -11,8 +11,8 @@ import shutil
 import struct
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import *  # noqa: E402,F401,F403
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
+from snaptest import *  # noqa: E402,F401,F403
 
 BIG = 0xFFFFFFFFFFFFFFF0
 BIG_ALIGNED = 0xFFFFFFFFFFFFF000

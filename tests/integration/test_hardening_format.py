@@ -12,8 +12,8 @@ import resource
 import struct
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import *  # noqa: E402,F401,F403
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
+from snaptest import *  # noqa: E402,F401,F403
 
 TiB = 1 << 40
 MARKER = b"SNAPMR-TRAILER-1"

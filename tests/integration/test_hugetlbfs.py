@@ -17,8 +17,8 @@ import random
 import subprocess
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import *  # noqa: E402,F401,F403
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
+from snaptest import *  # noqa: E402,F401,F403
 
 NR = "/proc/sys/vm/nr_hugepages"
 # huge pages of the source image, by content

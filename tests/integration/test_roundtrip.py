@@ -7,8 +7,8 @@
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import *  # noqa: E402,F401,F403
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
+from snaptest import *  # noqa: E402,F401,F403
 
 SIZES = [("4K", 4 * KiB), ("1M+4K", 1 * MiB + 4 * KiB), ("64M", 64 * MiB)]
 KINDS = ["zero", "random", "mixed"]

@@ -12,109 +12,39 @@ not powers of two / not MiB multiples, and two memory backends (pc-dimm).
 
 Environment: SNAPSAVE, SNAPRESTORE (default ../../build/... relative to this
 script), QEMU (default qemu-system-x86_64), SNAPMR_ACCEL (kvm or tcg),
-SNAPMR_TEST_DIR (default /var/tmp: needs O_DIRECT for the direct-io cases),
-SNAPMR_KEEP=1 keeps the work files on failure.
+SNAPMR_TEST_DISK (default /var/tmp: needs O_DIRECT for the direct-io cases),
+SNAPMR_TEST_SHM (default /dev/shm), SNAPMR_TEST_KEEP=1 keeps the work files.
 
 Exit status: 0 pass, 1 failure, 77 skip (no usable QEMU >= 9.0).
 """
 
-import json
 import os
 import re
-import shutil
 import signal
 import struct
 import subprocess
 import sys
-import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.dont_write_bytecode = True     # no __pycache__ in the source tree
+sys.path.insert(0, os.path.join(HERE, "..", "lib"))
+from snaptest import (EXIT_SKIP, SNAPRESTORE, SNAPSAVE, Cases, Failure,  # noqa: E402
+                      all_file_name, check, direct_supported, fail, info_json, note,
+                      require_binaries, run, scratch, scratch_base, scratch_remove)
+
 sys.path.insert(0, HERE)
 import vm as V  # noqa: E402
 
-SKIP = 77
 PAGE = V.PAGE
 MIN_QEMU = (9, 0)
 PREFIX_OFFSET = 0x1234
-WORK_DIR = os.environ.get("SNAPMR_TEST_DIR", "/var/tmp")
-SHM_DIR = "/dev/shm"
+WORK_DIR = scratch_base("disk")
+SHM_DIR = scratch_base("shm")
 CMD_TIMEOUT = 300
-
-
-def _bin(env, rel):
-    return os.environ.get(env) or os.path.normpath(os.path.join(HERE, "..", "..", "build", rel))
-
-
-SNAPSAVE = _bin("SNAPSAVE", "snapsave/snapsave")
-SNAPRESTORE = _bin("SNAPRESTORE", "snaprestore/snaprestore")
-
-# ---------------------------------------------------------------------------
-# Bookkeeping: failures, temporary files, cleanup on any exit.
-
-failures = []
-checks = [0]
-_tmpdirs = []
-_case = ["-"]
-
-
-class Abort(Exception):
-    """A step failed in a way that makes the rest of the case meaningless."""
-
-
-def check(cond, msg):
-    checks[0] += 1
-    if not cond:
-        failures.append(f"[{_case[0]}] {msg}")
-        print(f"    FAIL: {msg}", flush=True)
-    return bool(cond)
-
-
-def require(cond, msg):
-    if not check(cond, msg):
-        raise Abort(msg)
-
-
-def mkdtemp(where, tag):
-    d = tempfile.mkdtemp(prefix=f"snapmr-interop-{tag}-", dir=where)
-    _tmpdirs.append(d)
-    return d
-
-
-def rmtree(d):
-    shutil.rmtree(d, ignore_errors=True)
-    if d in _tmpdirs:
-        _tmpdirs.remove(d)
-
-
-def cleanup():
-    V._kill_live()
-    keep = os.environ.get("SNAPMR_KEEP") == "1" and failures
-    for d in list(_tmpdirs):
-        if keep and not d.startswith(SHM_DIR):
-            print(f"keeping {d}")
-            continue
-        rmtree(d)
-
 
 def _on_signal(signum, _frame):
     raise SystemExit(f"interrupted by signal {signum}")
-
-
-def run(args, what):
-    """Runs a snapmr CLI; returns CompletedProcess (text). Never raises on rc."""
-    try:
-        return subprocess.run([str(a) for a in args], stdin=subprocess.DEVNULL,
-                              capture_output=True, text=True, errors="replace",
-                              timeout=CMD_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        raise Abort(f"{what}: timed out after {CMD_TIMEOUT}s: {' '.join(map(str, args))}")
-
-
-def describe(p):
-    out = (p.stdout.strip() + "\n" + p.stderr.strip()).strip()
-    return f"rc={p.returncode}" + (", output:\n      " + out.replace("\n", "\n      ") if out else "")
 
 
 # ---------------------------------------------------------------------------
@@ -132,39 +62,14 @@ def qemu_version():
     return (int(m.group(1)), int(m.group(2))), p.stdout.splitlines()[0]
 
 
-def odirect_ok(directory):
-    probe = os.path.join(directory, f".snapmr-odirect-{os.getpid()}")
-    try:
-        fd = os.open(probe, os.O_CREAT | os.O_WRONLY | os.O_DIRECT | os.O_CLOEXEC, 0o600)
-        os.close(fd)
-        return True
-    except OSError:
-        return False
-    finally:
-        try:
-            os.unlink(probe)
-        except OSError:
-            pass
-
-
 # ---------------------------------------------------------------------------
 # Independent reading of a mapped-ram file (cross-checks snaprestore --info).
-
-def encode_name(name):
-    """snaprestore --all's file name for a block (percent-encoding)."""
-    out = []
-    for i, c in enumerate(name.encode()):
-        ch = chr(c)
-        plain = ch.isascii() and (ch.isalnum() or ch in "-_@:+" or (ch == "." and i > 0))
-        out.append(ch if plain else f"%{c:02X}")
-    return "".join(out)
-
 
 def read_at(f, off, n):
     f.seek(off)
     b = f.read(n)
     if len(b) != n:
-        raise Abort(f"{f.name}: short read of {n} bytes at {off:#x}")
+        fail(f"{f.name}: short read of {n} bytes at {off:#x}")
     return b
 
 
@@ -233,10 +138,10 @@ def check_restored_blocks(path, info, files):
                 s = slice(i * PAGE, (i + 1) * PAGE)
                 if bitmap[i >> 3] >> (i & 7) & 1:
                     present += 1
-                    ok = mv_g[s] == mv_r[s]
+                    good = mv_g[s] == mv_r[s]
                 else:
-                    ok = mv_g[s] == zero
-                if not ok:
+                    good = mv_g[s] == zero
+                if not good:
                     bad += 1
                     if len(first) < 8:
                         first.append(i)
@@ -249,14 +154,8 @@ def check_restored_blocks(path, info, files):
 # ---------------------------------------------------------------------------
 # snaprestore / snapsave steps.
 
-def info_json(path, offset=0):
-    args = [SNAPRESTORE, "--info", "--json", path] + (["--offset", hex(offset)] if offset else [])
-    p = run(args, "snaprestore --info")
-    require(p.returncode == 0, f"snaprestore --info --json {path} failed: {describe(p)}")
-    try:
-        return json.loads(p.stdout)
-    except ValueError as e:
-        raise Abort(f"snaprestore --info --json {path}: bad JSON ({e}): {p.stdout[:300]!r}")
+def offset_args(offset):
+    return ["--offset", hex(offset)] if offset else []
 
 
 def check_info(info, path, case, offset, ours):
@@ -298,23 +197,21 @@ def check_info(info, path, case, offset, ours):
 def restore(path, info, offset, tag):
     """snaprestore FILE --all DIR --device-state-raw TAIL; returns
     ({block name: restored file}, tail path, restore dir)."""
-    d = mkdtemp(SHM_DIR, f"restore-{tag}")
+    d = scratch("shm", f"interop-restore-{tag}")
     tail = os.path.join(d, "tail.raw")
     blocks = os.path.join(d, "blocks")
     os.mkdir(blocks)
-    args = [SNAPRESTORE, path, "--all", blocks, "--device-state-raw", tail]
-    if offset:
-        args += ["--offset", hex(offset)]
-    p = run(args, "snaprestore")
-    require(p.returncode == 0, f"snaprestore {path} failed: {describe(p)}")
-    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    args = [SNAPRESTORE, path, "--all", blocks, "--device-state-raw", tail] + offset_args(offset)
+    p = run(args, timeout=CMD_TIMEOUT)
+    check(p.rc == 0, f"snaprestore {path} failed: {p.describe()}")
+    lines = [ln for ln in p.err.splitlines() if ln.strip()]
     check(len(lines) == 1 and "restoring unverified" in lines[0],
           f"snaprestore of a QEMU file: expected exactly one stderr line with "
           f"'restoring unverified', got {lines}")
     files = {}
     for b in info["blocks"]:
-        f = os.path.join(blocks, encode_name(b["name"]))
-        require(os.path.isfile(f), f"restored block {b['name']!r} missing (expected {f})")
+        f = os.path.join(blocks, all_file_name(b["name"]))
+        check(os.path.isfile(f), f"restored block {b['name']!r} missing (expected {f})")
         check(os.path.getsize(f) == b["length"],
               f"restored block {b['name']}: size {os.path.getsize(f)} != {b['length']}")
         files[b["name"]] = f
@@ -337,25 +234,23 @@ def restore(path, info, offset, tag):
 
 
 def check_verify_refuses(path, offset):
-    args = [SNAPRESTORE, "--verify", path] + (["--offset", hex(offset)] if offset else [])
-    p = run(args, "snaprestore --verify")
-    out = p.stdout + p.stderr
-    check(p.returncode == 1 and "no checksums" in out,
-          f"snaprestore --verify on a QEMU file: expected rc 1 and 'no checksums', got {describe(p)}")
+    args = [SNAPRESTORE, "--verify", path] + offset_args(offset)
+    p = run(args, timeout=CMD_TIMEOUT)
+    out = p.outs + p.err
+    check(p.rc == 1 and "no checksums" in out,
+          f"snaprestore --verify on a QEMU file: expected rc 1 and 'no checksums', got "
+          f"{p.describe()}")
 
 
-def snapsave(case, files, tail, out, offset=0):
+def snapsave_blocks(case, files, tail, out, offset=0):
     args = [SNAPSAVE, "--machine", case.machine_type, "--device-state-raw", tail,
             "-o", out, "--no-sync"]
     for b in case.ramblocks:
         args += ["--ram", f"{b['name']}={files[b['name']]}"]
-    if offset:
-        args += ["--offset", hex(offset)]
-    p = run(args, "snapsave")
-    require(p.returncode == 0, f"snapsave -> {out} failed: {describe(p)}")
-    v = run([SNAPRESTORE, "--verify", out] + (["--offset", hex(offset)] if offset else []),
-            "snaprestore --verify")
-    check(v.returncode == 0, f"snaprestore --verify on snapsave's output: {describe(v)}")
+    p = run(args + offset_args(offset), timeout=CMD_TIMEOUT)
+    check(p.rc == 0, f"snapsave -> {out} failed: {p.describe()}")
+    v = run([SNAPRESTORE, "--verify", out] + offset_args(offset), timeout=CMD_TIMEOUT)
+    check(v.rc == 0, f"snaprestore --verify on snapsave's output: {v.describe()}")
 
 
 # ---------------------------------------------------------------------------
@@ -403,7 +298,7 @@ def qemu_save(case, out, channels=0, direct_io=False, offset=0):
         try:
             vm.save(out, offset=offset, channels=channels, direct_io=direct_io, timeout=CMD_TIMEOUT)
         except RuntimeError as e:
-            raise Abort(f"QEMU save failed: {e}")
+            fail(f"QEMU save failed: {e}")
     if offset:
         with open(out, "rb") as f:
             check(f.read(22) == b"SNAPMR-INTEROP-PREFIX\n", "QEMU did not keep the file prefix")
@@ -415,8 +310,7 @@ def qemu_load(case, path, channels=0, direct_io=False, offset=0):
         try:
             vm.load(path, offset=offset, channels=channels, direct_io=direct_io, timeout=CMD_TIMEOUT)
         except RuntimeError as e:
-            check(False, f"QEMU failed to load {path}: {e}")
-            return
+            fail(f"QEMU failed to load {path}: {e}")
         st = vm.qmp.execute("query-status").get("status")
         check(st not in ("inmigrate", "internal-error", "io-error", "shutdown"),
               f"destination status after load is {st!r}")
@@ -426,27 +320,26 @@ def qemu_load(case, path, channels=0, direct_io=False, offset=0):
 
 
 def step(label, fn, *a, **kw):
+    """One step of a case, timed; a failure ends it (and the steps that need it)."""
     t = time.monotonic()
-    before = len(failures)
     try:
         r = fn(*a, **kw)
     except BaseException:
-        print(f"  {label}: FAILED ({time.monotonic() - t:.1f}s)", flush=True)
+        note(f"  {label}: FAILED ({time.monotonic() - t:.1f}s)")
         raise
-    status = "ok" if len(failures) == before else "FAILED"
-    print(f"  {label}: {status} ({time.monotonic() - t:.1f}s)", flush=True)
+    note(f"  {label}: ok ({time.monotonic() - t:.1f}s)")
     return r
 
 
 def qemu_file_checks(case, tag, path, offset):
     """Step 1 + 4 for one QEMU-written file; returns (files, tail, restore dir)."""
-    info = info_json(path, offset)
+    info = info_json(path, *offset_args(offset))
     check_info(info, path, case, offset, ours=False)
     check_layout(path, info, offset, case.machine_type)
     check_verify_refuses(path, offset)
     files, tail, rdir = restore(path, info, offset, tag)
     for bid, pat in case.patterns.items():
-        require(bid in files, f"backend {bid} is not a block in the file")
+        check(bid in files, f"backend {bid} is not a block in the file")
         bad, first = V.compare_file(files[bid], pat)
         check(bad == 0, f"restored {bid} differs from the pattern in {bad} pages, first {first}")
     check_restored_blocks(path, info, files)
@@ -461,8 +354,8 @@ def snapsave_checks(case, tag, files, tail, out, offset=0):
     if offset:
         with open(out, "wb") as f:
             f.write(b"OUR-PREFIX\n".ljust(offset, b"\x5a"))
-    snapsave(case, files, tail, out, offset)
-    info = info_json(out, offset)
+    snapsave_blocks(case, files, tail, out, offset)
+    info = info_json(out, *offset_args(offset))
     check_info(info, out, case, offset, ours=True)
     check_layout(out, info, offset, case.machine_type)
     if offset:
@@ -480,13 +373,15 @@ def case_q35_64m(case, dio):
     saves += [("mfd2-dio", 2, True, 0)] if dio else []
     saves += [("offset", 0, False, PREFIX_OFFSET), ("mfd4-offset", 4, False, PREFIX_OFFSET)]
     kept = {}
+    failed = []     # a failed variant does not stop the others
     for tag, ch, d, off in saves:
         path = os.path.join(case.work, f"qemu-{tag}.img")
         label = f"QEMU save {tag} (channels {ch}, direct-io {d}, offset {off:#x}) -> restore"
         try:
             step(f"{label}: save", qemu_save, case, path, ch, d, off)
             files, tail, rdir = step(f"{label}: check", qemu_file_checks, case, tag, path, off)
-        except Abort:
+        except Failure as e:
+            failed.append(f"{label}: {e}")
             continue
         finally:
             if os.path.exists(path) and tag not in ("nomfd", "offset"):
@@ -494,7 +389,7 @@ def case_q35_64m(case, dio):
         if tag in ("nomfd", "offset"):
             kept[tag] = (files, tail, rdir)
         else:
-            rmtree(rdir)
+            scratch_remove(rdir)
 
     if "nomfd" in kept:
         files, tail, rdir = kept["nomfd"]
@@ -506,9 +401,9 @@ def case_q35_64m(case, dio):
                 step("QEMU loads snapsave output (multifd 2, direct-io)", qemu_load, case, out,
                      channels=2, direct_io=True)
             step("QEMU loads snapsave output (multifd 4)", qemu_load, case, out, channels=4)
-        except Abort:
-            pass
-        rmtree(rdir)
+        except Failure as e:
+            failed.append(f"snapsave output: {e}")
+        scratch_remove(rdir)
     if "offset" in kept:
         files, tail, rdir = kept["offset"]
         out = os.path.join(case.work, "snapsave-offset.img")
@@ -518,9 +413,11 @@ def case_q35_64m(case, dio):
             step(f"QEMU loads it with ,offset={PREFIX_OFFSET:#x} (multifd 2"
                  f"{', direct-io' if dio else ''})", qemu_load, case, out, channels=2,
                  direct_io=dio, offset=PREFIX_OFFSET)
-        except Abort:
-            pass
-        rmtree(rdir)
+        except Failure as e:
+            failed.append(f"snapsave --offset output: {e}")
+        scratch_remove(rdir)
+    if failed:
+        fail("\n".join(failed))
 
 
 def case_simple(case, dio, save_channels, loads):
@@ -531,12 +428,21 @@ def case_simple(case, dio, save_channels, loads):
     os.unlink(path)
     out = os.path.join(case.work, "snapsave.img")
     step("snapsave from the restored blocks", snapsave_checks, case, "ours", files, tail, out)
-    rmtree(rdir)
+    scratch_remove(rdir)
     for ch, d in loads:
         if d and not dio:
             continue
         step(f"QEMU loads snapsave output (channels {ch}, direct-io {d})", qemu_load, case, out,
              channels=ch, direct_io=d)
+
+
+def run_case(case, fn):
+    case.work = scratch("disk", "interop-" + case.name)
+    try:
+        fn(case)
+    finally:
+        case.patterns = None
+        scratch_remove(case.work)
 
 
 def main():
@@ -546,18 +452,15 @@ def main():
     ver, why = qemu_version()
     if ver is None:
         print(f"SKIP: {why}")
-        return SKIP
+        return EXIT_SKIP
     if ver < MIN_QEMU:
         print(f"SKIP: {why}: mapped-ram needs QEMU >= {MIN_QEMU[0]}.{MIN_QEMU[1]}")
-        return SKIP
+        return EXIT_SKIP
     if not os.path.isdir(SHM_DIR):
         print(f"SKIP: no {SHM_DIR}")
-        return SKIP
-    for b in (SNAPSAVE, SNAPRESTORE):
-        if not os.access(b, os.X_OK):
-            print(f"FAIL: {b} is not an executable (set SNAPSAVE / SNAPRESTORE)")
-            return 1
-    dio = odirect_ok(WORK_DIR)
+        return EXIT_SKIP
+    require_binaries()
+    dio = direct_supported(WORK_DIR)
     print(f"{why}; accel {V.default_accel()}; work dir {WORK_DIR}"
           f"{'' if dio else ' (no O_DIRECT there: direct-io cases skipped)'}", flush=True)
 
@@ -570,34 +473,14 @@ def main():
         (Case("q35-64M+8K", "q35", (64 << 20) + 8192, seed=31),
          lambda c: case_simple(c, dio, 0, [(2, False), (2, True)])),
     ]
-    t0 = time.monotonic()
+    t = Cases("qemu-interop")
     try:
         for case, fn in cases:
-            _case[0] = case.name
-            print(f"== {case.name}", flush=True)
-            t = time.monotonic()
-            case.work = mkdtemp(WORK_DIR, case.name)
-            try:
-                fn(case)
-            except Abort as e:
-                print(f"    case aborted: {e}", flush=True)
-            except Exception as e:     # harness/QEMU errors: report, go on
-                check(False, f"unexpected {type(e).__name__}: {e}")
-            finally:
-                case.patterns = None
-                if not (os.environ.get("SNAPMR_KEEP") == "1" and failures):
-                    rmtree(case.work)
-            print(f"== {case.name}: {time.monotonic() - t:.1f}s", flush=True)
+            note(f"== {case.name}")
+            t.case(case.name, run_case, case, fn)
     finally:
-        cleanup()
-    dt = time.monotonic() - t0
-    if failures:
-        print(f"\n{len(failures)} of {checks[0]} checks FAILED ({dt:.1f}s):")
-        for f in failures:
-            print(f"  {f}")
-        return 1
-    print(f"\nall {checks[0]} checks passed ({dt:.1f}s)")
-    return 0
+        V._kill_live()
+    t.finish()
 
 
 if __name__ == "__main__":

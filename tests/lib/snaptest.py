@@ -1,12 +1,19 @@
 # SPDX-License-Identifier: MIT
-# Shared helpers for the integration tests: locate the binaries, make scratch
-# directories, generate page patterns, run the tools and check their output.
+# The one helper library of the Python test suites (tests/integration,
+# tests/faults, tests/fdpass, tests/qemu): locate the binaries, make scratch
+# directories, generate page patterns, run the tools and check their output,
+# and run named cases to the closing "NAME: N passed, N failed, N skipped"
+# line (exit 0, 1, or 77 when every case skipped). A script finds it with
+#   sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
+#                                   "..", "lib"))
+#   from snaptest import *
 
 import atexit
 import hashlib
 import json
 import os
 import random
+import re
 import shutil
 import struct
 import subprocess
@@ -26,7 +33,8 @@ KEEP = bool(os.environ.get("SNAPMR_TEST_KEEP"))
 VERBOSE = bool(os.environ.get("SNAPMR_TEST_VERBOSE"))
 
 _here = os.path.dirname(os.path.abspath(__file__))
-_default_build = os.path.normpath(os.path.join(_here, "..", "..", "build"))
+ROOT = os.path.normpath(os.path.join(_here, "..", ".."))
+_default_build = os.path.join(ROOT, "build")
 
 
 def _binary(name):
@@ -38,6 +46,11 @@ def _binary(name):
 
 SNAPSAVE = _binary("snapsave")
 SNAPRESTORE = _binary("snaprestore")
+
+
+# Text a sanitizer prints when it finds something, even if it lets the program go on.
+SANITIZER_MARKS = ("AddressSanitizer", "LeakSanitizer", "UndefinedBehaviorSanitizer",
+                   "runtime error:")
 
 
 class Failure(Exception):
@@ -64,9 +77,13 @@ def note(msg):
 # ---------------------------------------------------------------- directories
 
 _dirs = []
+_mounts = []
 
 
 def _cleanup_dirs():
+    for m in reversed(_mounts):
+        subprocess.run(["umount", "-l", m], stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL, check=False)
     for d in reversed(_dirs):
         if KEEP:
             print("kept %s" % d)
@@ -82,17 +99,51 @@ def _cleanup_dirs():
 atexit.register(_cleanup_dirs)
 
 
-def scratch(kind="disk"):
+def scratch_base(kind="disk"):
+    """Where scratch(kind) makes its directories."""
+    return {"disk": os.environ.get("SNAPMR_TEST_DISK", "/var/tmp"),
+            "shm": os.environ.get("SNAPMR_TEST_SHM", "/dev/shm")}[kind]
+
+
+def scratch(kind="disk", tag="test"):
     """A new private directory: kind 'disk' under /var/tmp (O_DIRECT works),
     'shm' under /dev/shm (tmpfs). Removed at exit unless SNAPMR_TEST_KEEP."""
-    base = {"disk": os.environ.get("SNAPMR_TEST_DISK", "/var/tmp"),
-            "shm": os.environ.get("SNAPMR_TEST_SHM", "/dev/shm")}[kind]
+    base = scratch_base(kind)
     if not os.path.isdir(base):
         raise Skip("%s does not exist" % base)
-    d = tempfile.mkdtemp(prefix="snapmr-it-", dir=base)
+    d = tempfile.mkdtemp(prefix="snapmr-%s-" % tag, dir=base)
     os.chmod(d, 0o755)
     _dirs.append(d)
     return d
+
+
+def scratch_remove(d):
+    """Removes a scratch directory early (big files in /dev/shm), unless
+    SNAPMR_TEST_KEEP."""
+    if KEEP:
+        return
+    shutil.rmtree(d, ignore_errors=True)
+    if d in _dirs:
+        _dirs.remove(d)
+
+
+def mount_tmpfs(where, size):
+    """Mounts a tmpfs of `size` bytes at where (created); Skip unless root
+    and allowed. Unmounted at exit if the test does not umount() it."""
+    if os.geteuid() != 0:
+        raise Skip("mounting a small tmpfs for real ENOSPC needs root")
+    os.makedirs(where, exist_ok=True)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=%d,mode=0755" % size, "tmpfs",
+                        where], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    if r.returncode != 0:
+        raise Skip("cannot mount tmpfs: %s" % r.stderr.decode().strip())
+    _mounts.append(where)
+    return where
+
+
+def umount(where):
+    subprocess.run(["umount", where], check=True)
+    _mounts.remove(where)
 
 
 def listdir_all(d):
@@ -100,28 +151,48 @@ def listdir_all(d):
 
 
 def temp_leftovers(d):
-    return [n for n in os.listdir(d) if ".snapmr-" in n]
+    return sorted(n for n in os.listdir(d) if ".snapmr-" in n)
 
 
 # -------------------------------------------------------------------- running
 
 class Result:
-    def __init__(self, argv, rc, out, err, seconds):
+    """A finished command: rc, out (bytes), err (str), seconds; replies and
+    result are the lines and the final JSON result of an --fd-socket run."""
+
+    def __init__(self, argv, rc, out, err, seconds, replies=None, result=None):
         self.argv = argv
         self.rc = rc
         self.out = out
         self.err = err
         self.seconds = seconds
+        self.replies = replies or []
+        self.result = result
 
     @property
     def outs(self):
         return self.out.decode("utf-8", "replace")
 
+    def json(self):
+        """The first JSON object line on stdout (--json statistics)."""
+        for line in self.outs.splitlines():
+            if line.startswith("{"):
+                return json.loads(line)
+        raise ValueError("no JSON on stdout: %r" % self.outs)
+
+    def err_lines(self, include_valgrind=False):
+        """Non-empty stderr lines, without valgrind's '==PID==' lines."""
+        return [l for l in self.err.splitlines()
+                if l.strip() and (include_valgrind or not l.startswith("=="))]
+
     def describe(self):
         cmd = " ".join(_quote(a) for a in self.argv)
-        return "command: %s\n  exit %s\n  stderr: %s\n  stdout: %s" % (
+        s = "command: %s\n  exit %s\n  stderr: %s\n  stdout: %s" % (
             cmd, self.rc, self.err.strip() or "(empty)",
             (self.outs.strip()[:2000] or "(empty)"))
+        if self.replies:
+            s += "\n  replies: %r" % self.replies
+        return s
 
 
 def _quote(a):
@@ -131,11 +202,22 @@ def _quote(a):
     return "'" + a.replace("'", "'\\''") + "'"
 
 
-def run(argv, input=None, stdin=None, timeout=600, env=None, allow_signal=False,
-        preexec_fn=None, pass_fds=()):
+def run(argv, input=None, stdin=None, timeout=600, env=None, extra_env=None,
+        allow_signal=False, preexec_fn=None, pass_fds=(), wrapper=(), user=None):
     """Runs argv, returns a Result with rc, out (bytes), err (str). A death by
-    signal is a failure unless allow_signal."""
-    argv = [str(a) for a in argv]
+    signal is a failure unless allow_signal; so are a hang (timeout seconds)
+    and a sanitizer report on stderr. env replaces the environment,
+    extra_env adds to it; pass_fds are inherited with the same numbers;
+    wrapper is a command prefix (valgrind, strace, unshare ...); user a
+    (uid, gid) to drop to after fork (needs root)."""
+    argv = [str(a) for a in list(wrapper) + list(argv)]
+    if extra_env:
+        env = dict(os.environ if env is None else env)
+        env.update(extra_env)
+    if wrapper and os.path.basename(argv[0]) == "strace":
+        # LeakSanitizer (in ASan builds) cannot run under ptrace.
+        env = dict(os.environ if env is None else env)
+        env["ASAN_OPTIONS"] = env.get("ASAN_OPTIONS", "") + ":detect_leaks=0"
     t0 = time.monotonic()
     if VERBOSE:
         print("+ " + " ".join(_quote(a) for a in argv), flush=True)
@@ -146,16 +228,21 @@ def run(argv, input=None, stdin=None, timeout=600, env=None, allow_signal=False,
         kw["stdin"] = stdin
     else:
         kw["stdin"] = subprocess.DEVNULL
+    if user is not None:
+        kw.update(user=user[0], group=user[1], extra_groups=[])
     try:
         p = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                            timeout=timeout, env=env, preexec_fn=preexec_fn,
-                           pass_fds=pass_fds, **kw)
+                           pass_fds=tuple(pass_fds), **kw)
     except subprocess.TimeoutExpired:
-        fail("timed out after %ss: %s" % (timeout, " ".join(argv)))
+        fail("hang: no exit after %ss: %s" % (timeout, " ".join(argv)))
     res = Result(argv, p.returncode, p.stdout, p.stderr.decode("utf-8", "replace"),
                  time.monotonic() - t0)
     if res.rc < 0 and not allow_signal:
         fail("killed by signal %d (crash?)\n  %s" % (-res.rc, res.describe()))
+    for m in SANITIZER_MARKS:
+        if m in res.err:
+            fail("sanitizer report (%s)\n  %s" % (m, res.describe()))
     return res
 
 
@@ -179,25 +266,45 @@ def error_lines(res):
     return [l for l in res.err.splitlines() if l.strip()]
 
 
-def expect_error(res, rc, *needles, prog=None, what=""):
+def expect_error(res, rc, *needles, prog=None, what="", notes_ok=False):
     """Asserts exit status rc and exactly one line on stderr that starts with
-    the program name and contains every needle (case-sensitive)."""
+    the program name and contains every needle (case-sensitive; a compiled
+    re.Pattern must match). Valgrind's lines do not count, nor do the
+    program's 'PROG: note: ' lines if notes_ok."""
     label = (what + ": ") if what else ""
+    prog = prog or os.path.basename(res.argv[0])
     if res.rc < 0:
         fail("%skilled by signal %d\n  %s" % (label, -res.rc, res.describe()))
     if res.rc != rc:
         fail("%sexpected exit status %d\n  %s" % (label, rc, res.describe()))
-    lines = error_lines(res)
+    lines = res.err_lines()
+    if notes_ok:
+        lines = [l for l in lines if not l.startswith(prog + ": note: ")]
     if len(lines) != 1:
         fail("%sexpected exactly one line on stderr, got %d\n  %s" % (label, len(lines),
                                                                       res.describe()))
-    prog = prog or os.path.basename(res.argv[0])
     if not lines[0].startswith(prog + ": "):
         fail("%sstderr does not start with '%s: '\n  %s" % (label, prog, res.describe()))
     for n in needles:
-        if n not in lines[0]:
+        if isinstance(n, re.Pattern):
+            check(n.search(lines[0]), "%sstderr does not match %r\n  %s" % (
+                label, n.pattern, res.describe()))
+        elif n not in lines[0]:
             fail("%sstderr does not mention %r\n  %s" % (label, n, res.describe()))
     return lines[0]
+
+
+def all_file_name(name):
+    """The file name snaprestore --all gives a block: percent-encoding of
+    everything but [A-Za-z0-9-_@:+] and '.' not in first position."""
+    out = []
+    for i, ch in enumerate(name.encode()):
+        c = chr(ch)
+        if c.isascii() and (c.isalnum() or c in "-_@:+" or (c == "." and i > 0)):
+            out.append(c)
+        else:
+            out.append("%%%02X" % ch)
+    return "".join(out)
 
 
 def parse_json(res, what=""):
@@ -350,6 +457,8 @@ def fill_file(path, size, byte):
 def compare_files(expect, got, what=None):
     """Byte comparison of two files; names the first differing page."""
     what = what or got
+    if not os.path.exists(got):
+        fail("%s: %s does not exist" % (what, got))
     se, sg = os.path.getsize(expect), os.path.getsize(got)
     if se != sg:
         fail("%s: size %d, expected %d (as %s)" % (what, sg, se, expect))
@@ -381,6 +490,10 @@ def sha256(path):
             if not b:
                 return h.hexdigest()
             h.update(b)
+
+
+def same_bytes(a, b):
+    return os.path.getsize(a) == os.path.getsize(b) and sha256(a) == sha256(b)
 
 
 def allocated(path):
@@ -440,16 +553,19 @@ def direct_supported(d):
 
 class Cases:
     """Runs named sub-cases, collects failures and skips, then exits 0, 1 or
-    77 (every case skipped)."""
+    77 (every case skipped). only: run just the cases with these labels."""
 
-    def __init__(self, name):
+    def __init__(self, name, only=()):
         self.name = name
+        self.only = set(only)
         self.failures = []
         self.skips = []
         self.passed = 0
         self.t0 = time.monotonic()
 
     def case(self, label, fn, *args, **kw):
+        if self.only and label not in self.only:
+            return
         t = time.monotonic()
         try:
             fn(*args, **kw)
