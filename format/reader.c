@@ -39,6 +39,9 @@ struct parser {
 };
 
 static int vfail_err(struct mr_err *err, int code, uint64_t off, const char *block, const char *fmt,
+		     va_list ap) __attribute__((format(printf, 5, 0)));
+
+static int vfail_err(struct mr_err *err, int code, uint64_t off, const char *block, const char *fmt,
 		     va_list ap)
 {
 	if (!err)

@@ -1577,7 +1577,7 @@ static int commit(struct session *s)
 
 	pthread_mutex_lock(&reg_lock);
 	r = reg_reserve(s->n_pending);
-	if (r >= 0) {
+	if (r >= 0 && s->n_pending) { /* an empty session may have no registry yet */
 		memcpy(reg + reg_n, s->pending, s->n_pending * sizeof(*reg));
 		reg_n += s->n_pending;
 	}
