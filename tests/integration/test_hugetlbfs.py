@@ -211,6 +211,13 @@ def need_snap(env):
         ok(snapsave("-o", env.snap, "--ram", "pc.ram=" + env.src), "save from hugetlbfs")
 
 
+def unlink_if(path):
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
 def restore_into(env, fill):
     """Into a new file, which allocates only the huge pages with data, or
     over one whose every huge page holds `fill` (0xFF or zeros), which keeps
@@ -220,14 +227,36 @@ def restore_into(env, fill):
     dest = env.pool.path("new" if fill is None else "full%02x" % fill)
     what = "restore into a new hugetlbfs file" if fill is None else \
         "restore over a hugetlbfs file of 0x%02X" % fill
-    if fill is not None:
-        make_huge(dest, [bytes([fill]) * env.hp] * len(KINDS), env.hp)
-    ok(snaprestore(env.snap, "--ram", "pc.ram=" + dest), what)
-    compare_files(env.expect, dest, what)
-    want = env.data_huge * env.hp if fill is None else len(KINDS) * env.hp
-    check(allocated(dest) == want, "%s: the destination allocates %d bytes, expected %d"
-          % (what, allocated(dest), want))
-    os.unlink(dest)
+    try:
+        if fill is not None:
+            make_huge(dest, [bytes([fill]) * env.hp] * len(KINDS), env.hp)
+        ok(snaprestore(env.snap, "--ram", "pc.ram=" + dest), what)
+        compare_files(env.expect, dest, what)
+        want = env.data_huge * env.hp if fill is None else len(KINDS) * env.hp
+        check(allocated(dest) == want, "%s: the destination allocates %d bytes, expected %d"
+              % (what, allocated(dest), want))
+    finally:
+        unlink_if(dest)  # its huge pages back to the pool for the next case
+
+
+def restore_over_mixed(env):
+    """Over a file whose huge pages are in turn stale, holes and zeros: the
+    holes without data stay holes (a read through the mapping would take a
+    huge page for each), the others stay allocated."""
+    need_snap(env)
+    dest = env.pool.path("mixed")
+    what = "restore over hugetlbfs pages of 0xFF, holes and zeros"
+    content = [[b"\xff" * env.hp, None, bytes(env.hp)][i % 3] for i in range(len(KINDS))]
+    try:
+        make_huge(dest, content, env.hp)
+        ok(snaprestore(env.snap, "--ram", "pc.ram=" + dest), what)
+        compare_files(env.expect, dest, what)
+        want = sum(env.hp for i, k in enumerate(KINDS)
+                   if content[i] is not None or k in ("sparse", "dense", "edge"))
+        check(allocated(dest) == want, "%s: the destination allocates %d bytes, expected %d"
+              % (what, allocated(dest), want))
+    finally:
+        unlink_if(dest)
 
 
 def memfd_full(env):
@@ -309,6 +338,7 @@ def main():
         t.case("restore into a new hugetlbfs file", restore_into, env, None)
         t.case("restore over a stale hugetlbfs file keeps its pages", restore_into, env, 0xFF)
         t.case("restore over a zeroed hugetlbfs file keeps its pages", restore_into, env, 0)
+        t.case("restore over hugetlbfs stale pages, holes and zeros", restore_over_mixed, env)
         t.case("save and restore a hugetlb memfd (fd:N)", memfd_full, env)
         t.case("hugetlbfs errors: offset, size, empty pool", errors, env)
     finally:
