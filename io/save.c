@@ -125,30 +125,6 @@ static bool unit_resident(const struct save_block *sb, const struct unit *u)
 	return true;
 }
 
-typedef uint64_t v16 __attribute__((vector_size(16), aligned(16)));
-
-/*
- * True if the 4 KiB page at p (page aligned) is all zero. Most data pages
- * differ in their first bytes; zero pages are read 256 bytes per check in
- * 16-byte vectors, which keeps the scan at memory speed.
- */
-static bool page_is_zero(const uint8_t *p)
-{
-	const v16 *v = (const v16 *)(const void *)p;
-
-	if (((const uint64_t *)(const void *)p)[0])
-		return false;
-	for (size_t i = 0; i < MR_PAGE_SIZE / 16; i += 16) {
-		v16 acc = v[i] | v[i + 1] | v[i + 2] | v[i + 3] | v[i + 4] | v[i + 5] | v[i + 6] |
-			  v[i + 7] | v[i + 8] | v[i + 9] | v[i + 10] | v[i + 11] | v[i + 12] |
-			  v[i + 13] | v[i + 14] | v[i + 15];
-
-		if (acc[0] | acc[1])
-			return false;
-	}
-	return true;
-}
-
 static int write_run(struct save_ctx *c, struct snap_io_engine *e, struct save_block *sb,
 		     uint64_t first, uint64_t end)
 {
@@ -260,7 +236,7 @@ static int save_unit(struct save_ctx *c, struct snap_io_engine *e, const struct 
 		if (r)
 			return r;
 		for (uint64_t pg = w; pg < w + n; pg++) {
-			if (page_is_zero(view + (pg - w) * MR_PAGE_SIZE)) {
+			if (snap_page_is_zero(view + (pg - w) * MR_PAGE_SIZE)) {
 				if (run != UINT64_MAX) {
 					r = write_run(c, e, sb, run, pg);
 					if (r)

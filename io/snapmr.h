@@ -78,8 +78,9 @@ struct snap_block {
 	uint64_t length;  /* multiple of 4096 */
 	/*
 	 * fd backing the mapping at offset fd_off, or -1. A save uses it to skip
-	 * holes (SEEK_DATA) without faulting them in; a restore to punch holes for
-	 * clear pages (memset otherwise).
+	 * holes (SEEK_DATA) without faulting them in; a restore to skip holes and
+	 * to check clear pages with pread before writing zeros over them (without
+	 * it, they are checked and written through the mapping).
 	 */
 	int fd;
 	uint64_t fd_off;

@@ -4,8 +4,9 @@
 # a hugetlb memfd). A hugetlbfs hole cannot be told from data (SEEK_DATA and
 # mincore() say nothing), and a read fault on one takes a huge page from the
 # pool or raises SIGBUS when the pool is empty. So: a save must not allocate
-# a single huge page, even with the pool empty; a restore allocates only the
-# huge pages that hold data, frees the rest of a stale destination, and fails
+# a single huge page, even with the pool empty; a restore into a new file
+# allocates only the huge pages that hold data, over an existing one keeps
+# every huge page it had (clear pages are written, never punched), and fails
 # with one clear line (removing what it created) where hugetlbfs says no.
 #
 # Needs root (it reserves huge pages and mounts hugetlbfs); exits 77 with the
@@ -210,20 +211,52 @@ def need_snap(env):
         ok(snapsave("-o", env.snap, "--ram", "pc.ram=" + env.src), "save from hugetlbfs")
 
 
-def restore_into(env, stale):
-    """Into a new file, or over one of 0xFF: either way only the huge pages
-    with data stay allocated."""
+def unlink_if(path):
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def restore_into(env, fill):
+    """Into a new file, which allocates only the huge pages with data, or
+    over one whose every huge page holds `fill` (0xFF or zeros), which keeps
+    every huge page: none goes back to the pool, where another guest could
+    take it."""
     need_snap(env)
-    dest = env.pool.path("stale" if stale else "new")
-    what = "restore over a hugetlbfs file of 0xFF" if stale else "restore into a new hugetlbfs file"
-    if stale:
-        make_huge(dest, [b"\xff" * env.hp] * len(KINDS), env.hp)
-    ok(snaprestore(env.snap, "--ram", "pc.ram=" + dest), what)
-    compare_files(env.expect, dest, what)
-    want = env.data_huge * env.hp
-    check(allocated(dest) == want, "%s: the destination allocates %d bytes, expected %d "
-          "(only the huge pages with data)" % (what, allocated(dest), want))
-    os.unlink(dest)
+    dest = env.pool.path("new" if fill is None else "full%02x" % fill)
+    what = "restore into a new hugetlbfs file" if fill is None else \
+        "restore over a hugetlbfs file of 0x%02X" % fill
+    try:
+        if fill is not None:
+            make_huge(dest, [bytes([fill]) * env.hp] * len(KINDS), env.hp)
+        ok(snaprestore(env.snap, "--ram", "pc.ram=" + dest), what)
+        compare_files(env.expect, dest, what)
+        want = env.data_huge * env.hp if fill is None else len(KINDS) * env.hp
+        check(allocated(dest) == want, "%s: the destination allocates %d bytes, expected %d"
+              % (what, allocated(dest), want))
+    finally:
+        unlink_if(dest)  # its huge pages back to the pool for the next case
+
+
+def restore_over_mixed(env):
+    """Over a file whose huge pages are in turn stale, holes and zeros: the
+    holes without data stay holes (a read through the mapping would take a
+    huge page for each), the others stay allocated."""
+    need_snap(env)
+    dest = env.pool.path("mixed")
+    what = "restore over hugetlbfs pages of 0xFF, holes and zeros"
+    content = [[b"\xff" * env.hp, None, bytes(env.hp)][i % 3] for i in range(len(KINDS))]
+    try:
+        make_huge(dest, content, env.hp)
+        ok(snaprestore(env.snap, "--ram", "pc.ram=" + dest), what)
+        compare_files(env.expect, dest, what)
+        want = sum(env.hp for i, k in enumerate(KINDS)
+                   if content[i] is not None or k in ("sparse", "dense", "edge"))
+        check(allocated(dest) == want, "%s: the destination allocates %d bytes, expected %d"
+              % (what, allocated(dest), want))
+    finally:
+        unlink_if(dest)
 
 
 def memfd_full(env):
@@ -302,8 +335,10 @@ def main():
     try:
         env = Env(pool)
         t.case("save a sparse hugetlbfs file with the pool empty", save_with_pool_empty, env)
-        t.case("restore into a new hugetlbfs file", restore_into, env, False)
-        t.case("restore over a stale hugetlbfs file", restore_into, env, True)
+        t.case("restore into a new hugetlbfs file", restore_into, env, None)
+        t.case("restore over a stale hugetlbfs file keeps its pages", restore_into, env, 0xFF)
+        t.case("restore over a zeroed hugetlbfs file keeps its pages", restore_into, env, 0)
+        t.case("restore over hugetlbfs stale pages, holes and zeros", restore_over_mixed, env)
         t.case("save and restore a hugetlb memfd (fd:N)", memfd_full, env)
         t.case("hugetlbfs errors: offset, size, empty pool", errors, env)
     finally:
