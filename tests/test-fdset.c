@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT
 /*
- * Tests for io/fdset: -add-fd parsing, /dev/fdset/N selection, fd:N, and the add-fd
+ * Tests for tools/common/fdset: -add-fd parsing, /dev/fdset/N selection, fd:N, and the add-fd
  * socket protocol with every error case. Each test checks that no descriptor leaks.
  */
 #include "fdset.h"
