@@ -6,6 +6,7 @@
 #include "cli.h"
 #include "config.h"
 #include "engine.h"
+#include "fdopen.h"
 #include "fdset.h"
 #include "ramsrc.h"
 #include "snapmr.h"
@@ -390,7 +391,7 @@ static int open_input(const struct args *a, int *ret_fd, int *ret_dfd)
 			close(fd);
 			return r;
 		}
-		if (!strncmp(a->file, "/dev/fdset/", 11))
+		if (snap_io_is_fdset_spec(a->file))
 			cli_note("%s: the fd set holds no O_RDONLY|O_DIRECT descriptor; reading "
 				 "buffered",
 				 a->file);

@@ -6,6 +6,7 @@
 #include "cli.h"
 #include "config.h"
 #include "engine.h"
+#include "fdopen.h"
 #include "fdset.h"
 #include "outfile.h"
 #include "ramsrc.h"

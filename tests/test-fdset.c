@@ -3,7 +3,10 @@
  * Tests for tools/common/fdset: -add-fd parsing, /dev/fdset/N selection, fd:N, and the add-fd
  * socket protocol with every error case. Each test checks that no descriptor leaks.
  */
+#include "fdopen.h"
+#include "fdpass.h"
 #include "fdset.h"
+#include "msg.h"
 
 #include <dirent.h>
 #include <errno.h>

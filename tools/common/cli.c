@@ -3,7 +3,9 @@
 #include "cli.h"
 #include "config.h"
 #include "engine.h"
+#include "fdpass.h"
 #include "fdset.h"
+#include "msg.h"
 #include "ramsrc.h"
 #include "outfile.h"
 

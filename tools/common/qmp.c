@@ -21,7 +21,7 @@
 
 #include <json-c/json.h>
 
-#include "fdset.h"
+#include "fdpass.h"
 
 #define RECV_CHUNK 65536
 /* Room for a line of QMP_LINE_MAX bytes and its "\r\n". */

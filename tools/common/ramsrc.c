@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: MIT
 /* Parsing and mapping of RAM block sources and destinations. */
 #include "ramsrc.h"
-#include "fdset.h"
+#include "fdopen.h"
 #include "layout.h"
 
 #include <ctype.h>
