@@ -165,7 +165,7 @@ static int parse_args(int argc, char **argv, struct args *a)
 		cli_err("--verify and --no-verify contradict each other");
 		return 2;
 	}
-	return 0;
+	return cli_common_finish(&a->cc) ? 2 : 0;
 }
 
 /*

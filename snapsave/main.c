@@ -128,7 +128,7 @@ static int parse_args(int argc, char **argv, struct args *a)
 		cli_err("no RAM blocks (--ram NAME=SOURCE)");
 		return 2;
 	}
-	return 0;
+	return cli_common_finish(&a->cc) ? 2 : 0;
 }
 
 static int open_devstate(const char *spec)

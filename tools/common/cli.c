@@ -185,6 +185,20 @@ int cli_common_option(int c, char **argv, struct cli_common *cc, void (*usage)(F
 	}
 }
 
+int cli_common_finish(struct cli_common *cc)
+{
+	const struct snap_io_ops *ops =
+		cc->opts.engine ? snap_io_engine_find(cc->opts.engine) : NULL;
+
+	/* Process policy stays in the tools: the library reads no environment. */
+	cc->opts.engine_first = getenv("SNAPMR_IO_ENGINE");
+	if (ops && (ops->flags & SNAP_IO_F_DIRECT_ONLY) && cc->opts.direct == SNAP_DIRECT_OFF) {
+		cli_err("--io %s needs O_DIRECT (use --direct on or another engine)", ops->name);
+		return -EINVAL;
+	}
+	return 0;
+}
+
 int cli_add_ram(struct snap_ram_spec *ram, size_t *n, const char *arg)
 {
 	char ebuf[512];

@@ -69,6 +69,13 @@ struct cli_common {
  */
 int cli_common_option(int c, char **argv, struct cli_common *cc, void (*usage)(FILE *));
 
+/*
+ * After the options: what the environment decides (SNAPMR_IO_ENGINE, the
+ * engine tried first when --io is not given) and the checks that need several
+ * options. 0, or -EINVAL after printing a usage error.
+ */
+int cli_common_finish(struct cli_common *cc);
+
 /* Progress callback: bytes done/total, MiB/s and ETA on one stderr line. */
 void cli_progress(void *arg, const struct snap_progress *p);
 void cli_progress_end(void);
