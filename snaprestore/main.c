@@ -119,20 +119,23 @@ static int parse_args(int argc, char **argv, struct args *a)
 	while ((c = getopt_long(argc, argv, ":r:a:d:ij:hV", long_opts, NULL)) != -1) {
 		int k = cli_common_option(c, argv, &a->cc, usage);
 
-		if (k == 1)
-			continue;
-		if (k)
+		if (k < 0)
 			return k;
+		if (a->cc.done)
+			return 0;
+		if (k)
+			continue;
 		switch (c) {
 		case 'r':
-			if (cli_add_ram(a->ram, &a->n_ram, optarg))
-				return 2;
+			k = cli_add_ram(a->ram, &a->n_ram, optarg);
+			if (k < 0)
+				return k;
 			break;
 		case 'a': a->all_dir = optarg; break;
 		case OPT_SKIP:
 			if (a->n_skip == MAX_BLOCKS) {
 				cli_err("--skip: at most %d blocks", MAX_BLOCKS);
-				return 2;
+				return -EINVAL;
 			}
 			a->skip[a->n_skip++] = optarg;
 			break;
@@ -140,32 +143,32 @@ static int parse_args(int argc, char **argv, struct args *a)
 		case OPT_VERIFY: a->verify = true; break;
 		case OPT_NO_VERIFY: a->cc.opts.no_verify = true; break;
 		case OPT_FORCE: a->force = true; break;
-		default: cli_err("option '%s' is not handled", argv[optind - 1]); return 2;
+		default: cli_err("option '%s' is not handled", argv[optind - 1]); return -EINVAL;
 		}
 	}
 	if (optind >= argc) {
 		cli_err("no input file");
-		return 2;
+		return -EINVAL;
 	}
 	a->file = argv[optind++];
 	if (optind < argc) {
 		cli_err("unexpected argument '%s'", argv[optind]);
-		return 2;
+		return -EINVAL;
 	}
 	if ((a->info || a->verify) && (a->n_ram || a->all_dir || a->cc.devstate || a->n_skip)) {
 		cli_err("--%s does not restore: drop --ram, --all, --skip and --device-state",
 			a->info ? "info" : "verify");
-		return 2;
+		return -EINVAL;
 	}
 	if (a->info && a->verify) {
 		cli_err("--info and --verify: choose one");
-		return 2;
+		return -EINVAL;
 	}
 	if (a->verify && a->cc.opts.no_verify) {
 		cli_err("--verify and --no-verify contradict each other");
-		return 2;
+		return -EINVAL;
 	}
-	return cli_common_finish(&a->cc) ? 2 : 0;
+	return cli_common_finish(&a->cc);
 }
 
 /*
@@ -864,8 +867,8 @@ int main(int argc, char **argv)
 	cli_reserve_std_fds();
 	signal(SIGPIPE, SIG_IGN);
 	r = parse_args(argc, argv, &a);
-	if (r) {
-		ret = r < 0 ? 0 : r;
+	if (r < 0 || a.cc.done) {
+		ret = r < 0 ? 2 : 0;
 		goto free_specs;
 	}
 	if (a.cc.fd_socket && cli_fd_socket_start(a.cc.fd_socket))

@@ -95,40 +95,43 @@ static int parse_args(int argc, char **argv, struct args *a)
 	while ((c = getopt_long(argc, argv, ":o:r:d:m:j:hV", long_opts, NULL)) != -1) {
 		int k = cli_common_option(c, argv, &a->cc, usage);
 
-		if (k == 1)
-			continue;
-		if (k)
+		if (k < 0)
 			return k;
+		if (a->cc.done)
+			return 0;
+		if (k)
+			continue;
 		switch (c) {
 		case 'o': a->output = optarg; break;
 		case 'r':
-			if (cli_add_ram(a->ram, &a->n_ram, optarg))
-				return 2;
+			k = cli_add_ram(a->ram, &a->n_ram, optarg);
+			if (k < 0)
+				return k;
 			break;
 		case 'm':
 			if (!*optarg || strlen(optarg) > 255) {
 				cli_err("--machine: name must have 1 to 255 bytes");
-				return 2;
+				return -EINVAL;
 			}
 			a->machine = optarg;
 			break;
 		case OPT_NOSYNC: a->cc.opts.no_sync = true; break;
-		default: cli_err("option '%s' is not handled", argv[optind - 1]); return 2;
+		default: cli_err("option '%s' is not handled", argv[optind - 1]); return -EINVAL;
 		}
 	}
 	if (optind < argc) {
 		cli_err("unexpected argument '%s'", argv[optind]);
-		return 2;
+		return -EINVAL;
 	}
 	if (!a->output) {
 		cli_err("no output file (-o FILE)");
-		return 2;
+		return -EINVAL;
 	}
 	if (!a->n_ram) {
 		cli_err("no RAM blocks (--ram NAME=SOURCE)");
-		return 2;
+		return -EINVAL;
 	}
-	return cli_common_finish(&a->cc) ? 2 : 0;
+	return cli_common_finish(&a->cc);
 }
 
 static int open_devstate(const char *spec)
@@ -180,8 +183,8 @@ int main(int argc, char **argv)
 	cli_prog = "snapsave";
 	cli_reserve_std_fds();
 	r = parse_args(argc, argv, &a);
-	if (r) {
-		ret = r < 0 ? 0 : r;
+	if (r < 0 || a.cc.done) {
+		ret = r < 0 ? 2 : 0;
 		goto free_specs;
 	}
 	if (a.cc.fd_socket && cli_fd_socket_start(a.cc.fd_socket))
