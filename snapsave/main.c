@@ -168,6 +168,57 @@ static bool output_is_source(const struct args *a, const struct snap_outfile *ou
 	return false;
 }
 
+/* Maps every --ram source into maps and blocks. 0 or -errno after the error line. */
+static int map_sources(const struct args *a, struct snap_ram_map *maps, struct snap_block *blocks)
+{
+	char ebuf[512];
+	int r;
+
+	for (size_t i = 0; i < a->n_ram; i++) {
+		r = snap_ram_map_source(&a->ram[i], &maps[i], ebuf, sizeof(ebuf));
+		if (r) {
+			cli_err("block '%s': %s", a->ram[i].name, ebuf);
+			return r < 0 ? r : -EIO;
+		}
+		cli_watch_memory(a->ram[i].name, maps[i].addr, maps[i].length);
+		blocks[i] = (struct snap_block){ .name = a->ram[i].name,
+						 .addr = maps[i].addr,
+						 .length = maps[i].length,
+						 .fd = maps[i].fd,
+						 .fd_off = maps[i].offset };
+	}
+	return 0;
+}
+
+/* Saves into out and commits it, then reports. 0 or -errno after the error line. */
+static int run_save(const struct args *a, struct snap_outfile *out, struct snap_save_args *sa,
+		    struct snap_stats *st)
+{
+	struct snap_err err;
+	char ebuf[512];
+	int r;
+
+	r = snap_save(sa, &a->cc.opts, st, &err);
+	if (!r)
+		r = snap_outfile_commit(out, ebuf, sizeof(ebuf));
+	else
+		snprintf(ebuf, sizeof(ebuf), "%s", err.msg);
+	cli_progress_end();
+	if (r)
+		cli_err("%s: %s", a->output, ebuf);
+	/* After a commit this only closes the descriptors. */
+	snap_outfile_abort(out);
+	if (r)
+		return r < 0 ? r : -EIO;
+	if (st->engine_fallback)
+		cli_note("the preferred I/O engine cannot start here; using '%s'", st->engine);
+	if (st->direct_fell_back)
+		cli_note("O_DIRECT was refused for some writes; they went through the page cache");
+	if (a->cc.json)
+		cli_print_stats_json(stdout, "completed", st);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	struct args a = { 0 };
@@ -176,7 +227,6 @@ int main(int argc, char **argv)
 	struct snap_outfile out;
 	struct snap_save_args sa = { 0 };
 	struct snap_stats st;
-	struct snap_err err;
 	char ebuf[512];
 	int devstate_fd = -1, ret = 1, r;
 
@@ -191,19 +241,8 @@ int main(int argc, char **argv)
 		goto free_specs;
 
 	cli_install_fault_handler("the save was abandoned");
-	for (size_t i = 0; i < a.n_ram; i++) {
-		r = snap_ram_map_source(&a.ram[i], &maps[i], ebuf, sizeof(ebuf));
-		if (r) {
-			cli_err("block '%s': %s", a.ram[i].name, ebuf);
-			goto unmap;
-		}
-		cli_watch_memory(a.ram[i].name, maps[i].addr, maps[i].length);
-		blocks[i] = (struct snap_block){ .name = a.ram[i].name,
-						 .addr = maps[i].addr,
-						 .length = maps[i].length,
-						 .fd = maps[i].fd,
-						 .fd_off = maps[i].offset };
-	}
+	if (map_sources(&a, maps, blocks))
+		goto unmap;
 	if (a.cc.devstate) {
 		devstate_fd = open_devstate(a.cc.devstate);
 		if (devstate_fd < 0)
@@ -240,25 +279,8 @@ int main(int argc, char **argv)
 						: SNAP_DEVSTATE_SECTION,
 		.devstate_fd = devstate_fd,
 	};
-	r = snap_save(&sa, &a.cc.opts, &st, &err);
-	if (!r)
-		r = snap_outfile_commit(&out, ebuf, sizeof(ebuf));
-	else
-		snprintf(ebuf, sizeof(ebuf), "%s", err.msg);
-	cli_progress_end();
-	if (r) {
-		cli_err("%s: %s", a.output, ebuf);
-		snap_outfile_abort(&out);
-		goto close_devstate;
-	}
-	snap_outfile_abort(&out);
-	if (st.engine_fallback)
-		cli_note("the preferred I/O engine cannot start here; using '%s'", st.engine);
-	if (st.direct_fell_back)
-		cli_note("O_DIRECT was refused for some writes; they went through the page cache");
-	if (a.cc.json)
-		cli_print_stats_json(stdout, "completed", &st);
-	ret = 0;
+	if (run_save(&a, &out, &sa, &st) == 0)
+		ret = 0;
 
 close_devstate:
 	if (devstate_fd >= 0)
