@@ -94,7 +94,7 @@ int snap_fdset_connect(const char *spec, int *ret_sock, char *errbuf, size_t err
 	return 0;
 }
 
-static int64_t now_ms(void)
+int64_t snap_now_ms(void)
 {
 	struct timespec ts;
 
@@ -102,15 +102,14 @@ static int64_t now_ms(void)
 	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-/* Waits for events on fd until deadline (< 0: forever). 0, -ETIMEDOUT or -errno. */
-static int wait_fd(int fd, short events, int64_t deadline)
+int snap_wait_fd(int fd, short events, int64_t deadline)
 {
 	for (;;) {
 		struct pollfd p = { .fd = fd, .events = events };
 		int t = -1, r;
 
 		if (deadline >= 0) {
-			int64_t left = deadline - now_ms();
+			int64_t left = deadline - snap_now_ms();
 
 			if (left <= 0)
 				return -ETIMEDOUT;
@@ -137,7 +136,7 @@ static int send_all(int sock, const char *buf, size_t len, int64_t deadline)
 				continue;
 			if (errno != EAGAIN && errno != EWOULDBLOCK)
 				return -errno;
-			r = wait_fd(sock, POLLOUT, deadline);
+			r = snap_wait_fd(sock, POLLOUT, deadline);
 			if (r < 0)
 				return r;
 			continue;
@@ -222,7 +221,7 @@ static int recv_byte(struct session *s, char *ret_c)
 			serr(s, "receiving from the manager: %s", strerror(-r));
 			return r;
 		}
-		r = wait_fd(s->sock, POLLIN, s->deadline);
+		r = snap_wait_fd(s->sock, POLLIN, s->deadline);
 		if (r == -ETIMEDOUT) {
 			serr(s, "timed out waiting for the manager");
 			return r;
@@ -501,7 +500,7 @@ int snap_fdset_recv(int sock, int timeout_ms, unsigned *ret_n_fds, char *errbuf,
 		return -ENOMEM;
 	}
 	s->sock = sock;
-	s->deadline = timeout_ms < 0 ? -1 : now_ms() + timeout_ms;
+	s->deadline = timeout_ms < 0 ? -1 : snap_now_ms() + timeout_ms;
 	r = session_run(s, &json);
 	close_line_fds(s);
 	if (r < 0) {

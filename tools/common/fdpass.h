@@ -10,6 +10,7 @@
 #include "fdproto-json.h"
 
 #include <stddef.h>
+#include <stdint.h>
 
 /* Most descriptors one snap_fdset_recv() session accepts. */
 #define SNAP_FDSET_RECV_MAX_FDS 64
@@ -45,5 +46,13 @@ int snap_fdset_send_result(int sock, const char *json_line);
  * stream socket, -ENAMETOOLONG for a path too long for sockaddr_un.
  */
 int snap_fdset_connect(const char *spec, int *ret_sock, char *errbuf, size_t errlen);
+
+/* CLOCK_MONOTONIC in milliseconds, for deadlines. */
+int64_t snap_now_ms(void);
+/*
+ * Waits for events on fd until deadline (snap_now_ms() time; < 0: forever),
+ * through EINTR. 0, -ETIMEDOUT or -errno.
+ */
+int snap_wait_fd(int fd, short events, int64_t deadline);
 
 #endif
