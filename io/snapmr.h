@@ -42,10 +42,11 @@ struct snap_progress {
 typedef void (*snap_progress_fn)(void *arg, const struct snap_progress *p);
 
 struct snap_opts {
-	unsigned jobs;	      /* worker threads; 0 = two per online CPU, at most 16 */
-	const char *engine;   /* "threads", "uring", "aio"; NULL = best available */
-	unsigned queue_depth; /* requests in flight per worker; 0 = engine default */
-	size_t max_io;	      /* bytes per request; 0 = 1 MiB */
+	unsigned jobs;		  /* worker threads; 0 = two per online CPU, at most 16 */
+	const char *engine;	  /* "threads", "uring", "aio"; NULL = best available */
+	const char *engine_first; /* without engine: tried first (NULL: the default order) */
+	unsigned queue_depth;	  /* requests in flight per worker; 0 = engine default */
+	size_t max_io;		  /* bytes per request; 0 = 1 MiB */
 	enum snap_direct direct;
 	snap_progress_fn progress; /* called from the calling thread, or NULL */
 	void *progress_arg;

@@ -52,11 +52,10 @@ static int try_engine(struct snap_pool *pool, const struct snap_io_ops *ops)
 	return r;
 }
 
-int snap_pool_pick_engine(struct snap_pool *pool, const char *name, bool direct, bool *ret_fallback,
-			  char *errbuf, size_t errlen)
+int snap_pool_pick_engine(struct snap_pool *pool, const char *name, const char *first, bool direct,
+			  bool *ret_fallback, char *errbuf, size_t errlen)
 {
 	const char *const *names = snap_io_engine_names();
-	const char *first = getenv("SNAPMR_IO_ENGINE");
 	const struct snap_io_ops *order[8];
 	size_t n = 0;
 	bool failed = false;
@@ -79,7 +78,7 @@ int snap_pool_pick_engine(struct snap_pool *pool, const char *name, bool direct,
 		pool->ops = ops;
 		return 0;
 	}
-	/* The default order, led by SNAPMR_IO_ENGINE when it names an engine. */
+	/* The default order, led by `first` when it names an engine. */
 	if (first && snap_io_engine_find(first))
 		order[n++] = snap_io_engine_find(first);
 	for (size_t i = 0; names[i] && n < 8; i++)
@@ -131,7 +130,8 @@ int snap_pool_setup(struct snap_pool *pool, const struct snap_opts *opts, int fd
 			 pool->max_io);
 		return -EINVAL;
 	}
-	r = snap_pool_pick_engine(pool, opts->engine, direct, ret_fallback, errbuf, errlen);
+	r = snap_pool_pick_engine(pool, opts->engine, opts->engine_first, direct, ret_fallback,
+				  errbuf, errlen);
 	if (r)
 		return r;
 	pool->depth = opts->queue_depth
@@ -139,7 +139,7 @@ int snap_pool_setup(struct snap_pool *pool, const struct snap_opts *opts, int fd
 			      : (pool->ops->flags & SNAP_IO_F_ASYNC ? SNAP_DEFAULT_DEPTH : 1);
 	if ((pool->ops->flags & SNAP_IO_F_DIRECT_ONLY) && !direct) {
 		snprintf(errbuf, errlen,
-			 "I/O engine '%s' needs O_DIRECT (use --direct on or another engine)",
+			 "I/O engine '%s' needs O_DIRECT, which is off or unavailable here",
 			 pool->ops->name);
 		return -EINVAL;
 	}

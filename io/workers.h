@@ -39,14 +39,15 @@ typedef int (*snap_worker_fn)(struct snap_pool *pool, void *arg, struct snap_io_
 
 /*
  * Chooses the engine: `name`, or the first compiled-in engine, in the order
- * uring, aio, threads (led by the engine the SNAPMR_IO_ENGINE environment
- * variable names, if any), whose init works here; aio only when `direct`,
+ * uring, aio, threads (led by the engine `first` names, if any: the tools
+ * take it from the SNAPMR_IO_ENGINE environment variable), whose init works
+ * here; aio only when `direct`,
  * since libaio is synchronous without O_DIRECT. Fills pool->ops;
  * *ret_fallback is true when a preferred engine failed to start. errbuf
  * names the problem.
  */
-int snap_pool_pick_engine(struct snap_pool *pool, const char *name, bool direct, bool *ret_fallback,
-			  char *errbuf, size_t errlen);
+int snap_pool_pick_engine(struct snap_pool *pool, const char *name, const char *first, bool direct,
+			  bool *ret_fallback, char *errbuf, size_t errlen);
 
 #define SNAP_DEFAULT_MAX_IO   (1u << 20) /* bytes per request */
 #define SNAP_MAX_DEFAULT_JOBS 16u

@@ -3,9 +3,11 @@
  * snaprestore: restore RAM blocks and device state from a QEMU mapped-ram
  * file, or inspect one. Parses arguments, maps destinations, calls the library.
  */
+#include "cleanup.h"
 #include "cli.h"
 #include "config.h"
 #include "engine.h"
+#include "fdopen.h"
 #include "fdset.h"
 #include "qmp-restore.h"
 #include "ramsrc.h"
@@ -127,20 +129,23 @@ static int parse_args(int argc, char **argv, struct args *a)
 	while ((c = getopt_long(argc, argv, ":r:a:d:ij:hV", long_opts, NULL)) != -1) {
 		int k = cli_common_option(c, argv, &a->cc, usage);
 
-		if (k == 1)
-			continue;
-		if (k)
+		if (k < 0)
 			return k;
+		if (a->cc.done)
+			return 0;
+		if (k)
+			continue;
 		switch (c) {
 		case 'r':
-			if (cli_add_ram(a->ram, &a->n_ram, optarg))
-				return 2;
+			k = cli_add_ram(a->ram, &a->n_ram, optarg);
+			if (k < 0)
+				return k;
 			break;
 		case 'a': a->all_dir = optarg; break;
 		case OPT_SKIP:
 			if (a->n_skip == MAX_BLOCKS) {
 				cli_err("--skip: at most %d blocks", MAX_BLOCKS);
-				return 2;
+				return -EINVAL;
 			}
 			a->skip[a->n_skip++] = optarg;
 			break;
@@ -150,39 +155,39 @@ static int parse_args(int argc, char **argv, struct args *a)
 		case OPT_FORCE: a->force = true; break;
 		case OPT_QMP: a->qmp.qmp = optarg; break;
 		case OPT_PAUSED: a->qmp.paused = true; break;
-		default: cli_err("option '%s' is not handled", argv[optind - 1]); return 2;
+		default: cli_err("option '%s' is not handled", argv[optind - 1]); return -EINVAL;
 		}
 	}
 	if (optind >= argc) {
 		cli_err("no input file");
-		return 2;
+		return -EINVAL;
 	}
 	a->file = argv[optind++];
 	if (optind < argc) {
 		cli_err("unexpected argument '%s'", argv[optind]);
-		return 2;
+		return -EINVAL;
 	}
 	if ((a->info || a->verify) && (a->n_ram || a->all_dir || a->cc.devstate || a->n_skip)) {
 		cli_err("--%s does not restore: drop --ram, --all, --skip and --device-state",
 			a->info ? "info" : "verify");
-		return 2;
+		return -EINVAL;
 	}
 	if ((a->qmp.qmp || a->qmp.paused) && (!a->qmp.qmp || a->info || a->verify || a->n_ram ||
 					      a->all_dir || a->cc.devstate || a->n_skip)) {
 		cli_err(a->qmp.qmp ? "--qmp fills the waiting QEMU's backends itself: drop --ram, "
 				     "--all, --skip, --device-state, --info and --verify"
 				   : "--paused needs --qmp SOCKET");
-		return 2;
+		return -EINVAL;
 	}
 	if (a->info && a->verify) {
 		cli_err("--info and --verify: choose one");
-		return 2;
+		return -EINVAL;
 	}
 	if (a->verify && a->cc.opts.no_verify) {
 		cli_err("--verify and --no-verify contradict each other");
-		return 2;
+		return -EINVAL;
 	}
-	return 0;
+	return cli_common_finish(&a->cc);
 }
 
 /*
@@ -396,7 +401,7 @@ static int open_input(const struct args *a, int *ret_fd, int *ret_dfd)
 			close(fd);
 			return r;
 		}
-		if (!strncmp(a->file, "/dev/fdset/", 11))
+		if (snap_io_is_fdset_spec(a->file))
 			cli_note("%s: the fd set holds no O_RDONLY|O_DIRECT descriptor; reading "
 				 "buffered",
 				 a->file);
@@ -572,7 +577,7 @@ static int check_targets(const struct args *a, int fd, const struct snap_block *
 		return 0;
 	if (ds && cli_same_file(&dso->target, &in)) {
 		cli_err("device state '%s' is the input file %s", dso->spec, a->file);
-		return 1;
+		return -EINVAL;
 	}
 	for (size_t i = 0; i < n; i++) {
 		if (fstat(maps[i].fd, &si) < 0)
@@ -580,12 +585,12 @@ static int check_targets(const struct args *a, int fd, const struct snap_block *
 		if (cli_same_file(&si, &in)) {
 			cli_err("block '%s': its destination is the input file %s", blocks[i].name,
 				a->file);
-			return 1;
+			return -EINVAL;
 		}
 		if (ds && cli_same_file(&si, &dso->target)) {
 			cli_err("device state '%s' is the destination of block '%s'", dso->spec,
 				blocks[i].name);
-			return 1;
+			return -EINVAL;
 		}
 		for (size_t j = 0; j < i; j++)
 			if (fstat(maps[j].fd, &sj) == 0 && cli_same_file(&si, &sj) &&
@@ -594,7 +599,7 @@ static int check_targets(const struct args *a, int fd, const struct snap_block *
 				cli_err("blocks '%s' and '%s' overlap in the same destination "
 					"(give each its own file or offset=)",
 					blocks[j].name, blocks[i].name);
-				return 1;
+				return -EINVAL;
 			}
 	}
 	return 0;
@@ -640,111 +645,129 @@ static int map_block(const struct mr_block_info *b, const struct snap_ram_spec *
 	return r;
 }
 
-static int do_restore(struct args *a, int fd, int dfd, const struct snap_file *f)
+/* Every block --ram or --skip names is in the file, and the file fits: 0 or -errno. */
+static int check_request(const struct args *a, const struct mr_image *img)
 {
-	const struct mr_image *img = f->img;
-	struct snap_ram_map maps[MAX_BLOCKS] = { 0 };
-	struct snap_block blocks[MAX_BLOCKS];
-	struct snap_ram_spec all_specs[MAX_BLOCKS] = { 0 };
-	size_t n = 0;
-	struct snap_restore_args ra = { 0 };
-	struct devstate_out dso = { .fd = -1, .dirfd = -1 };
-	struct snap_stats st;
-	struct snap_err err;
-	int all_dirfd = -1, ret = 1;
-
-	cli_install_fault_handler("the restore was abandoned");
-	cli_install_signal_cleanup();
 	for (size_t i = 0; i < a->n_ram; i++)
 		if (!mr_image_block(img, a->ram[i].name)) {
 			cli_err("%s: block '%s' is not in the file", a->file, a->ram[i].name);
-			return 1;
+			return -ENOENT;
 		}
 	for (size_t i = 0; i < a->n_skip; i++)
 		if (!mr_image_block(img, a->skip[i])) {
 			cli_err("%s: --skip: block '%s' is not in the file", a->file, a->skip[i]);
-			return 1;
+			return -ENOENT;
 		}
 	if (a->cc.devstate && !a->cc.devstate_raw && !img->has_devstate) {
 		cli_err("%s: no snapmr device-state section (a QEMU file keeps its device state in "
 			"the raw stream tail: use --device-state-raw)",
 			a->file);
-		return 1;
+		return -ENOENT;
 	}
 	if (img->n_blocks > MAX_BLOCKS) {
 		cli_err("%s: more than %d blocks", a->file, MAX_BLOCKS);
-		return 1;
+		return -E2BIG;
 	}
-	if (a->all_dir) {
-		all_dirfd = open_all_dir(a->all_dir);
-		if (all_dirfd < 0)
-			return 1;
+	return 0;
+}
+
+/* Where the restore puts the file's blocks, and what it has mapped so far. */
+struct plan {
+	struct snap_ram_map maps[MAX_BLOCKS];
+	struct snap_block blocks[MAX_BLOCKS];
+	struct snap_ram_spec all_specs[MAX_BLOCKS]; /* --all destinations, by file block */
+	size_t n;				    /* blocks mapped */
+	int all_dirfd;
+};
+
+/*
+ * Block i's destination: its --ram spec, else a file under --all DIR (a spec
+ * built in p->all_specs, *ret_dirfd the directory). *ret_spec is NULL for a
+ * skipped block. -errno after the error line.
+ */
+static int block_dest(const struct args *a, const struct mr_block_info *b, size_t i, struct plan *p,
+		      const struct snap_ram_spec **ret_spec, int *ret_dirfd)
+{
+	char enc[1024], *path;
+
+	*ret_dirfd = -1;
+	*ret_spec = NULL;
+	for (size_t j = 0; j < a->n_ram; j++)
+		if (!strcmp(a->ram[j].name, b->name))
+			*ret_spec = &a->ram[j];
+	if (*ret_spec || skipped(a, b->name))
+		return 0;
+	if (!a->all_dir) {
+		cli_err("%s: block '%s' has no destination (use --ram '%s=DEST', --all DIR "
+			"or --skip '%s')",
+			a->file, b->name, b->name, b->name);
+		return -EINVAL;
 	}
+	encode_name(b->name, enc, sizeof(enc));
+	if (asprintf(&path, "%s/%s", a->all_dir, enc) < 0) {
+		cli_err("out of memory");
+		return -ENOMEM;
+	}
+	snprintf(p->all_specs[i].name, sizeof(p->all_specs[i].name), "%s", b->name);
+	p->all_specs[i].where = path;
+	*ret_spec = &p->all_specs[i];
+	*ret_dirfd = p->all_dirfd;
+	return 0;
+}
+
+/* Maps every block that has a destination into p. 0 or -errno after the error line. */
+static int map_blocks(const struct args *a, const struct mr_image *img, struct plan *p)
+{
 	for (size_t i = 0; i < img->n_blocks; i++) {
 		const struct mr_block_info *b = &img->blocks[i];
-		const struct snap_ram_spec *spec = NULL;
-		int in_dir = -1;
+		const struct snap_ram_spec *spec;
+		struct snap_ram_map *m = &p->maps[p->n];
+		int in_dir, r;
 
-		for (size_t j = 0; j < a->n_ram; j++)
-			if (!strcmp(a->ram[j].name, b->name))
-				spec = &a->ram[j];
-		if (!spec && skipped(a, b->name))
+		r = block_dest(a, b, i, p, &spec, &in_dir);
+		if (r < 0)
+			return r;
+		if (!spec)
 			continue;
-		if (!spec && a->all_dir) {
-			char enc[1024], *path;
+		r = map_block(b, spec, in_dir, m);
+		if (r)
+			return r < 0 ? r : -EIO;
+		cli_watch_memory(b->name, m->addr, b->length);
+		p->blocks[p->n++] = (struct snap_block){ .name = b->name,
+							 .addr = m->addr,
+							 .length = b->length,
+							 .fd = m->fd,
+							 .fd_off = m->offset,
+							 .zeroed = m->zeroed };
+	}
+	return 0;
+}
 
-			encode_name(b->name, enc, sizeof(enc));
-			if (asprintf(&path, "%s/%s", a->all_dir, enc) < 0) {
-				cli_err("out of memory");
-				goto fail;
-			}
-			snprintf(all_specs[i].name, sizeof(all_specs[i].name), "%s", b->name);
-			all_specs[i].where = path;
-			spec = &all_specs[i];
-			in_dir = all_dirfd;
-		}
-		if (!spec) {
-			cli_err("%s: block '%s' has no destination (use --ram '%s=DEST', --all DIR "
-				"or --skip '%s')",
-				a->file, b->name, b->name, b->name);
-			goto fail;
-		}
-		if (map_block(b, spec, in_dir, &maps[n]))
-			goto fail;
-		cli_watch_memory(b->name, maps[n].addr, b->length);
-		blocks[n] = (struct snap_block){ .name = b->name,
-						 .addr = maps[n].addr,
-						 .length = b->length,
-						 .fd = maps[n].fd,
-						 .fd_off = maps[n].offset,
-						 .zeroed = maps[n].zeroed };
-		n++;
-	}
-	if (a->cc.devstate && open_devstate_out(a->cc.devstate, &dso))
-		goto fail;
-	if (check_targets(a, fd, blocks, maps, n, a->cc.devstate ? &dso : NULL))
-		goto fail;
-	if (dso.in_place_truncate && ftruncate(dso.fd, 0) < 0) {
-		cli_err("device state '%s': %s", dso.spec, strerror(errno));
-		goto fail;
-	}
-	ra = (struct snap_restore_args){
+/* Runs the restore into p's blocks and dso, then reports. 0 or -errno after the error line. */
+static int run_restore(struct args *a, int fd, int dfd, const struct snap_file *f,
+		       const struct plan *p, struct devstate_out *dso)
+{
+	struct snap_restore_args ra = {
 		.fd = fd,
 		.direct_fd = dfd,
 		.file = f,
-		.blocks = blocks,
-		.n_blocks = n,
-		.devstate_fd = dso.fd,
+		.blocks = p->blocks,
+		.n_blocks = p->n,
+		.devstate_fd = dso->fd,
 		.devstate_raw = a->cc.devstate_raw,
 	};
-	if (snap_restore(&ra, &a->cc.opts, &st, &err)) {
-		cli_progress_end();
-		cli_err("%s: %s", a->file, err.msg);
-		goto fail;
-	}
+	struct snap_stats st;
+	struct snap_err err;
+	int r;
+
+	r = snap_restore(&ra, &a->cc.opts, &st, &err);
 	cli_progress_end();
-	if (dso.fd >= 0 && sync_devstate_out(&dso))
-		goto fail;
+	if (r) {
+		cli_err("%s: %s", a->file, err.msg);
+		return r < 0 ? r : -EIO;
+	}
+	if (dso->fd >= 0 && sync_devstate_out(dso))
+		return -EIO;
 	if (st.engine_fallback)
 		cli_note("the preferred I/O engine cannot start here; using '%s'", st.engine);
 	if (st.direct_fell_back)
@@ -752,26 +775,62 @@ static int do_restore(struct args *a, int fd, int dfd, const struct snap_file *f
 	if (a->cc.json) {
 		cli_print_stats_json(stdout, "completed", &st);
 		/* Unreported statistics fail the run before the device state is renamed in. */
-		if (cli_stdout_flush())
-			goto fail;
+		r = cli_stdout_flush();
+		if (r < 0)
+			return r;
 	}
-	if (dso.fd >= 0 && commit_devstate_out(&dso))
-		goto fail;
+	if (dso->fd >= 0 && commit_devstate_out(dso))
+		return -EIO;
 	last_stats = st;
 	have_stats = true;
-	ret = 0;
-fail:
-	if (ret)
+	return 0;
+}
+
+/* The restore: plan, map, run, report. 0 or -errno after the error line. */
+static int do_restore(struct args *a, int fd, int dfd, const struct snap_file *f)
+{
+	const struct mr_image *img = f->img;
+	_cleanup_free_ struct plan *p = calloc(1, sizeof(*p));
+	struct devstate_out dso = { .fd = -1, .dirfd = -1 };
+	int r;
+
+	if (!p) {
+		cli_err("out of memory");
+		return -ENOMEM;
+	}
+	p->all_dirfd = -1;
+	cli_install_fault_handler("the restore was abandoned");
+	cli_install_signal_cleanup();
+	r = check_request(a, img);
+	if (r < 0)
+		return r;
+	if (a->all_dir) {
+		p->all_dirfd = open_all_dir(a->all_dir);
+		if (p->all_dirfd < 0)
+			return -EIO;
+	}
+	r = map_blocks(a, img, p);
+	if (!r && a->cc.devstate && open_devstate_out(a->cc.devstate, &dso))
+		r = -EIO;
+	if (!r)
+		r = check_targets(a, fd, p->blocks, p->maps, p->n, a->cc.devstate ? &dso : NULL);
+	if (!r && dso.in_place_truncate && ftruncate(dso.fd, 0) < 0) {
+		r = -errno;
+		cli_err("device state '%s': %s", dso.spec, strerror(-r));
+	}
+	if (!r)
+		r = run_restore(a, fd, dfd, f, p, &dso);
+	if (r)
 		cli_remove_aborted();
 	cli_forget_memory();
 	close_devstate_out(&dso);
-	for (size_t i = 0; i < n; i++)
-		snap_ram_unmap(&maps[i]);
-	if (all_dirfd >= 0)
-		close(all_dirfd);
+	for (size_t i = 0; i < p->n; i++)
+		snap_ram_unmap(&p->maps[i]);
+	if (p->all_dirfd >= 0)
+		close(p->all_dirfd);
 	for (size_t i = 0; i < img->n_blocks && i < MAX_BLOCKS; i++)
-		free(all_specs[i].where);
-	return ret;
+		free(p->all_specs[i].where);
+	return r;
 }
 
 static void print_mismatch(void *arg, const struct snap_mismatch *m)
@@ -869,8 +928,8 @@ int main(int argc, char **argv)
 	cli_reserve_std_fds();
 	signal(SIGPIPE, SIG_IGN);
 	r = parse_args(argc, argv, &a);
-	if (r) {
-		ret = r < 0 ? 0 : r;
+	if (r < 0 || a.cc.done) {
+		ret = r < 0 ? 2 : 0;
 		goto free_specs;
 	}
 	if (a.cc.fd_socket && cli_fd_socket_start(a.cc.fd_socket))
@@ -910,7 +969,8 @@ int main(int argc, char **argv)
 	} else if (!check_integrity(&a, f)) {
 		a.qmp.file = a.file;
 		a.qmp.cc = &a.cc;
-		ret = a.qmp.qmp ? qmp_restore(&a.qmp, fd, dfd, f) : do_restore(&a, fd, dfd, f);
+		ret = a.qmp.qmp ? qmp_restore(&a.qmp, fd, dfd, f)
+				: (do_restore(&a, fd, dfd, f) < 0 ? 1 : 0);
 	}
 	snap_file_free(f);
 close_fds:

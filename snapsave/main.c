@@ -6,6 +6,7 @@
 #include "cli.h"
 #include "config.h"
 #include "engine.h"
+#include "fdopen.h"
 #include "fdset.h"
 #include "outfile.h"
 #include "qmp-save.h"
@@ -105,20 +106,23 @@ static int parse_args(int argc, char **argv, struct args *a)
 	while ((c = getopt_long(argc, argv, ":o:r:d:m:j:hV", long_opts, NULL)) != -1) {
 		int k = cli_common_option(c, argv, &a->cc, usage);
 
-		if (k == 1)
-			continue;
-		if (k)
+		if (k < 0)
 			return k;
+		if (a->cc.done)
+			return 0;
+		if (k)
+			continue;
 		switch (c) {
 		case 'o': a->output = optarg; break;
 		case 'r':
-			if (cli_add_ram(a->ram, &a->n_ram, optarg))
-				return 2;
+			k = cli_add_ram(a->ram, &a->n_ram, optarg);
+			if (k < 0)
+				return k;
 			break;
 		case 'm':
 			if (!*optarg || strlen(optarg) > 255) {
 				cli_err("--machine: name must have 1 to 255 bytes");
-				return 2;
+				return -EINVAL;
 			}
 			a->machine = optarg;
 			break;
@@ -126,24 +130,27 @@ static int parse_args(int argc, char **argv, struct args *a)
 		case OPT_QMP: a->qmp.qmp = optarg; break;
 		case OPT_RESUME: a->qmp.resume = true; break;
 		case OPT_QUIT: a->qmp.quit = true; break;
-		default: cli_err("option '%s' is not handled", argv[optind - 1]); return 2;
+		default: cli_err("option '%s' is not handled", argv[optind - 1]); return -EINVAL;
 		}
 	}
 	if (optind < argc) {
 		cli_err("unexpected argument '%s'", argv[optind]);
-		return 2;
+		return -EINVAL;
 	}
 	if (!a->output) {
 		cli_err("no output file (-o FILE)");
-		return 2;
+		return -EINVAL;
 	}
-	if (a->qmp.qmp || a->qmp.resume || a->qmp.quit)
-		return qmp_save_check_args(&a->qmp, a->output, a->n_ram, a->machine, &a->cc);
+	if ((a->qmp.qmp || a->qmp.resume || a->qmp.quit) &&
+	    qmp_save_check_args(&a->qmp, a->output, a->n_ram, a->machine, &a->cc))
+		return -EINVAL;
+	if (a->qmp.qmp)
+		return cli_common_finish(&a->cc);
 	if (!a->n_ram) {
 		cli_err("no RAM blocks (--ram NAME=SOURCE)");
-		return 2;
+		return -EINVAL;
 	}
-	return 0;
+	return cli_common_finish(&a->cc);
 }
 
 static int open_devstate(const char *spec)
@@ -180,6 +187,57 @@ static bool output_is_source(const struct args *a, const struct snap_outfile *ou
 	return false;
 }
 
+/* Maps every --ram source into maps and blocks. 0 or -errno after the error line. */
+static int map_sources(const struct args *a, struct snap_ram_map *maps, struct snap_block *blocks)
+{
+	char ebuf[512];
+	int r;
+
+	for (size_t i = 0; i < a->n_ram; i++) {
+		r = snap_ram_map_source(&a->ram[i], &maps[i], ebuf, sizeof(ebuf));
+		if (r) {
+			cli_err("block '%s': %s", a->ram[i].name, ebuf);
+			return r < 0 ? r : -EIO;
+		}
+		cli_watch_memory(a->ram[i].name, maps[i].addr, maps[i].length);
+		blocks[i] = (struct snap_block){ .name = a->ram[i].name,
+						 .addr = maps[i].addr,
+						 .length = maps[i].length,
+						 .fd = maps[i].fd,
+						 .fd_off = maps[i].offset };
+	}
+	return 0;
+}
+
+/* Saves into out and commits it, then reports. 0 or -errno after the error line. */
+static int run_save(const struct args *a, struct snap_outfile *out, struct snap_save_args *sa,
+		    struct snap_stats *st)
+{
+	struct snap_err err;
+	char ebuf[512];
+	int r;
+
+	r = snap_save(sa, &a->cc.opts, st, &err);
+	if (!r)
+		r = snap_outfile_commit(out, ebuf, sizeof(ebuf));
+	else
+		snprintf(ebuf, sizeof(ebuf), "%s", err.msg);
+	cli_progress_end();
+	if (r)
+		cli_err("%s: %s", a->output, ebuf);
+	/* After a commit this only closes the descriptors. */
+	snap_outfile_abort(out);
+	if (r)
+		return r < 0 ? r : -EIO;
+	if (st->engine_fallback)
+		cli_note("the preferred I/O engine cannot start here; using '%s'", st->engine);
+	if (st->direct_fell_back)
+		cli_note("O_DIRECT was refused for some writes; they went through the page cache");
+	if (a->cc.json)
+		cli_print_stats_json(stdout, "completed", st);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	struct args a = { 0 };
@@ -188,15 +246,14 @@ int main(int argc, char **argv)
 	struct snap_outfile out;
 	struct snap_save_args sa = { 0 };
 	struct snap_stats st;
-	struct snap_err err;
 	char ebuf[512];
 	int devstate_fd = -1, ret = 1, r;
 
 	cli_prog = "snapsave";
 	cli_reserve_std_fds();
 	r = parse_args(argc, argv, &a);
-	if (r) {
-		ret = r < 0 ? 0 : r;
+	if (r < 0 || a.cc.done) {
+		ret = r < 0 ? 2 : 0;
 		goto free_specs;
 	}
 	if (a.cc.fd_socket && cli_fd_socket_start(a.cc.fd_socket))
@@ -207,19 +264,8 @@ int main(int argc, char **argv)
 	}
 
 	cli_install_fault_handler("the save was abandoned");
-	for (size_t i = 0; i < a.n_ram; i++) {
-		r = snap_ram_map_source(&a.ram[i], &maps[i], ebuf, sizeof(ebuf));
-		if (r) {
-			cli_err("block '%s': %s", a.ram[i].name, ebuf);
-			goto unmap;
-		}
-		cli_watch_memory(a.ram[i].name, maps[i].addr, maps[i].length);
-		blocks[i] = (struct snap_block){ .name = a.ram[i].name,
-						 .addr = maps[i].addr,
-						 .length = maps[i].length,
-						 .fd = maps[i].fd,
-						 .fd_off = maps[i].offset };
-	}
+	if (map_sources(&a, maps, blocks))
+		goto unmap;
 	if (a.cc.devstate) {
 		devstate_fd = open_devstate(a.cc.devstate);
 		if (devstate_fd < 0)
@@ -256,25 +302,8 @@ int main(int argc, char **argv)
 						: SNAP_DEVSTATE_SECTION,
 		.devstate_fd = devstate_fd,
 	};
-	r = snap_save(&sa, &a.cc.opts, &st, &err);
-	if (!r)
-		r = snap_outfile_commit(&out, ebuf, sizeof(ebuf));
-	else
-		snprintf(ebuf, sizeof(ebuf), "%s", err.msg);
-	cli_progress_end();
-	if (r) {
-		cli_err("%s: %s", a.output, ebuf);
-		snap_outfile_abort(&out);
-		goto close_devstate;
-	}
-	snap_outfile_abort(&out);
-	if (st.engine_fallback)
-		cli_note("the preferred I/O engine cannot start here; using '%s'", st.engine);
-	if (st.direct_fell_back)
-		cli_note("O_DIRECT was refused for some writes; they went through the page cache");
-	if (a.cc.json)
-		cli_print_stats_json(stdout, "completed", &st);
-	ret = 0;
+	if (run_save(&a, &out, &sa, &st) == 0)
+		ret = 0;
 
 close_devstate:
 	if (devstate_fd >= 0)

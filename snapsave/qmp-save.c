@@ -9,6 +9,7 @@
  */
 #include "qmp-save.h"
 #include "classic.h"
+#include "fdopen.h"
 #include "fdset.h"
 #include "outfile.h"
 #include "qmpflow.h"

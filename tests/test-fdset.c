@@ -1,9 +1,13 @@
 // SPDX-License-Identifier: MIT
 /*
- * Tests for io/fdset: -add-fd parsing, /dev/fdset/N selection, fd:N, and the add-fd
+ * Tests for tools/common/fdset: -add-fd parsing, /dev/fdset/N selection, fd:N, and the add-fd
  * socket protocol with every error case. Each test checks that no descriptor leaks.
  */
+#include "fdopen.h"
+#include "fdpass.h"
+#include "fdproto-json.h"
 #include "fdset.h"
+#include "msg.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -1075,6 +1079,39 @@ static void test_connect(void **state)
 	assert_int_equal(snap_fdset_connect(sa.sun_path, &s, err, sizeof(err)), -ENOENT);
 }
 
+/* ---- fdproto-json: the parser on its own, as the fuzzer drives it ---- */
+
+static void test_proto_json(void **state)
+{
+	static struct snap_fdproto_req req;
+	static char line[SNAP_FDSET_LINE_MAX + 1];
+	char err[512];
+
+	(void)state;
+	assert_int_equal(snap_fdproto_parse_json("{\"arguments\": {\"opaque\": \"a\\u00e9\", "
+						 "\"fdset-id\": 3}, \"execute\": \"add-fd\", "
+						 "\"id\": 5}",
+						 &req, err, sizeof(err)),
+			 0);
+	assert_int_equal(req.cmd, SNAP_FDPROTO_ADD_FD);
+	assert_int_equal(req.set_id, 3);
+	assert_true(req.has_opaque);
+	assert_string_equal(req.opaque, "a\xc3\xa9");
+	assert_int_equal(req.id_len, 1);
+	assert_memory_equal(req.id, "5", 1);
+	/* Duplicate keys are what json-c would let through. */
+	assert_int_equal(
+		snap_fdproto_parse_json("{\"execute\": \"start\", \"execute\": \"add-fd\"}", &req,
+					err, sizeof(err)),
+		-EINVAL);
+	assert_string_equal(err, "key 'execute' given twice");
+	/* Longer than any line the session reads: refused before decoding. */
+	memset(line, ' ', SNAP_FDSET_LINE_MAX);
+	line[SNAP_FDSET_LINE_MAX] = '\0';
+	assert_int_equal(snap_fdproto_parse_json(line, &req, err, sizeof(err)), -EMSGSIZE);
+	assert_string_equal(err, "line longer than 4096 bytes");
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1091,6 +1128,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_recv_too_many, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_recv_manager_closed, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_connect, setup, teardown),
+		cmocka_unit_test(test_proto_json),
 	};
 
 	return cmocka_run_group_tests_name("fdset", tests, NULL, NULL);

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT
 /*
- * Unit tests for io/ramsrc.c: size and block-spec parsing, and mapping of
+ * Unit tests for tools/common/ramsrc.c: size and block-spec parsing, and mapping of
  * save sources and restore destinations on real files in a temporary
  * directory.
  */

@@ -71,6 +71,31 @@ def aio_needs_direct(blocks, out_dir):
           "aio --direct off left files: %r" % os.listdir(out_dir))
 
 
+def env_engine_first(blocks, out_dir, dest_dir):
+    """SNAPMR_IO_ENGINE names the engine the tools try first without --io: the
+    tools read it and pass it to the library, which reads no environment."""
+    src = ["--ram", "%s=%s" % (blocks[0].name, blocks[0].src)]
+    out = os.path.join(out_dir, "env-engine.snap")
+    env = dict(os.environ)
+    env.pop("SNAPMR_IO_ENGINE", None)
+    default = parse_json(ok(snapsave("-o", out, "--json", *src, env=env), "save"), "save")
+    os.unlink(out)
+    first = "threads" if default.get("engine") != "threads" else "uring"
+    if engine_available(first, out_dir):
+        raise Skip("the default engine is %r and %r is unavailable" % (default.get("engine"),
+                                                                       first))
+    env["SNAPMR_IO_ENGINE"] = first
+    st = parse_json(ok(snapsave("-o", out, "--json", *src, env=env), "save"), "save")
+    check(st.get("engine") == first, "SNAPMR_IO_ENGINE=%s: save used %r" % (first, st.get("engine")))
+    dest = os.path.join(dest_dir, "env-engine.ram")
+    r = ok(snaprestore(out, "--ram", "%s=%s" % (blocks[0].name, dest), "--json", env=env),
+           "restore")
+    check(parse_json(r, "restore").get("engine") == first,
+          "SNAPMR_IO_ENGINE=%s: restore used another engine" % first)
+    os.unlink(dest)
+    os.unlink(out)
+
+
 def shm_direct_on(blocks, shm_out, dest_dir):
     out = os.path.join(shm_out, "direct-on.snap")
     args = ["-o", out, "--json", "--direct", "on", "--no-sync"]
@@ -214,6 +239,8 @@ def main():
     t.case("--progress and --progress=json", progress, blocks, out_dir, dest_dir)
     t.case("engine fallback when io_uring/libaio cannot start", engine_fallback, blocks, out_dir,
            dest_dir, no_direct)
+    t.case("SNAPMR_IO_ENGINE leads the default order", env_engine_first, blocks, out_dir,
+           dest_dir)
     t.case("--direct auto on disk and tmpfs", auto_direct, blocks, out_dir, shm_out, dest_dir)
     t.case("--direct on to tmpfs works or fails clearly", shm_direct_on, blocks, shm_out,
            dest_dir)

@@ -21,7 +21,7 @@
 
 #include <json-c/json.h>
 
-#include "fdset.h"
+#include "fdpass.h"
 
 #define RECV_CHUNK 65536
 /* Room for a line of QMP_LINE_MAX bytes and its "\r\n". */
@@ -58,39 +58,9 @@ __attribute__((format(printf, 4, 5))) static int qerr(char *errbuf, size_t errle
 	return r;
 }
 
-static int64_t mono_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 static int64_t deadline_of(int timeout_ms)
 {
-	return timeout_ms < 0 ? -1 : mono_ms() + timeout_ms;
-}
-
-/* poll() for events until deadline (< 0: none); 0, -ETIMEDOUT or -errno. */
-static int wait_for(int fd, short events, int64_t deadline)
-{
-	for (;;) {
-		struct pollfd p = { .fd = fd, .events = events };
-		int t = -1, r;
-
-		if (deadline >= 0) {
-			int64_t left = deadline - mono_ms();
-
-			if (left <= 0)
-				return -ETIMEDOUT;
-			t = left > INT_MAX ? INT_MAX : (int)left;
-		}
-		r = poll(&p, 1, t);
-		if (r > 0)
-			return 0;
-		if (r < 0 && errno != EINTR)
-			return -errno;
-	}
+	return timeout_ms < 0 ? -1 : snap_now_ms() + timeout_ms;
 }
 
 /* ---- connection ---- */
@@ -190,7 +160,7 @@ static int fill(struct qmp *q, int64_t deadline, const char *what, char *errbuf,
 			return fail(q, qerr(errbuf, errlen, r, "receiving from QEMU %s: %s", what,
 					    strerror(-r)));
 		}
-		r = wait_for(q->sock, POLLIN, deadline);
+		r = snap_wait_fd(q->sock, POLLIN, deadline);
 		if (r == -ETIMEDOUT)
 			return qerr(errbuf, errlen, r, "timed out %s", what);
 		if (r < 0)
@@ -355,7 +325,7 @@ static int send_msg(struct qmp *q, const char *data, size_t len, int fd, int64_t
 				continue;
 			if (errno != EAGAIN && errno != EWOULDBLOCK)
 				return -errno;
-			r = wait_for(q->sock, POLLOUT, deadline);
+			r = snap_wait_fd(q->sock, POLLOUT, deadline);
 			if (r < 0)
 				return r;
 			continue;

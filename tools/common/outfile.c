@@ -8,7 +8,7 @@
  */
 #include "outfile.h"
 #include "engine.h"
-#include "fdset.h"
+#include "fdopen.h"
 
 #include <dirent.h>
 #include <errno.h>

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: MIT
 /* Parsing and mapping of RAM block sources and destinations. */
 #include "ramsrc.h"
-#include "fdset.h"
+#include "fdopen.h"
 #include "layout.h"
 
 #include <ctype.h>
@@ -382,6 +382,57 @@ static const char *unsafe_entry(const struct stat *st, char *buf, size_t len)
 	return NULL;
 }
 
+/* The message for open_dest()'s error r (-errno), which it returns. */
+static int dest_failed(const struct snap_ram_spec *s, bool in_dir, int r, char *errbuf,
+		       size_t errlen)
+{
+	if (r == -ELOOP && in_dir)
+		snprintf(errbuf, errlen, "%s: %s", s->where, symlink_refused);
+	else if (r == -ENOENT && !in_dir)
+		snprintf(errbuf, errlen, "%s: %s (a dangling symbolic link is not followed)",
+			 s->where, strerror(-r));
+	else
+		snprintf(errbuf, errlen, "%s: %s", s->where, strerror(-r));
+	return r;
+}
+
+/*
+ * Opens name, an existing entry of pdir, read-write unless it must not be
+ * mapped (in_dir: an --all directory, where only plain files of ours go).
+ * 0 with m->fd set; 1 if the entry vanished meanwhile; -errno and a message.
+ */
+static int open_existing(const struct snap_ram_spec *s, int pdir, const char *name, bool in_dir,
+			 struct snap_ram_map *m, char *errbuf, size_t errlen)
+{
+	int nofollow = in_dir ? O_NOFOLLOW : 0;
+	struct stat st, fst;
+	const char *bad;
+	char why[160];
+
+	if (fstatat(pdir, name, &st, in_dir ? AT_SYMLINK_NOFOLLOW : 0) < 0)
+		return errno == ENOENT ? 1 : dest_failed(s, in_dir, -errno, errbuf, errlen);
+	bad = in_dir ? unsafe_entry(&st, why, sizeof(why)) : NULL;
+	/* Guest memory is mapped: never block in open() on a FIFO nobody writes to. */
+	if (!bad && (S_ISFIFO(st.st_mode) || S_ISSOCK(st.st_mode)))
+		bad = "is not a regular file, memfd or device";
+	if (bad) {
+		snprintf(errbuf, errlen, "%s: %s", s->where, bad);
+		return -EPERM;
+	}
+	m->fd = openat(pdir, name, O_RDWR | nofollow | O_CLOEXEC | (in_dir ? O_NONBLOCK : 0));
+	if (m->fd < 0)
+		return errno == ENOENT ? 1 : dest_failed(s, in_dir, -errno, errbuf, errlen);
+	/* What was opened is what was checked (nothing swapped in between). */
+	if (in_dir && (fstat(m->fd, &fst) < 0 || fst.st_dev != st.st_dev ||
+		       fst.st_ino != st.st_ino || unsafe_entry(&fst, why, sizeof(why)))) {
+		snprintf(errbuf, errlen, "%s: changed while being opened", s->where);
+		close(m->fd);
+		m->fd = -1;
+		return -EPERM;
+	}
+	return 0;
+}
+
 /*
  * Opens s->where (see snap_ram_map_dest()) read-write: created with O_EXCL
  * when missing, else the existing file. Fills m->fd and, when created,
@@ -392,8 +443,7 @@ static int open_dest(const struct snap_ram_spec *s, int dirfd, struct snap_ram_m
 {
 	int nofollow = dirfd >= 0 ? O_NOFOLLOW : 0;
 	const char *name;
-	char why[160];
-	int pdir, r;
+	int pdir, r = -ENOENT;
 
 	if (dirfd < 0 && snap_io_is_fd_spec(s->where))
 		return open_where(s, O_RDWR, 0, &m->fd, errbuf, errlen);
@@ -409,9 +459,6 @@ static int open_dest(const struct snap_ram_spec *s, int dirfd, struct snap_ram_m
 	}
 	/* An entry can vanish between the two opens: look again, a few times. */
 	for (int tries = 0; tries < 3; tries++) {
-		struct stat st, fst;
-		const char *bad;
-
 		m->fd = openat(pdir, name, O_RDWR | O_CREAT | O_EXCL | nofollow | O_CLOEXEC, 0600);
 		if (m->fd >= 0) {
 			m->created = true;
@@ -420,51 +467,20 @@ static int open_dest(const struct snap_ram_spec *s, int dirfd, struct snap_ram_m
 			m->name = name;
 			return 0;
 		}
-		if (errno != EEXIST)
-			break;
-		if (fstatat(pdir, name, &st, dirfd >= 0 ? AT_SYMLINK_NOFOLLOW : 0) < 0) {
-			if (errno == ENOENT)
-				continue;
+		if (errno != EEXIST) {
+			r = dest_failed(s, dirfd >= 0, -errno, errbuf, errlen);
 			break;
 		}
-		bad = dirfd >= 0 ? unsafe_entry(&st, why, sizeof(why)) : NULL;
-		/* Guest memory is mapped: never block in open() on a FIFO nobody writes to. */
-		if (!bad && (S_ISFIFO(st.st_mode) || S_ISSOCK(st.st_mode)))
-			bad = "is not a regular file, memfd or device";
-		if (bad) {
-			snprintf(errbuf, errlen, "%s: %s", s->where, bad);
-			r = -EPERM;
-			goto fail;
+		r = open_existing(s, pdir, name, dirfd >= 0, m, errbuf, errlen);
+		if (r == 0) {
+			if (dirfd < 0)
+				close(pdir);
+			return 0;
 		}
-		m->fd = openat(pdir, name,
-			       O_RDWR | nofollow | O_CLOEXEC | (dirfd >= 0 ? O_NONBLOCK : 0));
-		if (m->fd < 0 && errno == ENOENT)
-			continue;
-		if (m->fd < 0)
+		if (r < 0)
 			break;
-		/* What was opened is what was checked (nothing swapped in between). */
-		if (dirfd >= 0 &&
-		    (fstat(m->fd, &fst) < 0 || fst.st_dev != st.st_dev || fst.st_ino != st.st_ino ||
-		     unsafe_entry(&fst, why, sizeof(why)))) {
-			snprintf(errbuf, errlen, "%s: changed while being opened", s->where);
-			close(m->fd);
-			m->fd = -1;
-			r = -EPERM;
-			goto fail;
-		}
-		if (dirfd < 0)
-			close(pdir);
-		return 0;
+		r = dest_failed(s, dirfd >= 0, -ENOENT, errbuf, errlen);
 	}
-	r = -errno;
-	if (r == -ELOOP && dirfd >= 0)
-		snprintf(errbuf, errlen, "%s: %s", s->where, symlink_refused);
-	else if (r == -ENOENT && dirfd < 0)
-		snprintf(errbuf, errlen, "%s: %s (a dangling symbolic link is not followed)",
-			 s->where, strerror(-r));
-	else
-		snprintf(errbuf, errlen, "%s: %s", s->where, strerror(-r));
-fail:
 	if (dirfd < 0)
 		close(pdir);
 	m->fd = -1;

@@ -3,7 +3,9 @@
 #include "cli.h"
 #include "config.h"
 #include "engine.h"
+#include "fdpass.h"
 #include "fdset.h"
+#include "msg.h"
 #include "ramsrc.h"
 #include "outfile.h"
 
@@ -93,7 +95,8 @@ static int parse_uint(const char *s, unsigned min, unsigned max, unsigned *ret)
 	return 0;
 }
 
-int cli_common_option(int c, char **argv, struct cli_common *cc, void (*usage)(FILE *))
+/* The I/O options: 1 if c is one of them, 0 if not, -EINVAL after a usage error. */
+static int io_option(int c, struct cli_common *cc)
 {
 	uint64_t v;
 
@@ -101,19 +104,19 @@ int cli_common_option(int c, char **argv, struct cli_common *cc, void (*usage)(F
 	case 'j':
 		if (parse_uint(optarg, 1, 1024, &cc->opts.jobs)) {
 			cli_err("--jobs: expected a number from 1 to 1024, got '%s'", optarg);
-			return 2;
+			return -EINVAL;
 		}
 		return 1;
 	case CLI_OPT_DIRECT:
 		if (parse_direct(optarg, &cc->opts.direct)) {
 			cli_err("--direct: expected auto, on or off, got '%s'", optarg);
-			return 2;
+			return -EINVAL;
 		}
 		return 1;
 	case CLI_OPT_IO:
 		if (!snap_io_engine_find(optarg)) {
 			cli_err("--io: unknown or unavailable engine '%s'", optarg);
-			return 2;
+			return -EINVAL;
 		}
 		cc->opts.engine = optarg;
 		return 1;
@@ -121,21 +124,46 @@ int cli_common_option(int c, char **argv, struct cli_common *cc, void (*usage)(F
 		if (parse_uint(optarg, 1, 4096, &cc->opts.queue_depth)) {
 			cli_err("--queue-depth: expected a number from 1 to 4096, got '%s'",
 				optarg);
-			return 2;
+			return -EINVAL;
 		}
 		return 1;
 	case CLI_OPT_MAXIO:
 		if (snap_parse_size(optarg, &v) || v < 4096 || v % 4096 || v > (1u << 30)) {
 			cli_err("--max-io-size: expected a multiple of 4096 up to 1G, got '%s'",
 				optarg);
-			return 2;
+			return -EINVAL;
 		}
 		cc->opts.max_io = (size_t)v;
 		return 1;
+	default: return 0;
+	}
+}
+
+/* getopt's own complaints, ':' (missing argument) and '?' (unknown option). */
+static int getopt_error(int c, char **argv)
+{
+	if (c == ':')
+		cli_err("option '%s' needs an argument (see '%s --help')", argv[optind - 1],
+			cli_prog);
+	/* A short option in a cluster has no argv slot of its own. */
+	else if (optopt > 0 && optopt < 256 && strncmp(argv[optind - 1], "--", 2))
+		cli_err("invalid option '-%c' (see '%s --help')", optopt, cli_prog);
+	else
+		cli_err("invalid option '%s' (see '%s --help')", argv[optind - 1], cli_prog);
+	return -EINVAL;
+}
+
+int cli_common_option(int c, char **argv, struct cli_common *cc, void (*usage)(FILE *))
+{
+	int r = io_option(c, cc);
+
+	if (r)
+		return r;
+	switch (c) {
 	case CLI_OPT_PROGRESS:
 		if (optarg && strcmp(optarg, "human") && strcmp(optarg, "json")) {
 			cli_err("--progress: expected human or json, got '%s'", optarg);
-			return 2;
+			return -EINVAL;
 		}
 		progress_json = optarg && !strcmp(optarg, "json");
 		cc->opts.progress = cli_progress;
@@ -144,15 +172,15 @@ int cli_common_option(int c, char **argv, struct cli_common *cc, void (*usage)(F
 	case CLI_OPT_OFFSET:
 		if (snap_parse_size(optarg, &cc->offset) || cc->offset > (1ull << 62)) {
 			cli_err("--offset: bad size '%s'", optarg);
-			return 2;
+			return -EINVAL;
 		}
 		cc->has_offset = true;
 		return 1;
-	case CLI_OPT_ADD_FD: return cli_add_fd(optarg) ? 2 : 1;
+	case CLI_OPT_ADD_FD: r = cli_add_fd(optarg); return r < 0 ? r : 1;
 	case CLI_OPT_FD_SOCKET:
 		if (cc->fd_socket) {
 			cli_err("--fd-socket: give it once");
-			return 2;
+			return -EINVAL;
 		}
 		cc->fd_socket = optarg;
 		return 1;
@@ -160,46 +188,58 @@ int cli_common_option(int c, char **argv, struct cli_common *cc, void (*usage)(F
 	case CLI_OPT_RAW:
 		if (cc->devstate) {
 			cli_err("--device-state and --device-state-raw: give one of them once");
-			return 2;
+			return -EINVAL;
 		}
 		cc->devstate = optarg;
 		cc->devstate_raw = c == CLI_OPT_RAW;
 		return 1;
-	case 'h': usage(stdout); return -1;
-	case 'V': printf("%s %s\n", cli_prog, SNAPMR_VERSION); return -1;
+	case 'h':
+		usage(stdout);
+		cc->done = true;
+		return 1;
+	case 'V':
+		printf("%s %s\n", cli_prog, SNAPMR_VERSION);
+		cc->done = true;
+		return 1;
 	case ':':
-		cli_err("option '%s' needs an argument (see '%s --help')", argv[optind - 1],
-			cli_prog);
-		return 2;
-	case '?':
-		/* A short option in a cluster has no argv slot of its own. */
-		if (optopt > 0 && optopt < 256 && strncmp(argv[optind - 1], "--", 2))
-			cli_err("invalid option '-%c' (see '%s --help')", optopt, cli_prog);
-		else
-			cli_err("invalid option '%s' (see '%s --help')", argv[optind - 1],
-				cli_prog);
-		return 2;
+	case '?': return getopt_error(c, argv);
 	default: return 0;
 	}
+}
+
+int cli_common_finish(struct cli_common *cc)
+{
+	const struct snap_io_ops *ops =
+		cc->opts.engine ? snap_io_engine_find(cc->opts.engine) : NULL;
+
+	/* Process policy stays in the tools: the library reads no environment. */
+	cc->opts.engine_first = getenv("SNAPMR_IO_ENGINE");
+	if (ops && (ops->flags & SNAP_IO_F_DIRECT_ONLY) && cc->opts.direct == SNAP_DIRECT_OFF) {
+		cli_err("--io %s needs O_DIRECT (use --direct on or another engine)", ops->name);
+		return -EINVAL;
+	}
+	return 0;
 }
 
 int cli_add_ram(struct snap_ram_spec *ram, size_t *n, const char *arg)
 {
 	char ebuf[512];
+	int r;
 
 	if (*n == CLI_MAX_BLOCKS) {
 		cli_err("--ram: at most %d blocks", CLI_MAX_BLOCKS);
-		return 2;
+		return -E2BIG;
 	}
-	if (snap_ram_spec_parse(arg, &ram[*n], ebuf, sizeof(ebuf))) {
+	r = snap_ram_spec_parse(arg, &ram[*n], ebuf, sizeof(ebuf));
+	if (r < 0) {
 		cli_err("--ram: %s", ebuf);
-		return 2;
+		return r;
 	}
 	(*n)++;
 	for (size_t i = 0; i + 1 < *n; i++)
 		if (!strcmp(ram[i].name, ram[*n - 1].name)) {
 			cli_err("--ram: block '%s' given twice", ram[i].name);
-			return 2;
+			return -EEXIST;
 		}
 	return 0;
 }
@@ -288,14 +328,17 @@ int cli_stdout_flush(void)
 {
 	bool failed = ferror(stdout);
 
+	int r;
+
 	if (stdout_reported)
-		return 1;
+		return -EIO;
 	errno = 0;
 	if (fflush(stdout) == 0 && !failed)
 		return 0;
-	cli_err("stdout: %s", strerror(errno ? errno : EIO));
+	r = errno ? -errno : -EIO;
+	cli_err("stdout: %s", strerror(-r));
 	stdout_reported = true;
-	return 1;
+	return r;
 }
 
 int cli_stdout_close(void)
@@ -304,8 +347,8 @@ int cli_stdout_close(void)
 
 	/* EBADF: stdout was closed and nothing was written to it, which is fine. */
 	if (fclose(stdout) != 0 && errno != EBADF && !r) {
-		cli_err("stdout: %s", strerror(errno));
-		r = 1;
+		r = -errno;
+		cli_err("stdout: %s", strerror(-r));
 	}
 	return r;
 }
@@ -614,31 +657,32 @@ bool cli_same_file(const struct stat *x, const struct stat *y)
 int cli_add_fd(const char *arg)
 {
 	char ebuf[512];
+	int r = snap_fdset_add_arg(arg, ebuf, sizeof(ebuf));
 
-	if (snap_fdset_add_arg(arg, ebuf, sizeof(ebuf)) < 0) {
+	if (r < 0)
 		cli_err("--add-fd %s: %s", arg, ebuf);
-		return 2;
-	}
-	return 0;
+	return r;
 }
 
 int cli_fd_socket_start(const char *spec)
 {
 	char ebuf[512];
 	unsigned n;
+	int r;
 
-	if (snap_fdset_connect(spec, &fd_sock, ebuf, sizeof(ebuf)) < 0) {
+	r = snap_fdset_connect(spec, &fd_sock, ebuf, sizeof(ebuf));
+	if (r < 0) {
 		cli_err("--fd-socket %s: %s", spec, ebuf);
-		return 1;
+		return r;
 	}
 	/* The manager sends its descriptors and "start" right away; a minute is generous. */
-	if (snap_fdset_recv(fd_sock, 60000, &n, ebuf, sizeof(ebuf)) < 0) {
+	r = snap_fdset_recv(fd_sock, 60000, &n, ebuf, sizeof(ebuf));
+	if (r < 0) {
 		cli_err("--fd-socket %s: %s", spec, ebuf);
 		close(fd_sock);
 		fd_sock = -1;
-		return 1;
 	}
-	return 0;
+	return r;
 }
 
 void cli_fd_socket_finish(bool ok, const struct snap_stats *st)

@@ -60,14 +60,26 @@ struct cli_common {
 	bool has_offset;
 	const char *devstate; /* -d or --device-state-raw argument */
 	bool devstate_raw;
+	bool done; /* --help or --version was printed: exit 0 */
 };
 
 /*
- * Handles option c if both tools share it: returns 1 when handled, 0 when
- * it is the tool's own, 2 after printing a usage error, -1 after --help or
- * --version (usage() prints the tool's help).
+ * The CLI helpers return 0 (or a count) or -errno and print their one error
+ * line themselves; only main() turns results into exit codes (0, 1 failure,
+ * 2 usage).
+ *
+ * Handles option c if both tools share it: returns 1 when handled, 0 when it
+ * is the tool's own, -errno after printing a usage error. --help and --version
+ * print (usage() prints the tool's help) and set cc->done.
  */
 int cli_common_option(int c, char **argv, struct cli_common *cc, void (*usage)(FILE *));
+
+/*
+ * After the options: what the environment decides (SNAPMR_IO_ENGINE, the
+ * engine tried first when --io is not given) and the checks that need several
+ * options. 0, or -EINVAL after printing a usage error.
+ */
+int cli_common_finish(struct cli_common *cc);
 
 /* Progress callback: bytes done/total, MiB/s and ETA on one stderr line. */
 void cli_progress(void *arg, const struct snap_progress *p);
@@ -86,7 +98,7 @@ void cli_reserve_std_fds(void);
 /*
  * Flushes stdout; if that or any earlier write to it failed (full disk,
  * closed descriptor, reader gone), prints "prog: stdout: why" once and
- * returns 1. A tool that printed results must not exit 0 then.
+ * returns -errno. A tool that printed results must not exit 0 then.
  */
 int cli_stdout_flush(void);
 /* cli_stdout_flush(), then fclose(stdout) checked too: the last call before exit. */
@@ -125,9 +137,9 @@ void cli_forget_memory(void);
 /* Do x and y (from stat or fstat) describe the same file? */
 bool cli_same_file(const struct stat *x, const struct stat *y);
 
-/* --add-fd fd=F,set=N[,opaque=S]: 0, or 2 after printing the error. */
+/* --add-fd fd=F,set=N[,opaque=S]: 0, or -errno after printing the error. */
 int cli_add_fd(const char *arg);
-/* --fd-socket PATH|fd:N: receives descriptors until "start"; 0 or 1 after printing. */
+/* --fd-socket PATH|fd:N: receives descriptors until "start"; 0 or -errno after printing. */
 int cli_fd_socket_start(const char *spec);
 /*
  * Sends the result line to the --fd-socket peer (if any) and closes it:
@@ -139,8 +151,8 @@ void cli_fd_socket_finish(bool ok, const struct snap_stats *st);
 
 /*
  * --ram NAME=WHERE[,size=N][,offset=N]: appends to ram[*n] (capacity
- * CLI_MAX_BLOCKS); 0, or 2 after printing the error. The caller clears the
- * first *n specs.
+ * CLI_MAX_BLOCKS); 0, or -errno after printing the error. The caller clears
+ * the first *n specs.
  */
 int cli_add_ram(struct snap_ram_spec *ram, size_t *n, const char *arg);
 
