@@ -628,10 +628,11 @@ static int run_reads(struct rctx *c, struct snap_pool *pool, int fd, int direct_
 	if (r == -ENODATA)
 		return snap_fail(err, r,
 				 "page data is truncated (file shorter than its page regions)");
-	if (r == -EINVAL && c->page_fd == direct_fd && c->alt_fd < 0)
-		return snap_fail(
-			err, r,
-			"the file system refused an O_DIRECT read (try --direct auto or off)");
+	if (r == -EINVAL && c->page_fd == direct_fd && c->alt_fd < 0) {
+		if (err)
+			err->remedy = SNAP_REMEDY_BUFFERED;
+		return snap_fail(err, r, "the file system refused an O_DIRECT read");
+	}
 	if (r)
 		return snap_fail(err, r, "reading page data: %s", strerror(-r));
 	return 0;
@@ -846,11 +847,11 @@ int snap_detect_offset(int fd, uint64_t *ret_offset, enum mr_container *ret_kind
 	if (err)
 		memset(err, 0, sizeof(*err));
 	r = mr_detect_stream(&src, ret_offset, ret_kind);
-	if (r == -EBADMSG)
-		return snap_fail(
-			err, r,
-			"not a QEMU migration stream nor a libvirt save image (give --offset N "
-			"if the stream starts later)");
+	if (r == -EBADMSG) {
+		if (err)
+			err->remedy = SNAP_REMEDY_OFFSET;
+		return snap_fail(err, r, "not a QEMU migration stream nor a libvirt save image");
+	}
 	if (r)
 		return snap_fail(err, r, "%s", strerror(-r));
 	return 0;

@@ -588,10 +588,11 @@ static int write_pages(struct save_run *s, double t0)
 	c->max_pages = pool->max_io / MR_PAGE_SIZE;
 	atomic_store(&pool->progress, s->skipped);
 	r = snap_pool_run(pool, save_worker, c, opts, s->w.total, t0);
-	if (r == -EINVAL && c->page_fd == args->direct_fd && c->alt_fd < 0)
-		return snap_fail(
-			s->err, r,
-			"the file system refused an O_DIRECT write (try --direct auto or off)");
+	if (r == -EINVAL && c->page_fd == args->direct_fd && c->alt_fd < 0) {
+		if (s->err)
+			s->err->remedy = SNAP_REMEDY_BUFFERED;
+		return snap_fail(s->err, r, "the file system refused an O_DIRECT write");
+	}
 	/*
 	 * A source cut short under the scan reads as holes past its new end
 	 * (SEEK_DATA says ENXIO), not as an error: refuse a file that would

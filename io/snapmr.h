@@ -31,6 +31,12 @@ struct snap_err {
 	bool has_off;
 	uint64_t off;	 /* file offset */
 	char block[256]; /* RAM block name, "" if none */
+	/* What the caller can change to get past it; a tool words it as its option. */
+	enum snap_remedy {
+		SNAP_REMEDY_NONE,
+		SNAP_REMEDY_BUFFERED, /* O_DIRECT was refused: allow buffered I/O */
+		SNAP_REMEDY_OFFSET,   /* no stream at the start: it may start later */
+	} remedy;
 };
 
 struct snap_progress {

@@ -763,7 +763,7 @@ static int run_restore(struct args *a, int fd, int dfd, const struct snap_file *
 	r = snap_restore(&ra, &a->cc.opts, &st, &err);
 	cli_progress_end();
 	if (r) {
-		cli_err("%s: %s", a->file, err.msg);
+		cli_err("%s: %s%s", a->file, err.msg, cli_remedy(&err));
 		return r < 0 ? r : -EIO;
 	}
 	if (dso->fd >= 0 && sync_devstate_out(dso))
@@ -875,7 +875,7 @@ static int do_verify(struct args *a, int fd, int dfd, const struct snap_file *f)
 	if (snap_verify(fd, dfd, f, &a->cc.opts, print_mismatch, (void *)a->file, &bad, &st,
 			&err)) {
 		cli_progress_end();
-		cli_err("%s: %s", a->file, err.msg);
+		cli_err("%s: %s%s", a->file, err.msg, cli_remedy(&err));
 		return 1;
 	}
 	cli_progress_end();
@@ -940,7 +940,7 @@ int main(int argc, char **argv)
 		enum mr_container kind;
 
 		if (snap_detect_offset(fd, &a.cc.offset, &kind, &err)) {
-			cli_err("%s: %s", a.file, err.msg);
+			cli_err("%s: %s%s", a.file, err.msg, cli_remedy(&err));
 			goto close_fds;
 		}
 		if (kind == MR_CONTAINER_LIBVIRT_PARTIAL && !a.force && !a.info) {
@@ -955,7 +955,7 @@ int main(int argc, char **argv)
 				 (unsigned long long)a.cc.offset);
 	}
 	if (snap_inspect(fd, a.cc.offset, &f, &err)) {
-		cli_err("%s: %s", a.file, err.msg);
+		cli_err("%s: %s%s", a.file, err.msg, cli_remedy(&err));
 		goto close_fds;
 	}
 	if (a.info) {

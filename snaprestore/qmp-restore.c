@@ -227,7 +227,7 @@ static int restore_blocks(struct restore_run *s, int fd, int dfd, struct mr_buf 
 	r = snap_restore(&ra, &s->a->cc->opts, &st, &err);
 	cli_progress_end();
 	if (r) {
-		cli_err("%s: %s", s->a->file, err.msg);
+		cli_err("%s: %s%s", s->a->file, err.msg, cli_remedy(&err));
 		goto out;
 	}
 	/* The tail is small (device state): read it back whole. */

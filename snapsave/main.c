@@ -221,7 +221,7 @@ static int run_save(const struct args *a, struct snap_outfile *out, struct snap_
 	if (!r)
 		r = snap_outfile_commit(out, ebuf, sizeof(ebuf));
 	else
-		snprintf(ebuf, sizeof(ebuf), "%s", err.msg);
+		snprintf(ebuf, sizeof(ebuf), "%s%s", err.msg, cli_remedy(&err));
 	cli_progress_end();
 	if (r)
 		cli_err("%s: %s", a->output, ebuf);

@@ -342,7 +342,7 @@ static int write_file(struct save_run *s, const struct mr_classic *c, struct sna
 	if (!r)
 		r = snap_outfile_commit(&s->out, ebuf, sizeof(ebuf));
 	else
-		snprintf(ebuf, sizeof(ebuf), "%s", err.msg);
+		snprintf(ebuf, sizeof(ebuf), "%s%s", err.msg, cli_remedy(&err));
 	cli_progress_end();
 	if (r)
 		cli_err("%s: %s", a->output, ebuf);

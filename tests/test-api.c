@@ -297,6 +297,24 @@ static void test_restore(void **state)
 	munmap(mem, RAM_BYTES);
 }
 
+/* The library names no command-line option: the tools add their own hints. */
+static void test_messages_name_no_option(void **state)
+{
+	struct snapmr_error err = SNAPMR_INIT(struct snapmr_error);
+	char path[] = "/var/tmp/test-api-junk.XXXXXX";
+	snapmr_file *f = NULL;
+	int fd = mkstemp(path);
+
+	(void)state;
+	assert_true(fd >= 0);
+	assert_int_equal(write(fd, "not a migration stream at all", 29), 29);
+	assert_int_equal(snapmr_file_open(fd, SNAPMR_OFFSET_DETECT, &f, &err), -EBADMSG);
+	assert_non_null(strstr(err.message, "not a QEMU migration stream"));
+	assert_null(strstr(err.message, "--"));
+	close(fd);
+	unlink(path);
+}
+
 /* Bytes appended after a complete file: still complete, and counted. */
 static void test_appended(void **state)
 {
@@ -367,6 +385,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_restore, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_save_refusals, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_appended, setup, teardown),
+		cmocka_unit_test(test_messages_name_no_option),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

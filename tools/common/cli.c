@@ -711,3 +711,13 @@ void cli_fd_socket_finish(bool ok, const struct snap_stats *st)
 	close(fd_sock);
 	fd_sock = -1;
 }
+
+const char *cli_remedy(const struct snap_err *e)
+{
+	switch (e->remedy) {
+	case SNAP_REMEDY_BUFFERED: return " (try --direct auto or off)";
+	case SNAP_REMEDY_OFFSET: return " (give --offset N if the stream starts later)";
+	case SNAP_REMEDY_NONE: break;
+	}
+	return "";
+}

@@ -81,6 +81,9 @@ int cli_common_option(int c, char **argv, struct cli_common *cc, void (*usage)(F
  */
 int cli_common_finish(struct cli_common *cc);
 
+/* The option that gets past a library error, as " (try ...)", or "". */
+const char *cli_remedy(const struct snap_err *e);
+
 /* Progress callback: bytes done/total, MiB/s and ETA on one stderr line. */
 void cli_progress(void *arg, const struct snap_progress *p);
 void cli_progress_end(void);
