@@ -23,6 +23,9 @@ QEMU 7.2, q35 (pc-q35-7.2), the pc-dimm in a memory-backend-memfd (read and
 written through QEMU's descriptor): --quit, snaprestore --qmp into 7.2, and
 the same file loaded natively by QEMU 10 with -M pc-q35-7.2 (file backends).
 
+The rest of issue 15's matrix, one boot each: QEMU 10 and 7.2 on pc with 2
+vCPUs and one backend, two cycles of --quit and snaprestore --qmp.
+
 Environment: as tests/qemu/test_guest.py (SNAPSAVE, SNAPRESTORE, QEMU,
 SNAPMR_ACCEL: tcg unless kvm is asked for, SNAPMR_CACHE, SNAPMR_TEST_DIR).
 Exit status: 0 pass, 1 failure, 77 skip.
@@ -74,10 +77,10 @@ def ok_json(p, what):
     return json.loads(p.stdout.splitlines()[-1])
 
 
-def guest(qemu, image, machine, incoming=False):
+def guest(qemu, image, machine, incoming=False, smp=1, dimm="128M"):
     """A test guest with a second QMP socket (`sock2`) for the tools: the
-    first one stays with the test."""
-    g = G.Guest(qemu, image, machine, "256M", "128M", 1, accel=ACCEL, incoming=incoming)
+    first one stays with the test. dimm: the pc-dimm's backend, or None."""
+    g = G.Guest(qemu, image, machine, "256M", dimm, smp, accel=ACCEL, incoming=incoming)
     g.sock2 = os.path.join(g.tmpdir, "qmp2.sock")
     g.extra_args += ["-qmp", f"unix:{g.sock2},server=on,wait=off"]
     return g
@@ -103,8 +106,8 @@ def continues(before, dst, want_sum, what):
     return last, nums[-1]
 
 
-def boot(qemu, image, machine, wrap=lambda v: v):
-    g = wrap(guest(qemu, image, machine)).start()
+def boot(qemu, image, machine, wrap=lambda v: v, **shape):
+    g = wrap(guest(qemu, image, machine, **shape)).start()
     try:
         t = g.boot(300)
         ready = g.ready()
@@ -138,17 +141,19 @@ def caps_back(q, what):
 
 
 def restore_qmp(qemu, image, machine, snap, before, want_sum, what, paused=False,
-                wrap=lambda v: v):
+                wrap=lambda v: v, **shape):
     """snaprestore --qmp into a new QEMU; with `paused`, one started without
     -S (it would run the guest as soon as the load completes) and --paused.
     wrap: changes the new QEMU's options (memfd_ram1)."""
-    dst = wrap(guest(qemu, image, machine, incoming=True))
+    dst = wrap(guest(qemu, image, machine, incoming=True, **shape))
     if paused:
         orig = dst.args
         dst.args = lambda: [a for a in orig() if a != "-S"]
     dst.start()
     try:
         for path, _ in dst.backends.values():
+            if not os.path.exists(path):        # a memfd (memfd_ram1)
+                continue
             require(os.path.getsize(path) == 0 or not any(open(path, "rb").read(1 << 20)),
                     f"{path}: a new backend file holds data before the restore")
         p = run([SNAPRESTORE, snap, "--qmp", dst.sock2, "--json"] +
@@ -431,6 +436,29 @@ def lineage72(q72, q10, image, work):
         g.stop()
 
 
+def lineage_shape(qemu, image, work, machine, smp, dimm):
+    """The rest of the matrix, one boot each: two cycles of --quit and
+    snaprestore --qmp into a new QEMU over new backend files."""
+    shape = {"smp": smp, "dimm": dimm}
+    print(f"== {qemu.label}, {machine}, {smp} vCPU(s), 256M"
+          + (f" + pc-dimm {dimm}" if dimm else ", one backend"), flush=True)
+    g, want = boot(qemu, image, machine, **shape)
+    before = b""
+    try:
+        for cycle in (1, 2):
+            snap = os.path.join(work, f"cycle{cycle}.snap")
+            g.wait_tick(max(n for n, _ in g.ticks()), 30)
+            st, out = save_quit(g, snap)
+            before += out
+            require(st["machine"].startswith("pc-q35" if machine == "q35" else "pc-i440fx"),
+                    f"machine {st['machine']} for -M {machine}")
+            g = restore_qmp(qemu, image, machine, snap, before, want,
+                            f"cycle {cycle}: snaprestore --qmp", **shape)
+            os.unlink(snap)
+    finally:
+        g.stop()
+
+
 def main():
     for exe in (SNAPSAVE, SNAPRESTORE):
         if not os.access(exe, os.X_OK):
@@ -450,7 +478,9 @@ def main():
     try:
         for name, fn in (("memfd", lambda: memfd(q72, image, work)),
                          ("10", lambda: lineage10(q10, image, work)),
-                         ("7.2", lambda: lineage72(q72, q10, image, work))):
+                         ("7.2", lambda: lineage72(q72, q10, image, work)),
+                         ("10 pc", lambda: lineage_shape(q10, image, work, "pc", 2, None)),
+                         ("7.2 pc", lambda: lineage_shape(q72, image, work, "pc", 2, None))):
             try:
                 fn()
             except (Fail, RuntimeError, TimeoutError, G.V.QMPError) as e:
