@@ -20,6 +20,7 @@
 #include <string.h>
 #include <unistd.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 
 #include <json-c/json.h>
 
@@ -34,6 +35,12 @@ struct restore_run {
 	size_t n_md;
 	struct snap_ram_map *maps; /* per record block: shared ones map a backend */
 	void **anon;		   /* per record block: the others' pages, in memory */
+	/* Per record block: a shared memfd of the waiting QEMU, reached by its descriptor. */
+	struct memfd_dest {
+		char path[96];
+		struct stat st;
+		bool on;
+	} * memfd;
 	struct qf_caps caps;
 	bool caps_set;
 	struct qf_phases ph;
@@ -113,6 +120,11 @@ static int check_dest(struct restore_run *s)
 		cli_err("%s: %s", s->a->qmp, ebuf);
 		return r;
 	}
+	s->memfd = calloc(rec->n_blocks ? rec->n_blocks : 1, sizeof(*s->memfd));
+	if (!s->memfd) {
+		cli_err("out of memory");
+		return -ENOMEM;
+	}
 	for (size_t i = 0; i < rec->n_blocks; i++) {
 		const struct mr_resume_block *b = &rec->blocks[i];
 		const struct qmp_memdev *d;
@@ -127,14 +139,26 @@ static int check_dest(struct restore_run *s)
 				(unsigned long long)b->length);
 			return -ENODEV;
 		}
-		if (!d->type || strcmp(d->type, "memory-backend-file") || !d->share ||
-		    !d->mem_path || d->size != b->length) {
+		if (((!d->type || strcmp(d->type, "memory-backend-file") || !d->share ||
+		      !d->mem_path) &&
+		     !qf_is_shared_memfd(d)) ||
+		    d->size != b->length) {
 			cli_err("%s: backend '%s' is %s, size %llu%s; the file needs "
 				"memory-backend-file,share=on of %llu bytes",
 				s->a->qmp, d->id, d->type ? d->type : "?",
 				(unsigned long long)d->size, d->share ? "" : ", share=off",
 				(unsigned long long)b->length);
 			return -EINVAL;
+		}
+		/* A shared memfd has no path: the pages go in through QEMU's descriptor. */
+		if (qf_is_shared_memfd(d)) {
+			struct memfd_dest *m = &s->memfd[i];
+
+			r = qf_memfd_path(s->q, s->md, s->n_md, d, m->path, sizeof(m->path),
+					  &m->st);
+			if (r)
+				return r;
+			m->on = true;
 		}
 	}
 	/* A shared backend the file does not know would keep what its file holds. */
@@ -182,12 +206,17 @@ static int restore_blocks(struct restore_run *s, int fd, int dfd, struct mr_buf 
 			struct snap_ram_spec spec = { 0 };
 
 			snprintf(spec.name, sizeof(spec.name), "%s", b->name);
-			spec.where = d->mem_path;
+			spec.where = s->memfd[i].on ? s->memfd[i].path : d->mem_path;
 			r = snap_ram_map_dest(&spec, -1, b->length, &s->maps[i], ebuf,
 					      sizeof(ebuf));
 			if (r) {
 				cli_err("block '%s': %s", b->name, ebuf);
 				goto out;
+			}
+			if (s->memfd[i].on) {
+				r = qf_memfd_check(&s->memfd[i].st, s->maps[i].fd, d->id);
+				if (r)
+					goto out;
 			}
 			blocks[i] = (struct snap_block){ .name = b->name,
 							 .addr = s->maps[i].addr,
@@ -360,6 +389,13 @@ int qmp_restore(const struct qmp_restore_args *a, int fd, int dfd, const struct 
 	qf_phase(&s.ph, "ram");
 	if (feed_qemu(&s, &tail))
 		goto out;
+	/*
+	 * x-ignore-shared left on would make the next ordinary migration of
+	 * this guest leave its RAM behind: the old capabilities come back now.
+	 */
+	s.caps_set = false;
+	if (qf_caps_restore(s.q, &s.caps))
+		goto out;
 	qf_phase(&s.ph, "device-state");
 	/* A QEMU started without -S runs the guest as soon as the load completes. */
 	if (qmp_query_status(s.q, QF_CMD_MS, &st, ebuf, sizeof(ebuf))) {
@@ -391,8 +427,7 @@ int qmp_restore(const struct qmp_restore_args *a, int fd, int dfd, const struct 
 	}
 	ret = 0;
 out:
-	/* The incoming migration consumed them; a failed one leaves QEMU to be discarded. */
-	if (s.caps_set && ret)
+	if (s.caps_set)
 		qf_caps_restore(s.q, &s.caps);
 	for (size_t i = 0; s.rec && s.maps && i < s.rec->n_blocks; i++)
 		snap_ram_unmap(&s.maps[i]);
@@ -401,6 +436,7 @@ out:
 			munmap(s.anon[i], s.rec->blocks[i].length);
 	free(s.maps);
 	free(s.anon);
+	free(s.memfd);
 	mr_buf_free(&tail);
 	qmp_memdevs_free(s.md, s.n_md);
 	mr_resume_free(s.rec);

@@ -69,14 +69,14 @@ static struct backend *backend_of(struct save_run *s, const char *block)
 }
 
 /*
- * Every backend that holds guest RAM must be a shared memory-backend-file:
- * its pages are read from the file. memfd: QEMU >= 10 migrates it inside its
- * stream (slower, noted); 7.2 leaves it out of that stream, and snapsave
- * cannot read it.
+ * Every backend that holds guest RAM must be shared, its pages read from the
+ * backend's file: memory-backend-file,share=on, or a shared memfd on a QEMU
+ * that leaves it out of its x-ignore-shared stream (7.2; QEMU >= 10 migrates
+ * it inside that stream: slower, noted), reached through QEMU's descriptor.
  */
 static int check_backends(struct save_run *s)
 {
-	char ebuf[512];
+	char ebuf[512], fdpath[96];
 
 	s->be = calloc(s->n_md ? s->n_md : 1, sizeof(*s->be));
 	if (!s->be) {
@@ -87,39 +87,42 @@ static int check_backends(struct save_run *s)
 		const struct qmp_memdev *d = &s->md[i];
 		const char *id = d->id ? d->id : "(no id)";
 		const char *type = d->type ? d->type : "memory backend";
+		struct snap_ram_spec spec = { .size = d->size, .has_size = true };
+		struct stat memfd_st;
+		bool memfd = qf_is_shared_memfd(d);
+		int r;
 
 		s->be[i].md = d;
-		if (d->type && !strcmp(d->type, "memory-backend-memfd") && d->share) {
-			if (s->ver.major < 10) {
-				cli_err("backend '%s': QEMU %s leaves memory-backend-memfd out of "
-					"the x-ignore-shared stream and snapsave cannot read it: use "
-					"memory-backend-file,share=on (e.g. mem-path=/dev/shm/%s), "
-					"or QEMU 10",
-					id, s->qemu, id);
-				return -ENOTSUP;
-			}
+		if (memfd && s->ver.major >= 10) {
 			cli_note("backend '%s' (memory-backend-memfd) travels inside QEMU's "
 				 "stream, not in parallel from its file: slower; "
 				 "memory-backend-file,share=on is faster",
 				 id);
 			continue;
 		}
-		if (!d->type || strcmp(d->type, "memory-backend-file") || !d->share ||
-		    !d->mem_path) {
+		if (memfd) {
+			r = qf_memfd_path(s->q, s->md, s->n_md, d, fdpath, sizeof(fdpath),
+					  &memfd_st);
+			if (r)
+				return r;
+			spec.where = fdpath;
+		} else if (!d->type || strcmp(d->type, "memory-backend-file") || !d->share ||
+			   !d->mem_path) {
 			cli_err("backend '%s' (%s%s) is not shared: start QEMU with -object "
 				"memory-backend-file,id=%s,size=...,mem-path=/dev/shm/%s,share=on "
 				"(and -machine memory-backend=%s instead of a plain -m)",
 				id, type, d->share ? "" : ", share=off", id, id, id);
 			return -EINVAL;
+		} else {
+			spec.where = d->mem_path;
 		}
-		struct snap_ram_spec spec = { .size = d->size, .has_size = true };
-
 		snprintf(spec.name, sizeof(spec.name), "%s", d->id);
-		spec.where = d->mem_path;
 		if (snap_ram_map_source(&spec, &s->be[i].map, ebuf, sizeof(ebuf))) {
 			cli_err("backend '%s': %s", id, ebuf);
 			return -EIO;
 		}
+		if (memfd && qf_memfd_check(&memfd_st, s->be[i].map.fd, id))
+			return -ESTALE;
 		s->be[i].shared = true;
 	}
 	return 0;

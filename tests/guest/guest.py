@@ -41,6 +41,7 @@ DATA_MIB = {"text": 4, "random": 12}    # what /init writes into its tmpfs
 
 TICK_RE = re.compile(rb"^tick (\d+) sum ([0-9a-f]{32})\r?$", re.M)
 READY_RE = re.compile(rb"^ready sum ([0-9a-f]{32}) bytes (\d+) fill-ms (\d+)\r?$", re.M)
+FILL_RE = re.compile(rb"^fill mib (\d+) ms (\d+)\r?$", re.M)
 
 
 class Unavailable(Exception):
@@ -245,6 +246,22 @@ dd if=/dev/urandom of=/data/random bs=1M count=@RANDOM_MIB@ 2>/dev/null
 t1=$(cut -d' ' -f1 /proc/uptime)
 ms=$(echo "$t0 $t1" | awk '{ printf "%d", ($2 - $1) * 1000 }')
 bytes=$(cat /data/text /data/random | wc -c)
+# snapmr.fill=MIB on the kernel command line: that much more data (copies of
+# one 64 MiB random chunk), kept out of the ticks' checksum (too slow to hash).
+fill=$(sed -n 's/.*snapmr\.fill=\([0-9]*\).*/\1/p' /proc/cmdline)
+if [ -n "$fill" ] && [ "$fill" -gt 0 ]; then
+	dd if=/dev/urandom of=/data/chunk bs=1M count=64 2>/dev/null
+	i=0
+	while [ $i -lt "$fill" ]; do
+		left=$((fill - i))
+		[ $left -ge 64 ] || { dd if=/data/chunk bs=1M count=$left 2>/dev/null; break; }
+		cat /data/chunk
+		i=$((i + 64))
+	done >/data/fill
+	rm /data/chunk
+	t2=$(cut -d' ' -f1 /proc/uptime)
+	echo "fill mib $(($(wc -c </data/fill) >> 20)) ms $(echo "$t1 $t2" | awk '{ printf "%d", ($2 - $1) * 1000 }')"
+fi
 sum() { s=$(cat /data/text /data/random | md5sum); echo ${s%% *}; }
 echo "ready sum $(sum) bytes $bytes fill-ms $ms"
 n=0
@@ -291,7 +308,9 @@ def make_initramfs(busybox_path, out):
 class Image:
     """Kernel + initramfs + command line of the test guest."""
 
-    def __init__(self):
+    def __init__(self, fill_mib=0):
+        """fill_mib: MiB of extra data the guest writes before `ready` (a
+        `fill mib N ms T` line; not in the ticks' checksum)."""
         self.kernel, self.kernel_version = kernel()
         bb, self.busybox_version = busybox()
         h = hashlib.sha256()
@@ -303,6 +322,8 @@ class Image:
         # quiet: kernel messages must not split tick lines; panic=-1 with
         # -no-reboot turns a guest panic into a QEMU exit.
         self.append = "console=ttyS0 quiet panic=-1 memhp_default_state=online"
+        if fill_mib:
+            self.append += f" snapmr.fill={int(fill_mib)}"
 
     def args(self):
         return ["-kernel", self.kernel, "-initrd", self.initrd, "-append", self.append]

@@ -2,7 +2,8 @@
 # SPDX-License-Identifier: MIT
 # snapsave --qmp refusals against a scripted QMP monitor (no QEMU needed): a
 # QEMU without x-ignore-shared, a migration already running, a backend that is
-# not a shared file (share=off, plain -m, memfd on QEMU 7.2), a peer that is
+# not a shared file (share=off, plain -m), a memfd on QEMU 7.2 that cannot be
+# found among the peer's descriptors or is ambiguous, a peer that is
 # not a QMP monitor; each exits 1 with one line, before any `stop`, with no
 # file. A failing `stop` puts back the capabilities and max-bandwidth it
 # changed. Usage errors of --qmp, --resume, --quit, --paused exit 2.
@@ -137,8 +138,14 @@ def main():
     refused(tmp, "share-off", "share=off", memdevs=[dict(md, share=False)])
     refused(tmp, "plain-m", "'pc.ram' (memory-backend-ram",
             memdevs=[dict(md, id="pc.ram", share=False)], types={"pc.ram": "memory-backend-ram"})
-    refused(tmp, "memfd-7.2", "leaves memory-backend-memfd out", version=(7, 2, 22),
+    # 7.2 + memfd is read through the peer's /proc/PID/fd: this peer (the
+    # test) holds no memfd of that size, and two memfds of one size are
+    # ambiguous.
+    refused(tmp, "memfd-7.2", "no memfd of 4194304 bytes", version=(7, 2, 22),
             memdevs=[dict(md, share=True)], types={"ram0": "memory-backend-memfd"})
+    refused(tmp, "memfd-7.2-twins", "same size", version=(7, 2, 22),
+            memdevs=[dict(md, share=True), dict(md, id="ram1", share=True)],
+            types={"ram0": "memory-backend-memfd", "ram1": "memory-backend-memfd"})
     refused(tmp, "not-qmp", "not a QMP monitor", greeting=b"SSH-2.0-OpenSSH\r\n")
 
     # stop fails after the capabilities were set: they and max-bandwidth come back.

@@ -13,13 +13,18 @@ QEMU 10, q35, ram0 + a pc-dimm on ram1, one boot:
     migrate-incoming file:, new backend files, no x-ignore-shared): same;
   - measured on the restored guest: QEMU's own `migrate file:` with
     mapped-ram + multifd 4 + direct-io, against snapsave --quit's downtime.
-memory-backend-memfd (unbooted): saved with a note and restored on QEMU 10,
-refused before the pause on 7.2.
+memory-backend-memfd (unbooted): saved with a note and restored on QEMU 10;
+on 7.2 saved and restored through /proc/PID/fd (bytes compared), two memfds
+of one size refused before the pause; x-ignore-shared off after a restore.
 Also: a failure after the pause (output on a full 1 MiB tmpfs): exit 1, no
 file, the guest runs on; snaprestore --qmp refusing a machine type or backend
 size mismatch before writing guest memory, and a file without a resume record.
-QEMU 7.2, q35 (pc-q35-7.2): --quit, snaprestore --qmp into 7.2, and the same
-file loaded natively by QEMU 10 with -M pc-q35-7.2.
+QEMU 7.2, q35 (pc-q35-7.2), the pc-dimm in a memory-backend-memfd (read and
+written through QEMU's descriptor): --quit, snaprestore --qmp into 7.2, and
+the same file loaded natively by QEMU 10 with -M pc-q35-7.2 (file backends).
+
+The rest of issue 15's matrix, one boot each: QEMU 10 and 7.2 on pc with 2
+vCPUs and one backend, two cycles of --quit and snaprestore --qmp.
 
 Environment: as tests/qemu/test_guest.py (SNAPSAVE, SNAPRESTORE, QEMU,
 SNAPMR_ACCEL: tcg unless kvm is asked for, SNAPMR_CACHE, SNAPMR_TEST_DIR).
@@ -72,10 +77,10 @@ def ok_json(p, what):
     return json.loads(p.stdout.splitlines()[-1])
 
 
-def guest(qemu, image, machine, incoming=False):
+def guest(qemu, image, machine, incoming=False, smp=1, dimm="128M"):
     """A test guest with a second QMP socket (`sock2`) for the tools: the
-    first one stays with the test."""
-    g = G.Guest(qemu, image, machine, "256M", "128M", 1, accel=ACCEL, incoming=incoming)
+    first one stays with the test. dimm: the pc-dimm's backend, or None."""
+    g = G.Guest(qemu, image, machine, "256M", dimm, smp, accel=ACCEL, incoming=incoming)
     g.sock2 = os.path.join(g.tmpdir, "qmp2.sock")
     g.extra_args += ["-qmp", f"unix:{g.sock2},server=on,wait=off"]
     return g
@@ -101,8 +106,8 @@ def continues(before, dst, want_sum, what):
     return last, nums[-1]
 
 
-def boot(qemu, image, machine):
-    g = guest(qemu, image, machine).start()
+def boot(qemu, image, machine, wrap=lambda v: v, **shape):
+    g = wrap(guest(qemu, image, machine, **shape)).start()
     try:
         t = g.boot(300)
         ready = g.ready()
@@ -128,16 +133,27 @@ def save_quit(g, snap):
     return st, before
 
 
-def restore_qmp(qemu, image, machine, snap, before, want_sum, what, paused=False):
+def caps_back(q, what):
+    """Left on, x-ignore-shared would make the guest's next plain migration
+    leave its RAM behind: snaprestore --qmp turns it off again."""
+    caps = {c["capability"]: c["state"] for c in q.execute("query-migrate-capabilities")}
+    require(not caps.get("x-ignore-shared"), f"{what}: x-ignore-shared still on after the restore")
+
+
+def restore_qmp(qemu, image, machine, snap, before, want_sum, what, paused=False,
+                wrap=lambda v: v, **shape):
     """snaprestore --qmp into a new QEMU; with `paused`, one started without
-    -S (it would run the guest as soon as the load completes) and --paused."""
-    dst = guest(qemu, image, machine, incoming=True)
+    -S (it would run the guest as soon as the load completes) and --paused.
+    wrap: changes the new QEMU's options (memfd_ram1)."""
+    dst = wrap(guest(qemu, image, machine, incoming=True, **shape))
     if paused:
         orig = dst.args
         dst.args = lambda: [a for a in orig() if a != "-S"]
     dst.start()
     try:
         for path, _ in dst.backends.values():
+            if not os.path.exists(path):        # a memfd (memfd_ram1)
+                continue
             require(os.path.getsize(path) == 0 or not any(open(path, "rb").read(1 << 20)),
                     f"{path}: a new backend file holds data before the restore")
         p = run([SNAPRESTORE, snap, "--qmp", dst.sock2, "--json"] +
@@ -147,6 +163,7 @@ def restore_qmp(qemu, image, machine, snap, before, want_sum, what, paused=False
             require(status(dst) == "paused", f"{what}: status {status(dst)} with --paused")
             dst.qmp.execute("cont")
         require(status(dst) == "running", f"{what}: status {status(dst)} after the restore")
+        caps_back(dst.qmp, what)
         a, b = continues(before, dst, want_sum, what)
         print(f"  {what}: ticks {a} -> {b}; phases {st['phases']}", flush=True)
         return dst
@@ -223,9 +240,21 @@ def memfd_ram1(v):
     return v
 
 
+def qemu_memfd(pid, size):
+    """/proc/PID/fd/N of QEMU's memory-backend-memfd of `size` bytes."""
+    d = f"/proc/{pid}/fd"
+    found = [os.path.join(d, n) for n in os.listdir(d)
+             if os.readlink(os.path.join(d, n)).startswith("/memfd:memory-backend-memfd")
+             and os.stat(os.path.join(d, n)).st_size == size]
+    require(len(found) == 1, f"QEMU {pid}: memfds of {size} bytes: {found}")
+    return found[0]
+
+
 def memfd(q72, image, work):
     """QEMU 10 migrates a memfd backend inside its stream: saved, with a note,
-    and restored; QEMU 7.2 leaves it out: refused before the pause."""
+    and restored. QEMU 7.2 leaves it out: snapsave reads it and snaprestore
+    writes it through QEMU's descriptor (/proc/PID/fd/N), byte for byte; two
+    memfds of one size are refused before the pause."""
     snap = os.path.join(work, "memfd.snap")
     with memfd_ram1(G.V.VM("q35", "64M", "32M", accel=ACCEL)) as v:
         v.qmp.close()
@@ -240,16 +269,48 @@ def memfd(q72, image, work):
     with dst:
         ok_json(run([SNAPRESTORE, snap, "--qmp", dst.sock2, "--json"]),
                 "memfd: snaprestore --qmp")
+        caps_back(dst.qmp, "memfd on QEMU 10")
     os.unlink(snap)
+
+    # 7.2: the memfd's bytes, written by the test through QEMU's descriptor.
+    size = 32 << 20
+    pattern = G.V.make_pattern(size, 72)
     g = memfd_ram1(G.Guest(q72, image, "q35", "64M", "32M", 1, accel=ACCEL))
+    with g:
+        with open(qemu_memfd(g.proc.pid, size), "r+b") as f:
+            f.write(pattern)
+        g.qmp.close()
+        g.qmp = None
+        p = run([SNAPSAVE, "--qmp", g.sock, "-o", snap, "--json"])
+        ok_json(p, "memfd on QEMU 7.2")
+    dst = memfd_ram1(G.Guest(q72, image, "q35", "64M", "32M", 1, accel=ACCEL, incoming=True))
+    with dst:
+        dst.qmp.close()
+        dst.qmp = None
+        ok_json(run([SNAPRESTORE, snap, "--qmp", dst.sock, "--json"]),
+                "memfd on 7.2: snaprestore --qmp")
+        q = G.V.QMP(dst.sock, timeout=10)
+        caps_back(q, "memfd on QEMU 7.2")
+        q.close()
+        bad, first = G.V.compare_file(qemu_memfd(dst.proc.pid, size), bytes(pattern))
+        require(bad == 0, f"memfd on 7.2: {bad} pages differ after the restore, first {first}")
+    os.unlink(snap)
+
+    # Two memfds of the same size: which descriptor is which cannot be told.
+    g = memfd_ram1(G.Guest(q72, image, "q35", "32M", "32M", 1, accel=ACCEL))
+    orig = g.args
+    g.args = lambda: [x.replace("memory-backend-file,id=ram0", "memory-backend-memfd,id=ram0")
+                      .replace(f",mem-path={g.backends['ram0'][0]}", "") for x in orig()]
     with g:
         g.qmp.close()
         g.qmp = None
         p = run([SNAPSAVE, "--qmp", g.sock, "-o", snap])
-        require(p.returncode == 1 and "leaves memory-backend-memfd out" in p.stderr
-                and not os.path.exists(snap),
-                f"memfd on QEMU 7.2: rc={p.returncode}: {p.stderr.strip()}")
-    print("  memfd: saved and restored on QEMU 10 (with a note), refused on 7.2", flush=True)
+        require(p.returncode == 1 and "same size" in p.stderr
+                and len(p.stderr.strip().splitlines()) == 1 and not os.path.exists(snap),
+                f"two memfds of one size on 7.2: rc={p.returncode}: {p.stderr.strip()}")
+    print("  memfd: saved and restored on QEMU 10 (with a note) and on 7.2 (through "
+          f"QEMU's descriptors, bytes equal); same-size memfds refused: {p.stderr.strip()}",
+          flush=True)
 
 
 def fail_after_pause(g, work):
@@ -360,16 +421,40 @@ def lineage10(qemu, image, work):
 
 
 def lineage72(q72, q10, image, work):
-    print(f"== {q72.label}, q35, 256M + pc-dimm 128M", flush=True)
-    g, want = boot(q72, image, "q35")
+    print(f"== {q72.label}, q35, 256M + pc-dimm 128M in a memfd", flush=True)
+    g, want = boot(q72, image, "q35", memfd_ram1)
     try:
         snap = os.path.join(work, "q72.snap")
         st, before = save_quit(g, snap)
         print(f"  --quit: downtime {st['downtime-ms']:.0f} ms, machine {st['machine']}",
               flush=True)
-        restore_qmp(q72, image, "q35", snap, before, want, "snaprestore --qmp (7.2)").stop()
+        restore_qmp(q72, image, "q35", snap, before, want, "snaprestore --qmp (7.2, memfd)",
+                    wrap=memfd_ram1).stop()
         load_native(q10, image, st["machine"], snap, before, want,
                     f"native load in {q10.label} -M {st['machine']}")
+    finally:
+        g.stop()
+
+
+def lineage_shape(qemu, image, work, machine, smp, dimm):
+    """The rest of the matrix, one boot each: two cycles of --quit and
+    snaprestore --qmp into a new QEMU over new backend files."""
+    shape = {"smp": smp, "dimm": dimm}
+    print(f"== {qemu.label}, {machine}, {smp} vCPU(s), 256M"
+          + (f" + pc-dimm {dimm}" if dimm else ", one backend"), flush=True)
+    g, want = boot(qemu, image, machine, **shape)
+    before = b""
+    try:
+        for cycle in (1, 2):
+            snap = os.path.join(work, f"cycle{cycle}.snap")
+            g.wait_tick(max(n for n, _ in g.ticks()), 30)
+            st, out = save_quit(g, snap)
+            before += out
+            require(st["machine"].startswith("pc-q35" if machine == "q35" else "pc-i440fx"),
+                    f"machine {st['machine']} for -M {machine}")
+            g = restore_qmp(qemu, image, machine, snap, before, want,
+                            f"cycle {cycle}: snaprestore --qmp", **shape)
+            os.unlink(snap)
     finally:
         g.stop()
 
@@ -393,7 +478,9 @@ def main():
     try:
         for name, fn in (("memfd", lambda: memfd(q72, image, work)),
                          ("10", lambda: lineage10(q10, image, work)),
-                         ("7.2", lambda: lineage72(q72, q10, image, work))):
+                         ("7.2", lambda: lineage72(q72, q10, image, work)),
+                         ("10 pc", lambda: lineage_shape(q10, image, work, "pc", 2, None)),
+                         ("7.2 pc", lambda: lineage_shape(q72, image, work, "pc", 2, None))):
             try:
                 fn()
             except (Fail, RuntimeError, TimeoutError, G.V.QMPError) as e:

@@ -6,9 +6,12 @@
 #include "cli.h"
 #include "workers.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -261,4 +264,89 @@ void qf_version_str(struct qmp *q, char *buf, size_t len)
 
 	qmp_version(q, &v);
 	snprintf(buf, len, "%d.%d.%d", v.major, v.minor, v.micro);
+}
+
+bool qf_is_shared_memfd(const struct qmp_memdev *d)
+{
+	return d->share && d->type && !strcmp(d->type, "memory-backend-memfd");
+}
+
+/* The link target of QEMU's backend memfds (memfd_create() name plus the kernel's prefix). */
+#define MEMFD_LINK "/memfd:memory-backend-memfd"
+
+int qf_memfd_path(struct qmp *q, const struct qmp_memdev *md, size_t n_md,
+		  const struct qmp_memdev *d, char *path, size_t len, struct stat *ret_st)
+{
+	const char *id = d->id ? d->id : "(no id)";
+	char dir[64], link[256], first[NAME_MAX + 1] = "";
+	pid_t pid = qmp_peer_pid(q);
+	struct dirent *e;
+	struct stat st;
+	size_t n = 0;
+	DIR *dp;
+
+	for (size_t i = 0; i < n_md; i++)
+		if (&md[i] != d && qf_is_shared_memfd(&md[i]) && md[i].size == d->size) {
+			cli_err("backends '%s' and '%s' are memfds of the same size (%llu bytes): "
+				"snapmr cannot tell their descriptors apart in QEMU; give them "
+				"different sizes or use memory-backend-file,share=on",
+				id, md[i].id ? md[i].id : "(no id)", (unsigned long long)d->size);
+			return -ENOTUNIQ;
+		}
+	if (pid <= 0) {
+		cli_err("backend '%s' (memory-backend-memfd): QEMU's process is unknown (no "
+			"SO_PEERCRED on the QMP socket): use memory-backend-file,share=on",
+			id);
+		return -ESRCH;
+	}
+	snprintf(dir, sizeof(dir), "/proc/%d/fd", (int)pid);
+	dp = opendir(dir);
+	if (!dp) {
+		int r = -errno;
+
+		cli_err("backend '%s' (memory-backend-memfd): %s: %s (run as QEMU's user or root)",
+			id, dir, strerror(errno));
+		return r;
+	}
+	while ((e = readdir(dp))) {
+		ssize_t l = readlinkat(dirfd(dp), e->d_name, link, sizeof(link) - 1);
+
+		if (l < 0)
+			continue;
+		link[l] = 0;
+		/* "/memfd:NAME (deleted)": the name must be exactly QEMU's. */
+		if (strncmp(link, MEMFD_LINK, strlen(MEMFD_LINK)) ||
+		    (link[strlen(MEMFD_LINK)] && link[strlen(MEMFD_LINK)] != ' '))
+			continue;
+		if (fstatat(dirfd(dp), e->d_name, &st, 0) < 0 || (uint64_t)st.st_size != d->size)
+			continue;
+		/* The same memfd under two descriptors is still one candidate. */
+		if (n && st.st_dev == ret_st->st_dev && st.st_ino == ret_st->st_ino)
+			continue;
+		if (!n++) {
+			*ret_st = st;
+			snprintf(first, sizeof(first), "%s", e->d_name);
+		}
+	}
+	closedir(dp);
+	if (n != 1) {
+		cli_err("backend '%s' (memory-backend-memfd): %s memfd of %llu bytes among QEMU "
+			"%d's descriptors (%s): use memory-backend-file,share=on",
+			id, n ? "more than one" : "no", (unsigned long long)d->size, (int)pid, dir);
+		return n ? -ENOTUNIQ : -ENOENT;
+	}
+	snprintf(path, len, "%s/%s", dir, first);
+	return 0;
+}
+
+int qf_memfd_check(const struct stat *want, int fd, const char *id)
+{
+	struct stat st;
+
+	if (fstat(fd, &st) == 0 && st.st_dev == want->st_dev && st.st_ino == want->st_ino)
+		return 0;
+	cli_err("backend '%s' (memory-backend-memfd): QEMU's descriptor changed while it was "
+		"opened",
+		id);
+	return -ESTALE;
 }

@@ -14,6 +14,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <sys/stat.h>
 
 /* Timeouts of QMP commands that answer at once, and of a whole migration. */
 #define QF_CMD_MS     10000
@@ -73,6 +74,24 @@ void qf_phases_init(struct qf_phases *p, bool progress, bool json);
 void qf_phase(struct qf_phases *p, const char *name);
 /* Prints `"phases": {...}` members into an open JSON object on f. */
 void qf_phases_json(FILE *f, const struct qf_phases *p);
+
+/*
+ * memory-backend-memfd,share=on, which QEMU 7.2 leaves out of the
+ * x-ignore-shared stream, is reached through QEMU's own descriptor: fills
+ * path with /proc/PID/fd/N (PID from the socket's SO_PEERCRED) and *ret_st
+ * with that memfd's identity, to be compared with what gets opened. QEMU
+ * names every such memfd "memory-backend-memfd", so the backend's size picks
+ * it out: a size two memfd backends (or descriptors) share, or that none
+ * has, is refused with a printed line naming backend d of md[0..n_md).
+ */
+int qf_memfd_path(struct qmp *q, const struct qmp_memdev *md, size_t n_md,
+		  const struct qmp_memdev *d, char *path, size_t len, struct stat *ret_st);
+
+/* 0 when fd is the memfd qf_memfd_path() found, else -ESTALE with a printed line. */
+int qf_memfd_check(const struct stat *want, int fd, const char *id);
+
+/* memory-backend-memfd with share=on. */
+bool qf_is_shared_memfd(const struct qmp_memdev *d);
 
 /* "a.b.c" into buf. */
 void qf_version_str(struct qmp *q, char *buf, size_t len);
