@@ -84,8 +84,8 @@ static int read_record(struct restore_run *s)
 	return 0;
 }
 
-/* The waiting QEMU must match the record: state, machine type, every backend. */
-static int check_dest(struct restore_run *s)
+/* The waiting QEMU: waiting for an incoming migration, with the file's machine type. */
+static int check_vm(struct restore_run *s)
 {
 	const struct mr_resume *rec = s->rec;
 	struct qmp_status st;
@@ -115,6 +115,16 @@ static int check_dest(struct restore_run *s)
 		return -EINVAL;
 	}
 	free(machine);
+	return 0;
+}
+
+/* Every shared block of the file has a shared backend of its size. */
+static int check_backends(struct restore_run *s)
+{
+	const struct mr_resume *rec = s->rec;
+	char ebuf[512];
+	int r;
+
 	r = qmp_query_memdevs(s->q, QF_CMD_MS, &s->md, &s->n_md, ebuf, sizeof(ebuf));
 	if (r) {
 		cli_err("%s: %s", s->a->qmp, ebuf);
@@ -161,7 +171,14 @@ static int check_dest(struct restore_run *s)
 			m->on = true;
 		}
 	}
-	/* A shared backend the file does not know would keep what its file holds. */
+	return 0;
+}
+
+/* A shared backend the file does not know would keep what its file holds. */
+static int check_unknown_backends(const struct restore_run *s)
+{
+	const struct mr_resume *rec = s->rec;
+
 	for (size_t i = 0; i < s->n_md; i++) {
 		bool known = false;
 
@@ -180,6 +197,80 @@ static int check_dest(struct restore_run *s)
 	return 0;
 }
 
+/* The waiting QEMU must match the record: state, machine type, every backend. */
+static int check_dest(struct restore_run *s)
+{
+	int r = check_vm(s);
+
+	if (!r)
+		r = check_backends(s);
+	if (!r)
+		r = check_unknown_backends(s);
+	return r;
+}
+
+/* Block i's destination: its backend (file or QEMU's memfd), or anonymous memory. */
+static int map_block(struct restore_run *s, size_t i, struct snap_block *ret)
+{
+	const struct mr_resume_block *b = &s->rec->blocks[i];
+	char ebuf[512];
+	int r;
+
+	if (b->shared) {
+		const struct qmp_memdev *d = memdev(s, b->backend[0] ? b->backend : b->name);
+		struct snap_ram_spec spec = { 0 };
+
+		snprintf(spec.name, sizeof(spec.name), "%s", b->name);
+		spec.where = s->memfd[i].on ? s->memfd[i].path : d->mem_path;
+		r = snap_ram_map_dest(&spec, -1, b->length, &s->maps[i], ebuf, sizeof(ebuf));
+		if (r) {
+			cli_err("block '%s': %s", b->name, ebuf);
+			return r;
+		}
+		if (s->memfd[i].on) {
+			r = qf_memfd_check(&s->memfd[i].st, s->maps[i].fd, d->id);
+			if (r)
+				return r;
+		}
+		*ret = (struct snap_block){ .name = b->name,
+					    .addr = s->maps[i].addr,
+					    .length = b->length,
+					    .fd = s->maps[i].fd,
+					    .fd_off = s->maps[i].offset,
+					    .zeroed = s->maps[i].zeroed };
+		return 0;
+	}
+	s->anon[i] =
+		mmap(NULL, b->length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (s->anon[i] == MAP_FAILED) {
+		s->anon[i] = NULL;
+		cli_err("block '%s': out of memory", b->name);
+		return -ENOMEM;
+	}
+	*ret = (struct snap_block){
+		.name = b->name, .addr = s->anon[i], .length = b->length, .fd = -1, .zeroed = true
+	};
+	return 0;
+}
+
+/* The tail is small (device state): read it back whole. */
+static int read_tail(int tfd, struct mr_buf *tail)
+{
+	uint8_t buf[65536];
+	ssize_t n;
+	off_t off = 0;
+	int r;
+
+	while ((n = pread(tfd, buf, sizeof(buf), off)) > 0) {
+		mr_buf_put(tail, buf, (size_t)n);
+		off += n;
+	}
+	r = n < 0 ? -errno : tail->err;
+	if (r)
+		cli_err("reading the device state back: %s", strerror(-r));
+	return r;
+}
+
 /* Shared blocks into the backend files, the others into memory; the raw tail into tail. */
 static int restore_blocks(struct restore_run *s, int fd, int dfd, struct mr_buf *tail)
 {
@@ -188,7 +279,6 @@ static int restore_blocks(struct restore_run *s, int fd, int dfd, struct mr_buf 
 	struct snap_restore_args ra;
 	struct snap_stats st;
 	struct snap_err err;
-	char ebuf[512];
 	int tfd = -1, r = -ENOMEM;
 
 	s->maps = calloc(rec->n_blocks, sizeof(*s->maps));
@@ -198,47 +288,9 @@ static int restore_blocks(struct restore_run *s, int fd, int dfd, struct mr_buf 
 		goto out;
 	}
 	for (size_t i = 0; i < rec->n_blocks; i++) {
-		const struct mr_resume_block *b = &rec->blocks[i];
-
-		if (b->shared) {
-			const struct qmp_memdev *d =
-				memdev(s, b->backend[0] ? b->backend : b->name);
-			struct snap_ram_spec spec = { 0 };
-
-			snprintf(spec.name, sizeof(spec.name), "%s", b->name);
-			spec.where = s->memfd[i].on ? s->memfd[i].path : d->mem_path;
-			r = snap_ram_map_dest(&spec, -1, b->length, &s->maps[i], ebuf,
-					      sizeof(ebuf));
-			if (r) {
-				cli_err("block '%s': %s", b->name, ebuf);
-				goto out;
-			}
-			if (s->memfd[i].on) {
-				r = qf_memfd_check(&s->memfd[i].st, s->maps[i].fd, d->id);
-				if (r)
-					goto out;
-			}
-			blocks[i] = (struct snap_block){ .name = b->name,
-							 .addr = s->maps[i].addr,
-							 .length = b->length,
-							 .fd = s->maps[i].fd,
-							 .fd_off = s->maps[i].offset,
-							 .zeroed = s->maps[i].zeroed };
-			continue;
-		}
-		s->anon[i] = mmap(NULL, b->length, PROT_READ | PROT_WRITE,
-				  MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-		if (s->anon[i] == MAP_FAILED) {
-			s->anon[i] = NULL;
-			r = -ENOMEM;
-			cli_err("block '%s': out of memory", b->name);
+		r = map_block(s, i, &blocks[i]);
+		if (r)
 			goto out;
-		}
-		blocks[i] = (struct snap_block){ .name = b->name,
-						 .addr = s->anon[i],
-						 .length = b->length,
-						 .fd = -1,
-						 .zeroed = true };
 	}
 	tfd = memfd_create("snapmr-tail", MFD_CLOEXEC);
 	if (tfd < 0) {
@@ -259,20 +311,7 @@ static int restore_blocks(struct restore_run *s, int fd, int dfd, struct mr_buf 
 		cli_err("%s: %s%s", s->a->file, err.msg, cli_remedy(&err));
 		goto out;
 	}
-	/* The tail is small (device state): read it back whole. */
-	{
-		uint8_t buf[65536];
-		ssize_t n;
-		off_t off = 0;
-
-		while ((n = pread(tfd, buf, sizeof(buf), off)) > 0) {
-			mr_buf_put(tail, buf, (size_t)n);
-			off += n;
-		}
-		r = n < 0 ? -errno : tail->err;
-		if (r)
-			cli_err("reading the device state back: %s", strerror(-r));
-	}
+	r = read_tail(tfd, tail);
 out:
 	if (tfd >= 0)
 		close(tfd);

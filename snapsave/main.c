@@ -238,6 +238,32 @@ static int run_save(const struct args *a, struct snap_outfile *out, struct snap_
 	return 0;
 }
 
+/* The output, checked against the sources; notes for what it found. 0 or -errno, reported. */
+static int open_output(const struct args *a, struct snap_outfile *out,
+		       const struct snap_ram_map *maps)
+{
+	char ebuf[512];
+	int r;
+
+	r = snap_outfile_open(out, a->output, a->cc.opts.direct, a->cc.offset, ebuf, sizeof(ebuf));
+	if (r) {
+		cli_err("%s: %s", a->output, ebuf);
+		return r;
+	}
+	for (size_t i = 0; i < out->n_reaped; i++)
+		cli_note("%s: removed '%s', a temporary file left in the output directory by a "
+			 "save whose process is gone",
+			 a->output, out->reaped[i]);
+	if (output_is_source(a, out, maps)) {
+		snap_outfile_abort(out);
+		return -EINVAL;
+	}
+	if (out->direct_refused && strncmp(a->output, "fd:", 3))
+		cli_note("%s: O_DIRECT unavailable (%s); writing buffered", a->output,
+			 out->direct_err);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	struct args a = { 0 };
@@ -246,7 +272,6 @@ int main(int argc, char **argv)
 	struct snap_outfile out;
 	struct snap_save_args sa = { 0 };
 	struct snap_stats st;
-	char ebuf[512];
 	int devstate_fd = -1, ret = 1, r;
 
 	cli_prog = "snapsave";
@@ -273,22 +298,8 @@ int main(int argc, char **argv)
 	}
 
 	cli_install_signal_cleanup();
-	r = snap_outfile_open(&out, a.output, a.cc.opts.direct, a.cc.offset, ebuf, sizeof(ebuf));
-	if (r) {
-		cli_err("%s: %s", a.output, ebuf);
+	if (open_output(&a, &out, maps))
 		goto close_devstate;
-	}
-	for (size_t i = 0; i < out.n_reaped; i++)
-		cli_note("%s: removed '%s', a temporary file left in the output directory by a "
-			 "save whose process is gone",
-			 a.output, out.reaped[i]);
-	if (output_is_source(&a, &out, maps)) {
-		snap_outfile_abort(&out);
-		goto close_devstate;
-	}
-	if (out.direct_refused && strncmp(a.output, "fd:", 3))
-		cli_note("%s: O_DIRECT unavailable (%s); writing buffered", a.output,
-			 out.direct_err);
 
 	sa = (struct snap_save_args){
 		.fd = out.fd,
