@@ -687,6 +687,28 @@ static int devstate_range(const struct mr_image *img, bool raw, uint64_t *off, u
 	return 0;
 }
 
+/* The device state (section or raw tail) to args->devstate_fd, checked against its sum. */
+static int restore_devstate(const struct snap_restore_args *args, bool check, uint64_t *ret_len,
+			    struct snap_err *err)
+{
+	const struct snap_file *f = args->file;
+	uint64_t off = 0, len = 0, h = 0;
+	int r;
+
+	r = devstate_range(f->img, args->devstate_raw, &off, &len, err);
+	if (!r)
+		r = copy_range(args->fd, args->devstate_fd, off, len, &h, err);
+	if (r)
+		return r;
+	/* The trailer sums the snapmr section, or the tail for a raw-tail save. */
+	if (check && off == f->trailer->devstate_offset && len == f->trailer->devstate_length &&
+	    h != f->trailer->devstate_hash)
+		return snap_fail(err, -EBADMSG, "device state at offset 0x%llx fails its checksum",
+				 (unsigned long long)off);
+	*ret_len = len;
+	return 0;
+}
+
 int snap_restore(const struct snap_restore_args *args, const struct snap_opts *opts,
 		 struct snap_stats *ret_stats, struct snap_err *err)
 {
@@ -744,22 +766,9 @@ int snap_restore(const struct snap_restore_args *args, const struct snap_opts *o
 		goto out;
 
 	if (args->devstate_fd >= 0) {
-		uint64_t off = 0, len = 0, h = 0;
-
-		r = devstate_range(img, args->devstate_raw, &off, &len, err);
-		if (!r)
-			r = copy_range(args->fd, args->devstate_fd, off, len, &h, err);
+		r = restore_devstate(args, check, &st.devstate_bytes, err);
 		if (r)
 			goto out;
-		/* The trailer sums the snapmr section, or the tail for a raw-tail save. */
-		if (check && off == f->trailer->devstate_offset &&
-		    len == f->trailer->devstate_length && h != f->trailer->devstate_hash) {
-			r = snap_fail(err, -EBADMSG,
-				      "device state at offset 0x%llx fails its checksum",
-				      (unsigned long long)off);
-			goto out;
-		}
-		st.devstate_bytes = len;
 	}
 	fill_stats(&st, &c, &pool, args->fd, args->direct_fd, total, t0, fallback);
 	if (ret_stats)
