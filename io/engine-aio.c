@@ -49,8 +49,6 @@ static int aio_init(struct snap_io_engine *e)
 	unsigned n = e->depth;
 	int r;
 
-	if (snap_io_init_fail_injected("aio"))
-		return -ENOSYS;
 	p = calloc(1, sizeof(*p));
 	if (!p)
 		return -ENOMEM;

@@ -15,25 +15,4 @@
  */
 #define SNAP_IO_MAX_LEN 0x7ffff000u
 
-/*
- * Test hook: SNAPMR_FAIL_ENGINE_INIT holds a comma-separated list of engine
- * names (e.g. "uring,aio") whose init then fails with -ENOSYS, as on a kernel
- * without the feature, so tests can check that callers fall back to another
- * engine. Read with secure_getenv(), so setuid programs ignore it.
- */
-static inline bool snap_io_init_fail_injected(const char *name)
-{
-	const char *list = secure_getenv("SNAPMR_FAIL_ENGINE_INIT");
-	size_t len = strlen(name);
-
-	while (list && *list) {
-		const char *end = strchrnul(list, ',');
-
-		if ((size_t)(end - list) == len && !strncmp(list, name, len))
-			return true;
-		list = *end ? end + 1 : end;
-	}
-	return false;
-}
-
 #endif

@@ -54,8 +54,6 @@ static int uring_init(struct snap_io_engine *e)
 	struct uring_priv *p;
 	int r;
 
-	if (snap_io_init_fail_injected("uring"))
-		return -ENOSYS;
 	p = calloc(1, sizeof(*p));
 	if (!p)
 		return -ENOMEM;

@@ -22,7 +22,6 @@
 #define TEST_DIR   "/var/tmp"
 #define ALIGN	   4096
 #define FILE_SIZE  ((size_t)4 << 20)
-#define HOOK_ENV   "SNAPMR_FAIL_ENGINE_INIT"
 #define MAX_CHUNKS 4096
 
 struct chunk {
@@ -396,36 +395,6 @@ static void test_errors_sticky(void **state)
 	close(fd);
 }
 
-static void test_init_hook(void **state)
-{
-	const struct snap_io_ops *ops = *state;
-	struct snap_io_engine *e = NULL;
-	char list[64];
-
-	/* Engine unavailable for real: nothing to test. */
-	snap_io_engine_free(engine_new(ops, 4, NULL));
-
-	/* Names are matched whole. */
-	snprintf(list, sizeof(list), "x%s,%sx,,", ops->name, ops->name);
-	assert_int_equal(setenv(HOOK_ENV, list, 1), 0);
-	assert_int_equal(snap_io_engine_new(ops, 4, NULL, NULL, &e), 0);
-	snap_io_engine_free(e);
-	e = NULL;
-
-	if (!strcmp(ops->name, "threads")) {
-		/* The fallback of last resort has no hook and survives the others failing. */
-		assert_int_equal(setenv(HOOK_ENV, "uring,aio", 1), 0);
-		assert_int_equal(snap_io_engine_new(ops, 4, NULL, NULL, &e), 0);
-		snap_io_engine_free(e);
-	} else {
-		snprintf(list, sizeof(list), "threads,%s", ops->name);
-		assert_int_equal(setenv(HOOK_ENV, list, 1), 0);
-		assert_int_equal(snap_io_engine_new(ops, 4, NULL, NULL, &e), -ENOSYS);
-		assert_null(e);
-	}
-	assert_int_equal(unsetenv(HOOK_ENV), 0);
-}
-
 static const struct snap_io_ops *cur_ops;
 
 static int group_setup(void **state)
@@ -439,13 +408,11 @@ int main(void)
 	static const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_roundtrip_buffered), cmocka_unit_test(test_roundtrip_direct),
 		cmocka_unit_test(test_read_past_eof),	   cmocka_unit_test(test_direct_fallback),
-		cmocka_unit_test(test_errors_sticky),	   cmocka_unit_test(test_init_hook),
+		cmocka_unit_test(test_errors_sticky),
 	};
 	const char *const *names = snap_io_engine_names();
 	int failed = 0;
 
-	/* The hook is exercised explicitly; an inherited value would skip engines. */
-	unsetenv(HOOK_ENV);
 	for (size_t i = 0; names[i]; i++) {
 		cur_ops = snap_io_engine_find(names[i]);
 		print_message("engine %s\n", names[i]);

@@ -467,6 +467,26 @@ int renameat2(int dfrom, const char *from, int dto, const char *to, unsigned fla
 	return get_renameat2()(dfrom, from, dto, to, flags);
 }
 
+/*
+ * FAILSHIM_ENGINE_INIT=uring,aio: those engines cannot start, as on a kernel
+ * without the feature (io_uring disabled by sysctl, no AIO), so tests see the
+ * tools fall back to another engine. Names are matched whole.
+ */
+static bool engine_refused(const char *name)
+{
+	const char *list = getenv("FAILSHIM_ENGINE_INIT");
+	size_t len = strlen(name);
+
+	while (list && *list) {
+		const char *end = strchrnul(list, ',');
+
+		if ((size_t)(end - list) == len && !strncmp(list, name, len))
+			return true;
+		list = *end ? end + 1 : end;
+	}
+	return false;
+}
+
 #if HAVE_LIBURING
 /*
  * io_uring: registered files are slots, so remember which descriptor each
@@ -496,6 +516,22 @@ static int *slot_table(const struct io_uring *ring)
 REAL(int, io_uring_register_files, struct io_uring *, const int *, unsigned)
 REAL(int, io_uring_register_files_update, struct io_uring *, unsigned, const int *, unsigned)
 REAL(int, io_uring_submit, struct io_uring *)
+REAL(int, io_uring_queue_init, unsigned, struct io_uring *, unsigned)
+REAL(int, io_uring_queue_init_params, unsigned, struct io_uring *, struct io_uring_params *)
+
+int io_uring_queue_init(unsigned entries, struct io_uring *ring, unsigned flags)
+{
+	if (engine_refused("uring"))
+		return -ENOSYS;
+	return get_io_uring_queue_init()(entries, ring, flags);
+}
+
+int io_uring_queue_init_params(unsigned entries, struct io_uring *ring, struct io_uring_params *p)
+{
+	if (engine_refused("uring"))
+		return -ENOSYS;
+	return get_io_uring_queue_init_params()(entries, ring, p);
+}
 REAL(int, io_uring_submit_and_wait, struct io_uring *, unsigned)
 
 int io_uring_register_files(struct io_uring *ring, const int *files, unsigned nr)
@@ -566,6 +602,14 @@ static struct iocb *aio_hits[256];
 static pthread_mutex_t aio_lock = PTHREAD_MUTEX_INITIALIZER;
 
 REAL(int, io_submit, io_context_t, long, struct iocb **)
+REAL(int, io_setup, int, io_context_t *)
+
+int io_setup(int maxevents, io_context_t *ctx)
+{
+	if (engine_refused("aio"))
+		return -ENOSYS;
+	return get_io_setup()(maxevents, ctx);
+}
 REAL(int, io_getevents, io_context_t, long, long, struct io_event *, struct timespec *)
 
 static void aio_remember(struct iocb *io)

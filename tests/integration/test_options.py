@@ -133,15 +133,18 @@ def io_sizes(blocks, out_dir, dest_dir, engine, mio, qd):
 
 
 def engine_fallback(blocks, out_dir, dest_dir, no_direct):
-    """The test hook SNAPMR_FAIL_ENGINE_INIT makes engines refuse to start, as
+    """The fault shim (FAILSHIM_ENGINE_INIT) makes engines refuse to start, as
     io_uring does when disabled by sysctl: the default choice falls back with a
     one-line note, an explicitly named engine fails clearly."""
-    env = dict(os.environ)
+    shim = os.environ.get("FAILSHIM")
+    if not shim or not os.path.exists(shim):
+        raise Skip("FAILSHIM (tests/faults/failshim.so) is not built")
+    env = dict(os.environ, LD_PRELOAD=shim)
     out = os.path.join(out_dir, "fallback.snap")
     src = ["--ram", "%s=%s" % (blocks[0].name, blocks[0].src)]
     cases = [("uring", "aio" if not no_direct else "threads"), ("uring,aio", "threads")]
     for hook, expect in cases:
-        env["SNAPMR_FAIL_ENGINE_INIT"] = hook
+        env["FAILSHIM_ENGINE_INIT"] = hook
         r = ok(snapsave("-o", out, "--json", *src, env=env), "save with %s failing" % hook)
         st = parse_json(r, "save")
         check(st.get("engine") == expect, "with %s failing, save used %r, expected %r" %
@@ -157,7 +160,7 @@ def engine_fallback(blocks, out_dir, dest_dir, no_direct):
         compare_files(blocks[0].src, dest, "restore with %s failing" % hook)
         os.unlink(dest)
         os.unlink(out)
-    env["SNAPMR_FAIL_ENGINE_INIT"] = "uring"
+    env["FAILSHIM_ENGINE_INIT"] = "uring"
     r = snapsave("-o", out, "--io", "uring", *src, env=env)
     expect_error(r, 1, "uring", what="--io uring while io_uring cannot start")
     check(not os.path.exists(out) and not temp_leftovers(out_dir),
