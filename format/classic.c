@@ -36,24 +36,6 @@ struct dec {
 	uint8_t buf[DEC_BUF];
 };
 
-static int fail(struct mr_err *err, int code, uint64_t off, const char *block, const char *fmt, ...)
-	__attribute__((format(printf, 5, 6)));
-
-static int fail(struct mr_err *err, int code, uint64_t off, const char *block, const char *fmt, ...)
-{
-	va_list ap;
-
-	if (!err)
-		return code;
-	memset(err, 0, sizeof(*err));
-	err->off = off;
-	snprintf(err->block, sizeof(err->block), "%s", block ? block : "");
-	va_start(ap, fmt);
-	vsnprintf(err->msg, sizeof(err->msg), fmt, ap);
-	va_end(ap);
-	return code;
-}
-
 /* Refills the buffer; 0, or -errno from the source. Sets eof at the end. */
 static int fill(struct dec *d)
 {
@@ -88,9 +70,10 @@ static int get(struct dec *d, void *dst, size_t n, uint64_t rec_off, const char 
 		size_t k;
 
 		if (r)
-			return fail(d->err, r, d->off, NULL, "read error in %s", what);
+			return mr_fail(d->err, r, d->off, NULL, "read error in %s", what);
 		if (d->eof)
-			return fail(d->err, -ENODATA, rec_off, NULL, "stream ends inside %s", what);
+			return mr_fail(d->err, -ENODATA, rec_off, NULL, "stream ends inside %s",
+				       what);
 		k = d->len - d->pos < n ? d->len - d->pos : n;
 		if (p) {
 			memcpy(p, d->buf + d->pos, k);
@@ -144,9 +127,9 @@ static int peek(struct dec *d, uint8_t *v, const char *what)
 	int r = fill(d);
 
 	if (r)
-		return fail(d->err, r, d->off, NULL, "read error before %s", what);
+		return mr_fail(d->err, r, d->off, NULL, "read error before %s", what);
 	if (d->eof)
-		return fail(d->err, -ENODATA, d->off, NULL, "stream ends before %s", what);
+		return mr_fail(d->err, -ENODATA, d->off, NULL, "stream ends before %s", what);
 	*v = d->buf[d->pos];
 	return 0;
 }
@@ -160,15 +143,16 @@ static int get_name(struct dec *d, char *out, uint64_t rec_off, const char *what
 	if (r)
 		return r;
 	if (!n)
-		return fail(d->err, -EBADMSG, rec_off, NULL, "empty %s", what);
+		return mr_fail(d->err, -EBADMSG, rec_off, NULL, "empty %s", what);
 	r = get(d, out, n, rec_off, what);
 	if (r)
 		return r;
 	out[n] = '\0';
 	for (unsigned i = 0; i < n; i++)
 		if ((uint8_t)out[i] < 0x20 || (uint8_t)out[i] == 0x7f)
-			return fail(d->err, -EBADMSG, rec_off, NULL,
-				    "%s has a control byte 0x%02x at %u", what, (uint8_t)out[i], i);
+			return mr_fail(d->err, -EBADMSG, rec_off, NULL,
+				       "%s has a control byte 0x%02x at %u", what, (uint8_t)out[i],
+				       i);
 	return 0;
 }
 
@@ -180,13 +164,13 @@ static int parse_caps(struct dec *d, uint64_t sub_off)
 	int r;
 
 	if (c->caps)
-		return fail(d->err, -EBADMSG, sub_off, NULL, "second capabilities subsection");
+		return mr_fail(d->err, -EBADMSG, sub_off, NULL, "second capabilities subsection");
 	r = get_be32(d, &n, sub_off, "capability count");
 	if (r)
 		return r;
 	if (n > CAPS_MAX)
-		return fail(d->err, -EOVERFLOW, sub_off, NULL, "%u capabilities (at most %u)", n,
-			    CAPS_MAX);
+		return mr_fail(d->err, -EOVERFLOW, sub_off, NULL, "%u capabilities (at most %u)", n,
+			       CAPS_MAX);
 	c->caps = calloc(n ? n : 1, sizeof(*c->caps));
 	if (!c->caps)
 		return -ENOMEM;
@@ -203,16 +187,16 @@ static int parse_caps(struct dec *d, uint64_t sub_off)
 		if (!strcmp(name, MR_CAP_IGNORE_SHARED))
 			ignore_shared = true;
 		else if (!strcmp(name, MR_CAP_MAPPED_RAM))
-			return fail(
+			return mr_fail(
 				d->err, -EPROTONOSUPPORT, sub_off, NULL,
 				"capability mapped-ram: a mapped-ram file, not a classic stream");
 		else
-			return fail(d->err, -EPROTONOSUPPORT, sub_off, NULL,
-				    "capability %s is not supported", name);
+			return mr_fail(d->err, -EPROTONOSUPPORT, sub_off, NULL,
+				       "capability %s is not supported", name);
 	}
 	if (!ignore_shared)
-		return fail(d->err, -EPROTONOSUPPORT, sub_off, NULL,
-			    "capability x-ignore-shared is not listed");
+		return mr_fail(d->err, -EPROTONOSUPPORT, sub_off, NULL,
+			       "capability x-ignore-shared is not listed");
 	return 0;
 }
 
@@ -227,26 +211,26 @@ static int parse_config(struct dec *d)
 	if (r)
 		return r;
 	if (mr_get_be32(h) != MR_FILE_MAGIC)
-		return fail(d->err, -EBADMSG, 0, NULL, "bad magic 0x%08x", mr_get_be32(h));
+		return mr_fail(d->err, -EBADMSG, 0, NULL, "bad magic 0x%08x", mr_get_be32(h));
 	if (mr_get_be32(h + 4) != MR_FILE_VERSION)
-		return fail(d->err, -EPROTONOSUPPORT, 4, NULL, "stream version %u (only 3)",
-			    mr_get_be32(h + 4));
+		return mr_fail(d->err, -EPROTONOSUPPORT, 4, NULL, "stream version %u (only 3)",
+			       mr_get_be32(h + 4));
 	r = get_u8(d, &t, 8, "configuration");
 	if (r)
 		return r;
 	if (t != MR_SEC_CONFIG)
-		return fail(d->err, -EBADMSG, 8, NULL, "expected configuration 0x07, found 0x%02x",
-			    t);
+		return mr_fail(d->err, -EBADMSG, 8, NULL,
+			       "expected configuration 0x07, found 0x%02x", t);
 	r = get_be32(d, &len, 8, "configuration");
 	if (r)
 		return r;
 	if (!len || len > MR_NAME_MAX)
-		return fail(d->err, -EBADMSG, 9, NULL, "machine type length %u (1..255)", len);
+		return mr_fail(d->err, -EBADMSG, 9, NULL, "machine type length %u (1..255)", len);
 	r = get(d, c->machine, len, 8, "machine type");
 	if (r)
 		return r;
 	if (memchr(c->machine, '\0', len))
-		return fail(d->err, -EBADMSG, 13, NULL, "machine type has a NUL byte");
+		return mr_fail(d->err, -EBADMSG, 13, NULL, "machine type has a NUL byte");
 	for (;;) {
 		uint64_t sub_off = d->off;
 		char name[MR_NAME_MAX + 1];
@@ -271,19 +255,19 @@ static int parse_config(struct dec *d)
 
 			r = get_be32(d, &bits, sub_off, "target-page-bits");
 			if (!r && bits != TARGET_BITS)
-				r = fail(d->err, -EPROTONOSUPPORT, sub_off, NULL,
-					 "target page bits %u (only 12)", bits);
+				r = mr_fail(d->err, -EPROTONOSUPPORT, sub_off, NULL,
+					    "target page bits %u (only 12)", bits);
 		} else {
 			/* configuration/uuid (validate-uuid) included: not carried over. */
-			r = fail(d->err, -EPROTONOSUPPORT, sub_off, NULL,
-				 "configuration subsection %s is not supported", name);
+			r = mr_fail(d->err, -EPROTONOSUPPORT, sub_off, NULL,
+				    "configuration subsection %s is not supported", name);
 		}
 		if (r)
 			return r;
 	}
 	if (!c->caps)
-		return fail(d->err, -EPROTONOSUPPORT, d->off, NULL,
-			    "no capabilities: x-ignore-shared is off");
+		return mr_fail(d->err, -EPROTONOSUPPORT, d->off, NULL,
+			       "no capabilities: x-ignore-shared is off");
 	return 0;
 }
 
@@ -301,14 +285,14 @@ static int parse_head_command(struct dec *d, uint64_t rec_off)
 	if (r)
 		return r;
 	if (cmd == MR_CMD_POSTCOPY_ADVISE)
-		return fail(d->err, -EPROTONOSUPPORT, rec_off, NULL,
-			    "postcopy-ram is on (POSTCOPY_ADVISE): not supported");
+		return mr_fail(d->err, -EPROTONOSUPPORT, rec_off, NULL,
+			       "postcopy-ram is on (POSTCOPY_ADVISE): not supported");
 	if (cmd != MR_CMD_OPEN_RETURN_PATH && cmd != MR_CMD_PING)
-		return fail(d->err, -EPROTONOSUPPORT, rec_off, NULL,
-			    "command %u before the RAM section is not supported", cmd);
+		return mr_fail(d->err, -EPROTONOSUPPORT, rec_off, NULL,
+			       "command %u before the RAM section is not supported", cmd);
 	if (c->head_len + 5 + len > MR_CLASSIC_HEAD_MAX)
-		return fail(d->err, -EFBIG, rec_off, NULL, "commands before RAM exceed %u bytes",
-			    MR_CLASSIC_HEAD_MAX);
+		return mr_fail(d->err, -EFBIG, rec_off, NULL, "commands before RAM exceed %u bytes",
+			       MR_CLASSIC_HEAD_MAX);
 	p = realloc(c->head, c->head_len + 5 + len);
 	if (!p)
 		return -ENOMEM;
@@ -345,9 +329,9 @@ static int parse_block_list(struct dec *d, uint64_t rec_off, uint64_t total)
 		struct mr_classic_block *b;
 
 		if (c->n_blocks == MR_CLASSIC_BLOCKS_MAX)
-			return fail(d->err, -EOVERFLOW, entry_off, NULL,
-				    "more than %u blocks in the MEM_SIZE list",
-				    MR_CLASSIC_BLOCKS_MAX);
+			return mr_fail(d->err, -EOVERFLOW, entry_off, NULL,
+				       "more than %u blocks in the MEM_SIZE list",
+				       MR_CLASSIC_BLOCKS_MAX);
 		if (c->n_blocks == cap) {
 			size_t ncap = cap ? cap * 2 : 16;
 
@@ -371,14 +355,14 @@ static int parse_block_list(struct dec *d, uint64_t rec_off, uint64_t total)
 			return r;
 		}
 		if (mr_classic_block(c, b->name))
-			return fail(d->err, -EBADMSG, entry_off, b->name, "block listed twice");
+			return mr_fail(d->err, -EBADMSG, entry_off, b->name, "block listed twice");
 		c->n_blocks++;
 		if (b->length % MR_PAGE_SIZE)
-			return fail(d->err, -EBADMSG, entry_off, b->name,
-				    "length 0x%llx is not a multiple of 4096",
-				    (unsigned long long)b->length);
+			return mr_fail(d->err, -EBADMSG, entry_off, b->name,
+				       "length 0x%llx is not a multiple of 4096",
+				       (unsigned long long)b->length);
 		if (b->length > left)
-			return fail(
+			return mr_fail(
 				d->err, -EBADMSG, entry_off, b->name,
 				"length 0x%llx exceeds what is left of MEM_SIZE 0x%llx (0x%llx)",
 				(unsigned long long)b->length, (unsigned long long)total,
@@ -388,7 +372,8 @@ static int parse_block_list(struct dec *d, uint64_t rec_off, uint64_t total)
 	if (d->ops->blocks) {
 		r = d->ops->blocks(d->ops->blocks_ctx, c->blocks, c->n_blocks);
 		if (r)
-			return fail(d->err, r, rec_off, NULL, "block list rejected by the caller");
+			return mr_fail(d->err, r, rec_off, NULL,
+				       "block list rejected by the caller");
 	}
 	for (size_t i = 0; i < c->n_blocks; i++) {
 		struct mr_classic_block *b = &c->blocks[i];
@@ -423,12 +408,13 @@ static int parse_page(struct dec *d, uint64_t rec_off, uint64_t w)
 	int r;
 
 	if (!d->c->ram_total)
-		return fail(d->err, -EBADMSG, rec_off, NULL, "page record before the block list");
+		return mr_fail(d->err, -EBADMSG, rec_off, NULL,
+			       "page record before the block list");
 	if (flags & MR_RAM_CONTINUE) {
 		b = d->last;
 		if (!b)
-			return fail(d->err, -EBADMSG, rec_off, NULL,
-				    "CONTINUE page record without a previous block");
+			return mr_fail(d->err, -EBADMSG, rec_off, NULL,
+				       "CONTINUE page record without a previous block");
 	} else {
 		char name[MR_NAME_MAX + 1];
 
@@ -437,16 +423,16 @@ static int parse_page(struct dec *d, uint64_t rec_off, uint64_t w)
 			return r;
 		b = mr_classic_block(d->c, name);
 		if (!b)
-			return fail(d->err, -EBADMSG, rec_off, name,
-				    "page record for a block not in the MEM_SIZE list");
+			return mr_fail(d->err, -EBADMSG, rec_off, name,
+				       "page record for a block not in the MEM_SIZE list");
 	}
 	if (!b->mem)
-		return fail(d->err, -EBADMSG, rec_off, b->name,
-			    "page record for a block without memory (shared?)");
+		return mr_fail(d->err, -EBADMSG, rec_off, b->name,
+			       "page record for a block without memory (shared?)");
 	if (addr >= b->length)
-		return fail(d->err, -EOVERFLOW, rec_off, b->name,
-			    "page offset 0x%llx outside the block (length 0x%llx)",
-			    (unsigned long long)addr, (unsigned long long)b->length);
+		return mr_fail(d->err, -EOVERFLOW, rec_off, b->name,
+			       "page offset 0x%llx outside the block (length 0x%llx)",
+			       (unsigned long long)addr, (unsigned long long)b->length);
 	d->last = b;
 	if (flags & MR_RAM_ZERO) {
 		r = get_u8(d, &fillv, rec_off, "zero page record");
@@ -457,8 +443,8 @@ static int parse_page(struct dec *d, uint64_t rec_off, uint64_t w)
 		 * else (older ones filled the page with it).
 		 */
 		if (fillv)
-			return fail(d->err, -EBADMSG, rec_off, b->name,
-				    "zero page record with fill byte 0x%02x", fillv);
+			return mr_fail(d->err, -EBADMSG, rec_off, b->name,
+				       "zero page record with fill byte 0x%02x", fillv);
 		memset(b->mem + addr, 0, MR_PAGE_SIZE);
 		b->zero_pages++;
 	} else {
@@ -485,29 +471,29 @@ static int parse_ram_part(struct dec *d, bool start)
 		flags = w & MR_RAM_FLAG_MASK;
 		bad = flag_name(flags);
 		if (bad)
-			return fail(d->err, -EPROTONOSUPPORT, rec_off, NULL,
-				    "RAM flag %s (word 0x%016llx) is not supported", bad,
-				    (unsigned long long)w);
+			return mr_fail(d->err, -EPROTONOSUPPORT, rec_off, NULL,
+				       "RAM flag %s (word 0x%016llx) is not supported", bad,
+				       (unsigned long long)w);
 		if (flags & MR_RAM_EOS) {
 			if (flags != MR_RAM_EOS)
-				return fail(d->err, -EBADMSG, rec_off, NULL,
-					    "EOS with other RAM flags 0x%03llx",
-					    (unsigned long long)flags);
+				return mr_fail(d->err, -EBADMSG, rec_off, NULL,
+					       "EOS with other RAM flags 0x%03llx",
+					       (unsigned long long)flags);
 			return 0;
 		}
 		if (flags == MR_RAM_MEM_SIZE) {
 			if (!start || d->c->ram_total || d->c->n_blocks)
-				return fail(d->err, -EBADMSG, rec_off, NULL,
-					    "MEM_SIZE outside the first RAM part or twice");
+				return mr_fail(d->err, -EBADMSG, rec_off, NULL,
+					       "MEM_SIZE outside the first RAM part or twice");
 			if (!(w & ~(uint64_t)MR_RAM_FLAG_MASK))
-				return fail(d->err, -EBADMSG, rec_off, NULL, "MEM_SIZE total 0");
+				return mr_fail(d->err, -EBADMSG, rec_off, NULL, "MEM_SIZE total 0");
 			r = parse_block_list(d, rec_off, w & ~(uint64_t)MR_RAM_FLAG_MASK);
 		} else if ((flags & ~(uint64_t)MR_RAM_CONTINUE) == MR_RAM_ZERO ||
 			   (flags & ~(uint64_t)MR_RAM_CONTINUE) == MR_RAM_PAGE) {
 			r = parse_page(d, rec_off, w);
 		} else {
-			r = fail(d->err, -EBADMSG, rec_off, NULL, "bad RAM flags 0x%03llx",
-				 (unsigned long long)flags);
+			r = mr_fail(d->err, -EBADMSG, rec_off, NULL, "bad RAM flags 0x%03llx",
+				    (unsigned long long)flags);
 		}
 		if (r)
 			return r;
@@ -527,8 +513,8 @@ static int parse_footer(struct dec *d, uint32_t id)
 	if (r)
 		return r;
 	if (t != MR_SEC_FOOTER || got != id)
-		return fail(d->err, -EBADMSG, off, NULL,
-			    "bad footer 0x%02x id %u for RAM section id %u", t, got, id);
+		return mr_fail(d->err, -EBADMSG, off, NULL,
+			       "bad footer 0x%02x id %u for RAM section id %u", t, got, id);
 	return 0;
 }
 
@@ -543,7 +529,7 @@ static int parse_ram_start(struct dec *d)
 
 		r = get_u8(d, &t, off, "section");
 		if (r == -ENODATA)
-			return fail(d->err, r, off, NULL, "stream ends before the RAM section");
+			return mr_fail(d->err, r, off, NULL, "stream ends before the RAM section");
 		if (r)
 			return r;
 		if (t == MR_SEC_COMMAND) {
@@ -553,8 +539,8 @@ static int parse_ram_start(struct dec *d)
 			continue;
 		}
 		if (t != MR_SEC_START && t != MR_SEC_FULL)
-			return fail(d->err, -EBADMSG, off, NULL,
-				    "expected the RAM section, found type 0x%02x", t);
+			return mr_fail(d->err, -EBADMSG, off, NULL,
+				       "expected the RAM section, found type 0x%02x", t);
 		r = get_be32(d, &id, off, "section header");
 		if (!r)
 			r = get_name(d, idstr, off, "section idstr");
@@ -565,23 +551,23 @@ static int parse_ram_start(struct dec *d)
 		if (r)
 			return r;
 		if (t == MR_SEC_FULL || strcmp(idstr, MR_RAM_IDSTR)) {
-			r = fail(d->err, -EPROTONOSUPPORT, off, NULL,
-				 "%s section %s before the RAM section is not supported",
-				 t == MR_SEC_FULL ? "device" : "iterative", idstr);
+			r = mr_fail(d->err, -EPROTONOSUPPORT, off, NULL,
+				    "%s section %s before the RAM section is not supported",
+				    t == MR_SEC_FULL ? "device" : "iterative", idstr);
 			if (d->err)
 				snprintf(d->err->section, sizeof(d->err->section), "%s", idstr);
 			return r;
 		}
 		if (version != MR_RAM_VERSION)
-			return fail(d->err, -EPROTONOSUPPORT, off, NULL,
-				    "RAM section version %u (only 4)", version);
+			return mr_fail(d->err, -EPROTONOSUPPORT, off, NULL,
+				       "RAM section version %u (only 4)", version);
 		if (instance)
-			return fail(d->err, -EBADMSG, off, NULL, "RAM section instance %u",
-				    instance);
+			return mr_fail(d->err, -EBADMSG, off, NULL, "RAM section instance %u",
+				       instance);
 		d->c->ram_id = id;
 		r = parse_ram_part(d, true);
 		if (!r && !d->c->ram_total)
-			r = fail(d->err, -EBADMSG, off, NULL, "RAM section without MEM_SIZE");
+			r = mr_fail(d->err, -EBADMSG, off, NULL, "RAM section without MEM_SIZE");
 		return r ? r : parse_footer(d, id);
 	}
 }
@@ -600,7 +586,7 @@ static int parse_ram_rest(struct dec *d)
 
 		r = get_u8(d, &t, off, "RAM section end");
 		if (r == -ENODATA)
-			return fail(d->err, r, off, NULL, "stream ends before RAM END");
+			return mr_fail(d->err, r, off, NULL, "stream ends before RAM END");
 		if (r)
 			return r;
 		if (t == MR_SEC_COMMAND) {
@@ -610,21 +596,21 @@ static int parse_ram_rest(struct dec *d)
 			if (r)
 				return r;
 			if (cmd != MR_CMD_SWITCHOVER_START || len)
-				return fail(d->err, -EPROTONOSUPPORT, off, NULL,
-					    "command %u (length %u) inside RAM is not supported",
-					    cmd, len);
+				return mr_fail(d->err, -EPROTONOSUPPORT, off, NULL,
+					       "command %u (length %u) inside RAM is not supported",
+					       cmd, len);
 			c->switchover_start = true;
 			continue;
 		}
 		if (t != MR_SEC_PART && t != MR_SEC_END)
-			return fail(d->err, -EBADMSG, off, NULL,
-				    "expected RAM PART or END, found type 0x%02x", t);
+			return mr_fail(d->err, -EBADMSG, off, NULL,
+				       "expected RAM PART or END, found type 0x%02x", t);
 		r = get_be32(d, &id, off, "section header");
 		if (r)
 			return r;
 		if (id != c->ram_id)
-			return fail(d->err, -EBADMSG, off, NULL, "section id %u is not RAM's (%u)",
-				    id, c->ram_id);
+			return mr_fail(d->err, -EBADMSG, off, NULL,
+				       "section id %u is not RAM's (%u)", id, c->ram_id);
 		r = parse_ram_part(d, false);
 		if (!r)
 			r = parse_footer(d, id);
@@ -662,14 +648,14 @@ static int parse_tail(struct dec *d)
 		int r = fill(d);
 
 		if (r)
-			return fail(d->err, r, d->off, NULL, "read error in the device state");
+			return mr_fail(d->err, r, d->off, NULL, "read error in the device state");
 		if (d->eof)
 			break;
 		k = d->len - d->pos;
 		if (c->tail_len + k > max)
-			return fail(d->err, -EFBIG, c->tail_off, NULL,
-				    "device state after RAM exceeds %llu bytes",
-				    (unsigned long long)max);
+			return mr_fail(d->err, -EFBIG, c->tail_off, NULL,
+				       "device state after RAM exceeds %llu bytes",
+				       (unsigned long long)max);
 		if (c->tail_len + k > cap) {
 			size_t ncap = cap ? cap : DEC_BUF;
 			uint8_t *p;
@@ -702,8 +688,9 @@ static int parse_tail(struct dec *d)
 		return r;
 	if (!r && voff > 0 && c->tail[voff - 1] == MR_SEC_EOF)
 		return 0;
-	return fail(d->err, -ENODATA, d->off, NULL,
-		    "stream ends without EOF and VMDESCRIPTION (cut short, or suppress-vmdesc on)");
+	return mr_fail(
+		d->err, -ENODATA, d->off, NULL,
+		"stream ends without EOF and VMDESCRIPTION (cut short, or suppress-vmdesc on)");
 }
 
 int mr_classic_decode(const struct mr_classic_ops *ops, struct mr_classic **ret, struct mr_err *err)
@@ -728,7 +715,7 @@ int mr_classic_decode(const struct mr_classic_ops *ops, struct mr_classic **ret,
 	if (!r)
 		r = parse_tail(d);
 	if (r == -ENOMEM)
-		fail(err, r, d->off, NULL, "out of memory");
+		mr_fail(err, r, d->off, NULL, "out of memory");
 	if (r)
 		mr_classic_free(d->c);
 	else
@@ -793,28 +780,29 @@ static int check_enc(const struct mr_classic_enc *e, struct mr_err *err)
 	uint64_t total = 0;
 
 	if (!n || n > MR_NAME_MAX)
-		return fail(err, -EINVAL, 0, NULL, "machine type length %zu (1..255)", n);
+		return mr_fail(err, -EINVAL, 0, NULL, "machine type length %zu (1..255)", n);
 	if (!e->ram_id)
-		return fail(err, -EINVAL, 0, NULL, "RAM section id 0");
+		return mr_fail(err, -EINVAL, 0, NULL, "RAM section id 0");
 	if (!e->n_blocks || e->n_blocks > MR_CLASSIC_BLOCKS_MAX || !e->write)
-		return fail(err, -EINVAL, 0, NULL, "%zu blocks or no writer", e->n_blocks);
+		return mr_fail(err, -EINVAL, 0, NULL, "%zu blocks or no writer", e->n_blocks);
 	for (size_t i = 0; i < e->n_blocks; i++) {
 		const struct mr_classic_enc_block *b = &e->blocks[i];
 		size_t len = b->name ? strlen(b->name) : 0;
 
 		if (!len || len > MR_NAME_MAX || bad_ctl(b->name))
-			return fail(err, -EINVAL, 0, b->name, "bad block name");
+			return mr_fail(err, -EINVAL, 0, b->name, "bad block name");
 		if (b->length % MR_PAGE_SIZE || b->length > UINT64_MAX - total)
-			return fail(err, -EINVAL, 0, b->name, "bad block length 0x%llx",
-				    (unsigned long long)b->length);
+			return mr_fail(err, -EINVAL, 0, b->name, "bad block length 0x%llx",
+				       (unsigned long long)b->length);
 		total += b->length;
 		for (size_t j = 0; j < i; j++)
 			if (!strcmp(e->blocks[j].name, b->name))
-				return fail(err, -EINVAL, 0, b->name, "block listed twice");
+				return mr_fail(err, -EINVAL, 0, b->name, "block listed twice");
 	}
 	/* The low 12 bits of the MEM_SIZE word carry the flags. */
 	if (!total || total & MR_RAM_FLAG_MASK)
-		return fail(err, -EINVAL, 0, NULL, "total RAM 0x%llx", (unsigned long long)total);
+		return mr_fail(err, -EINVAL, 0, NULL, "total RAM 0x%llx",
+			       (unsigned long long)total);
 	return 0;
 }
 
@@ -893,7 +881,7 @@ int mr_classic_encode(const struct mr_classic_enc *e, struct mr_err *err)
 out:
 	mr_buf_free(&w.b);
 	if (r)
-		fail(err, r, 0, NULL, "cannot write the stream");
+		mr_fail(err, r, 0, NULL, "cannot write the stream");
 	return r;
 }
 
@@ -927,9 +915,10 @@ int mr_classic_split_raw_tail(const uint8_t *raw, size_t len, size_t *ret_dev_of
 
 	/* The RAM START's EOS and footer, then PART/END parts and commands. */
 	if (len < 13)
-		return fail(err, -ENODATA, 0, NULL, "raw tail shorter than EOS and footer");
+		return mr_fail(err, -ENODATA, 0, NULL, "raw tail shorter than EOS and footer");
 	if (mr_get_be64(raw) != MR_RAM_EOS || raw[8] != MR_SEC_FOOTER)
-		return fail(err, -EBADMSG, 0, NULL, "raw tail does not start with RAM EOS, footer");
+		return mr_fail(err, -EBADMSG, 0, NULL,
+			       "raw tail does not start with RAM EOS, footer");
 	id = mr_get_be32(raw + 9);
 	p = 13;
 	for (;;) {
@@ -937,11 +926,12 @@ int mr_classic_split_raw_tail(const uint8_t *raw, size_t len, size_t *ret_dev_of
 		uint8_t t;
 
 		if (len - p < 1)
-			return fail(err, -ENODATA, off, NULL, "raw tail ends before RAM END");
+			return mr_fail(err, -ENODATA, off, NULL, "raw tail ends before RAM END");
 		t = raw[p];
 		if (t == MR_SEC_COMMAND) {
 			if (len - p < 5 || len - p - 5 < mr_get_be16(raw + p + 3))
-				return fail(err, -ENODATA, off, NULL, "raw tail ends in a command");
+				return mr_fail(err, -ENODATA, off, NULL,
+					       "raw tail ends in a command");
 			if (mr_get_be16(raw + p + 1) == MR_CMD_SWITCHOVER_START)
 				switchover = true;
 			p += 5 + (size_t)mr_get_be16(raw + p + 3);
@@ -950,11 +940,11 @@ int mr_classic_split_raw_tail(const uint8_t *raw, size_t len, size_t *ret_dev_of
 		if (t != MR_SEC_PART && t != MR_SEC_END)
 			break;
 		if (len - p < 18)
-			return fail(err, -ENODATA, off, NULL, "raw tail ends in a RAM part");
+			return mr_fail(err, -ENODATA, off, NULL, "raw tail ends in a RAM part");
 		if (mr_get_be32(raw + p + 1) != id || mr_get_be64(raw + p + 5) != MR_RAM_EOS ||
 		    raw[p + 13] != MR_SEC_FOOTER || mr_get_be32(raw + p + 14) != id)
-			return fail(err, -EBADMSG, off, NULL,
-				    "RAM part in the raw tail is not EOS-only with id %u", id);
+			return mr_fail(err, -EBADMSG, off, NULL,
+				       "RAM part in the raw tail is not EOS-only with id %u", id);
 		p += 18;
 		if (t == MR_SEC_END)
 			break;

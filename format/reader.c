@@ -38,30 +38,24 @@ struct parser {
 	size_t cap_blocks;
 };
 
-static int vfail_err(struct mr_err *err, int code, uint64_t off, const char *block, const char *fmt,
-		     va_list ap) __attribute__((format(printf, 5, 0)));
-
-static int vfail_err(struct mr_err *err, int code, uint64_t off, const char *block, const char *fmt,
-		     va_list ap)
+int mr_vfail(struct mr_err *err, int code, uint64_t off, const char *block, const char *fmt,
+	     va_list ap)
 {
 	if (!err)
 		return code;
 	err->off = off;
+	err->section[0] = '\0';
 	snprintf(err->block, sizeof(err->block), "%s", block ? block : "");
 	vsnprintf(err->msg, sizeof(err->msg), fmt, ap);
 	return code;
 }
 
-static int fail_err(struct mr_err *err, int code, uint64_t off, const char *block, const char *fmt,
-		    ...) __attribute__((format(printf, 5, 6)));
-
-static int fail_err(struct mr_err *err, int code, uint64_t off, const char *block, const char *fmt,
-		    ...)
+int mr_fail(struct mr_err *err, int code, uint64_t off, const char *block, const char *fmt, ...)
 {
 	va_list ap;
 
 	va_start(ap, fmt);
-	vfail_err(err, code, off, block, fmt, ap);
+	mr_vfail(err, code, off, block, fmt, ap);
 	va_end(ap);
 	return code;
 }
@@ -74,7 +68,7 @@ static int fail(struct parser *p, int code, uint64_t off, const char *block, con
 	va_list ap;
 
 	va_start(ap, fmt);
-	vfail_err(p->err, code, off, block, fmt, ap);
+	mr_vfail(p->err, code, off, block, fmt, ap);
 	va_end(ap);
 	return code;
 }
@@ -495,10 +489,10 @@ int mr_block_load_bitmap(const struct mr_src *src, struct mr_block_info *b, bool
 
 	b->present = 0;
 	if (__builtin_add_overflow(b->hdr.bitmap_offset, b->bitmap_size, &end) || end > src->size)
-		return fail_err(err, -EOVERFLOW, b->hdr.bitmap_offset, b->name,
-				"bitmap 0x%llx+0x%llx extends past the end of the stream (0x%llx)",
-				(unsigned long long)b->hdr.bitmap_offset,
-				(unsigned long long)b->bitmap_size, (unsigned long long)src->size);
+		return mr_fail(err, -EOVERFLOW, b->hdr.bitmap_offset, b->name,
+			       "bitmap 0x%llx+0x%llx extends past the end of the stream (0x%llx)",
+			       (unsigned long long)b->hdr.bitmap_offset,
+			       (unsigned long long)b->bitmap_size, (unsigned long long)src->size);
 	if (!words)
 		return 0;
 	raw = malloc(BITMAP_WINDOW);
@@ -507,9 +501,9 @@ int mr_block_load_bitmap(const struct mr_src *src, struct mr_block_info *b, bool
 	else
 		tmp = malloc(BITMAP_WINDOW);
 	if (!raw || (keep ? !map : !tmp)) {
-		r = fail_err(err, -ENOMEM, b->hdr.bitmap_offset, b->name,
-			     "out of memory for a 0x%llx-byte bitmap",
-			     (unsigned long long)(keep ? b->bitmap_size : BITMAP_WINDOW));
+		r = mr_fail(err, -ENOMEM, b->hdr.bitmap_offset, b->name,
+			    "out of memory for a 0x%llx-byte bitmap",
+			    (unsigned long long)(keep ? b->bitmap_size : BITMAP_WINDOW));
 		goto out;
 	}
 	for (uint64_t w = 0; w < words; w += win_words) {
@@ -521,14 +515,14 @@ int mr_block_load_bitmap(const struct mr_src *src, struct mr_block_info *b, bool
 
 		if (got < 0 || (uint64_t)got != n * 8) {
 			r = got < 0 ? (int)got : -ENODATA;
-			r = fail_err(err, r, off, b->name, "bitmap %s", rd_what(r));
+			r = mr_fail(err, r, off, b->name, "bitmap %s", rd_what(r));
 			goto out;
 		}
 		mr_bitmap_from_file(raw, n, dst);
 		/* Only the last window holds bits past the block. */
 		if (w + n == words && !mr_bitmap_tail_clear(dst, bits)) {
-			r = fail_err(err, -EBADMSG, b->hdr.bitmap_offset, b->name,
-				     "bitmap marks pages past the end of the block");
+			r = mr_fail(err, -EBADMSG, b->hdr.bitmap_offset, b->name,
+				    "bitmap marks pages past the end of the block");
 			goto out;
 		}
 		present += mr_bitmap_count(dst, bits);

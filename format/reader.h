@@ -16,6 +16,7 @@
 #include "layout.h"
 #include "stream.h"
 
+#include <stdarg.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -91,6 +92,16 @@ struct mr_image {
 
 /* Most RAM blocks a stream (and so a trailer) may list: bounds the memory they take. */
 #define MR_MAX_BLOCKS 65536u
+
+/*
+ * Fills err (if not NULL) with the offset, the block ("" for NULL) and the
+ * formatted message, clearing its section (the caller may name one after);
+ * returns code. The one error helper of format/.
+ */
+int mr_fail(struct mr_err *err, int code, uint64_t off, const char *block, const char *fmt, ...)
+	__attribute__((format(printf, 5, 6)));
+int mr_vfail(struct mr_err *err, int code, uint64_t off, const char *block, const char *fmt,
+	     va_list ap) __attribute__((format(printf, 5, 0)));
 
 /* Flags for mr_image_parse(). */
 #define MR_PARSE_NO_BITMAPS 0x1u /* do not load the bitmaps (counts stay 0) */

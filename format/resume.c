@@ -13,23 +13,6 @@
 
 #include <json-c/json.h>
 
-static int fail(struct mr_err *err, int code, const char *block, const char *fmt, ...)
-	__attribute__((format(printf, 4, 5)));
-
-static int fail(struct mr_err *err, int code, const char *block, const char *fmt, ...)
-{
-	va_list ap;
-
-	if (!err)
-		return code;
-	memset(err, 0, sizeof(*err));
-	snprintf(err->block, sizeof(err->block), "%s", block ? block : "");
-	va_start(ap, fmt);
-	vsnprintf(err->msg, sizeof(err->msg), fmt, ap);
-	va_end(ap);
-	return code;
-}
-
 /* 0..max bytes (min 1 if required), no control byte. */
 static bool good_str(const char *s, size_t max, bool required)
 {
@@ -61,12 +44,12 @@ static int encode_block(json_object *arr, const struct mr_resume_block *b, struc
 	int r;
 
 	if (!good_str(b->name, MR_NAME_MAX, true))
-		return fail(err, -EINVAL, b->name, "bad block name");
+		return mr_fail(err, -EINVAL, 0, b->name, "bad block name");
 	if (b->length % MR_PAGE_SIZE || b->length > JSON_U64_MAX || b->gpa > JSON_U64_MAX)
-		return fail(err, -EINVAL, b->name, "bad length or gpa");
+		return mr_fail(err, -EINVAL, 0, b->name, "bad length or gpa");
 	if (!good_str(b->backend, MR_NAME_MAX, false) ||
 	    !good_str(b->mem_path, MR_RESUME_PATH_MAX, false))
-		return fail(err, -EINVAL, b->name, "bad backend or mem-path");
+		return mr_fail(err, -EINVAL, 0, b->name, "bad backend or mem-path");
 	o = json_object_new_object();
 	if (!o)
 		return -ENOMEM;
@@ -97,15 +80,15 @@ int mr_resume_encode(const struct mr_resume *rec, struct mr_buf *b, struct mr_er
 
 	if (!good_str(rec->machine, MR_NAME_MAX, true) ||
 	    !good_str(rec->qemu, MR_RESUME_QEMU_MAX, true))
-		return fail(err, -EINVAL, NULL, "bad machine or qemu version");
+		return mr_fail(err, -EINVAL, 0, NULL, "bad machine or qemu version");
 	if (!rec->ram_id || !rec->n_blocks || rec->n_blocks > MR_RESUME_BLOCKS)
-		return fail(err, -EINVAL, NULL, "RAM id %u, %zu blocks", rec->ram_id,
-			    rec->n_blocks);
+		return mr_fail(err, -EINVAL, 0, NULL, "RAM id %u, %zu blocks", rec->ram_id,
+			       rec->n_blocks);
 	for (size_t i = 0; i < rec->n_blocks; i++)
 		for (size_t j = 0; j < i; j++)
 			if (!strcmp(rec->blocks[i].name, rec->blocks[j].name))
-				return fail(err, -EINVAL, rec->blocks[i].name,
-					    "block listed twice");
+				return mr_fail(err, -EINVAL, 0, rec->blocks[i].name,
+					       "block listed twice");
 	o = json_object_new_object();
 	arr = json_object_new_array();
 	if (!o || !arr) {
@@ -136,7 +119,7 @@ int mr_resume_encode(const struct mr_resume *rec, struct mr_buf *b, struct mr_er
 		if (!s)
 			r = -ENOMEM;
 		else if (len > MR_RESUME_MAX)
-			r = fail(err, -EINVAL, NULL, "record of %zu bytes", len);
+			r = mr_fail(err, -EINVAL, 0, NULL, "record of %zu bytes", len);
 		else
 			mr_buf_put(b, s, len);
 		if (!r)
@@ -155,13 +138,14 @@ static int get_str(json_object *v, char *out, size_t max, bool required, const c
 	int n;
 
 	if (!json_object_is_type(v, json_type_string))
-		return fail(err, -EBADMSG, block, "%s: not a string", key);
+		return mr_fail(err, -EBADMSG, 0, block, "%s: not a string", key);
 	s = json_object_get_string(v);
 	n = json_object_get_string_len(v);
 	if (n < 0 || (size_t)n > max)
-		return fail(err, -EOVERFLOW, block, "%s: %d bytes (at most %zu)", key, n, max);
+		return mr_fail(err, -EOVERFLOW, 0, block, "%s: %d bytes (at most %zu)", key, n,
+			       max);
 	if (memchr(s, '\0', (size_t)n) || !good_str(s, max, required))
-		return fail(err, -EBADMSG, block, "%s: empty or has a control byte", key);
+		return mr_fail(err, -EBADMSG, 0, block, "%s: empty or has a control byte", key);
 	memcpy(out, s, (size_t)n);
 	out[n] = '\0';
 	return 0;
@@ -173,11 +157,11 @@ static int get_u64(json_object *v, uint64_t *out, const char *key, const char *b
 	int64_t x;
 
 	if (!json_object_is_type(v, json_type_int))
-		return fail(err, -EBADMSG, block, "%s: not an integer", key);
+		return mr_fail(err, -EBADMSG, 0, block, "%s: not an integer", key);
 	x = json_object_get_int64(v);
 	/* json-c clamps out-of-range literals to INT64_MIN/MAX. */
 	if (x < 0 || x == INT64_MAX)
-		return fail(err, -EBADMSG, block, "%s: out of range", key);
+		return mr_fail(err, -EBADMSG, 0, block, "%s: out of range", key);
 	*out = (uint64_t)x;
 	return 0;
 }
@@ -186,7 +170,7 @@ static int get_bool(json_object *v, bool *out, const char *key, const char *bloc
 		    struct mr_err *err)
 {
 	if (!json_object_is_type(v, json_type_boolean))
-		return fail(err, -EBADMSG, block, "%s: not a boolean", key);
+		return mr_fail(err, -EBADMSG, 0, block, "%s: not a boolean", key);
 	*out = json_object_get_boolean(v);
 	return 0;
 }
@@ -199,12 +183,12 @@ static int decode_block(json_object *o, struct mr_resume_block *b, struct mr_err
 	int r = 0;
 
 	if (!json_object_is_type(o, json_type_object))
-		return fail(err, -EBADMSG, NULL, "blocks: entry not an object");
+		return mr_fail(err, -EBADMSG, 0, NULL, "blocks: entry not an object");
 	/* The name first, so that later errors can name the block. */
 	json_object *nv = json_object_object_get(o, "name");
 
 	if (!nv)
-		return fail(err, -EBADMSG, NULL, "blocks: entry without name");
+		return mr_fail(err, -EBADMSG, 0, NULL, "blocks: entry without name");
 	r = get_str(nv, b->name, MR_NAME_MAX, true, "name", NULL, err);
 	if (r)
 		return r;
@@ -216,7 +200,8 @@ static int decode_block(json_object *o, struct mr_resume_block *b, struct mr_err
 			seen |= K_LENGTH;
 			r = get_u64(v, &b->length, key, b->name, err);
 			if (!r && b->length % MR_PAGE_SIZE)
-				r = fail(err, -EBADMSG, b->name, "length not a multiple of 4096");
+				r = mr_fail(err, -EBADMSG, 0, b->name,
+					    "length not a multiple of 4096");
 		} else if (!strcmp(key, "gpa")) {
 			seen |= K_GPA;
 			r = get_u64(v, &b->gpa, key, b->name, err);
@@ -228,13 +213,14 @@ static int decode_block(json_object *o, struct mr_resume_block *b, struct mr_err
 		} else if (!strcmp(key, "mem-path")) {
 			r = get_str(v, b->mem_path, MR_RESUME_PATH_MAX, true, key, b->name, err);
 		} else {
-			r = fail(err, -EBADMSG, b->name, "unknown key \"%.64s\" in a block", key);
+			r = mr_fail(err, -EBADMSG, 0, b->name, "unknown key \"%.64s\" in a block",
+				    key);
 		}
 		if (r)
 			return r;
 	}
 	if (seen != (K_NAME | K_LENGTH | K_GPA | K_SHARED))
-		return fail(err, -EBADMSG, b->name, "block lacks length, gpa or shared");
+		return mr_fail(err, -EBADMSG, 0, b->name, "block lacks length, gpa or shared");
 	return 0;
 }
 
@@ -244,13 +230,13 @@ static int decode_blocks(json_object *v, struct mr_resume *rec, struct mr_err *e
 	int r;
 
 	if (!json_object_is_type(v, json_type_array))
-		return fail(err, -EBADMSG, NULL, "blocks: not an array");
+		return mr_fail(err, -EBADMSG, 0, NULL, "blocks: not an array");
 	n = json_object_array_length(v);
 	if (!n || n > MR_RESUME_BLOCKS)
-		return fail(err, n ? -EOVERFLOW : -EBADMSG, NULL, "%zu blocks (1..%u)", n,
-			    MR_RESUME_BLOCKS);
+		return mr_fail(err, n ? -EOVERFLOW : -EBADMSG, 0, NULL, "%zu blocks (1..%u)", n,
+			       MR_RESUME_BLOCKS);
 	if (rec->blocks)
-		return fail(err, -EBADMSG, NULL, "blocks: twice");
+		return mr_fail(err, -EBADMSG, 0, NULL, "blocks: twice");
 	rec->blocks = calloc(n, sizeof(*rec->blocks));
 	if (!rec->blocks)
 		return -ENOMEM;
@@ -261,8 +247,8 @@ static int decode_blocks(json_object *v, struct mr_resume *rec, struct mr_err *e
 		rec->n_blocks = i + 1;
 		for (size_t j = 0; j < i; j++)
 			if (!strcmp(rec->blocks[i].name, rec->blocks[j].name))
-				return fail(err, -EBADMSG, rec->blocks[i].name,
-					    "block listed twice");
+				return mr_fail(err, -EBADMSG, 0, rec->blocks[i].name,
+					       "block listed twice");
 	}
 	return 0;
 }
@@ -285,18 +271,19 @@ static int decode_top(json_object *o, struct mr_resume *rec, struct mr_err *err)
 	int r = 0;
 
 	if (!json_object_is_type(o, json_type_object))
-		return fail(err, -EBADMSG, NULL, "not a JSON object");
+		return mr_fail(err, -EBADMSG, 0, NULL, "not a JSON object");
 	/* The version first: a newer record may have keys this code does not know. */
 	json_object *ver = json_object_object_get(o, MR_RESUME_KEY);
 
 	if (!ver)
-		return fail(err, -EBADMSG, NULL, "no \"%s\" key", MR_RESUME_KEY);
+		return mr_fail(err, -EBADMSG, 0, NULL, "no \"%s\" key", MR_RESUME_KEY);
 	r = get_u64(ver, &x, MR_RESUME_KEY, NULL, err);
 	if (r)
 		return r;
 	if (x != MR_RESUME_VERSION)
-		return fail(err, -EPROTONOSUPPORT, NULL, "resume record version %llu (only %u)",
-			    (unsigned long long)x, MR_RESUME_VERSION);
+		return mr_fail(err, -EPROTONOSUPPORT, 0, NULL,
+			       "resume record version %llu (only %u)", (unsigned long long)x,
+			       MR_RESUME_VERSION);
 	json_object_object_foreach(o, key, v)
 	{
 		if (!strcmp(key, MR_RESUME_KEY)) {
@@ -311,8 +298,8 @@ static int decode_top(json_object *o, struct mr_resume *rec, struct mr_err *err)
 			seen |= T_RAM;
 			r = get_u64(v, &x, key, NULL, err);
 			if (!r && (!x || x > UINT32_MAX))
-				r = fail(err, -EBADMSG, NULL, "ram-section-id %llu",
-					 (unsigned long long)x);
+				r = mr_fail(err, -EBADMSG, 0, NULL, "ram-section-id %llu",
+					    (unsigned long long)x);
 			rec->ram_id = (uint32_t)x;
 		} else if (!strcmp(key, "running")) {
 			seen |= T_RUNNING;
@@ -324,14 +311,14 @@ static int decode_top(json_object *o, struct mr_resume *rec, struct mr_err *err)
 			seen |= T_BLOCKS;
 			r = decode_blocks(v, rec, err);
 		} else {
-			r = fail(err, -EBADMSG, NULL, "unknown key \"%.64s\"", key);
+			r = mr_fail(err, -EBADMSG, 0, NULL, "unknown key \"%.64s\"", key);
 		}
 		if (r)
 			return r;
 	}
 	if (seen != T_ALL)
-		return fail(err, -EBADMSG, NULL, "missing key(s): mask 0x%02x of 0x%02x", seen,
-			    T_ALL);
+		return mr_fail(err, -EBADMSG, 0, NULL, "missing key(s): mask 0x%02x of 0x%02x",
+			       seen, T_ALL);
 	return 0;
 }
 
@@ -343,10 +330,10 @@ int mr_resume_decode(const void *json, size_t len, struct mr_resume **ret, struc
 	int r;
 
 	if (len > MR_RESUME_MAX)
-		return fail(err, -EOVERFLOW, NULL, "record of %zu bytes (at most %u)", len,
-			    MR_RESUME_MAX);
+		return mr_fail(err, -EOVERFLOW, 0, NULL, "record of %zu bytes (at most %u)", len,
+			       MR_RESUME_MAX);
 	if (!len || memchr(json, '\0', len))
-		return fail(err, -EBADMSG, NULL, "empty record or NUL byte");
+		return mr_fail(err, -EBADMSG, 0, NULL, "empty record or NUL byte");
 	tok = json_tokener_new_ex(16);
 	if (!tok)
 		return -ENOMEM;
@@ -357,8 +344,8 @@ int mr_resume_decode(const void *json, size_t len, struct mr_resume **ret, struc
 	 * white space (checked by the tests), an incomplete value is NULL.
 	 */
 	if (!o || json_tokener_get_error(tok) != json_tokener_success) {
-		r = fail(err, -EBADMSG, NULL, "invalid JSON: %s",
-			 json_tokener_error_desc(json_tokener_get_error(tok)));
+		r = mr_fail(err, -EBADMSG, 0, NULL, "invalid JSON: %s",
+			    json_tokener_error_desc(json_tokener_get_error(tok)));
 		json_object_put(o);
 		json_tokener_free(tok);
 		return r;

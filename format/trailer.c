@@ -392,21 +392,6 @@ int mr_trailer_encode(const struct mr_trailer_builder *b, uint64_t stream_end, s
 
 /* ---- decoder ---- */
 
-__attribute__((format(printf, 5, 6))) static int fail(struct mr_err *err, int r, uint64_t off,
-						      const char *block, const char *fmt, ...)
-{
-	va_list ap;
-
-	if (!err)
-		return r;
-	err->off = off;
-	snprintf(err->block, sizeof(err->block), "%s", block ? block : "");
-	va_start(ap, fmt);
-	vsnprintf(err->msg, sizeof(err->msg), fmt, ap);
-	va_end(ap);
-	return r;
-}
-
 static int read_exact(const struct mr_src *src, void *buf, size_t len, uint64_t off)
 {
 	uint8_t *p = buf;
@@ -499,7 +484,7 @@ static int check_unique(struct mr_trailer *t, struct mr_err *err)
 		return 0;
 	idx = calloc(t->n_blocks, sizeof(*idx));
 	if (!idx)
-		return fail(err, -ENOMEM, t->table_offset, NULL, "out of memory");
+		return mr_fail(err, -ENOMEM, t->table_offset, NULL, "out of memory");
 	for (size_t i = 0; i < t->n_blocks; i++)
 		idx[i] = &t->blocks[i];
 	qsort(idx, t->n_blocks, sizeof(*idx), cmp_block_name);
@@ -511,8 +496,8 @@ static int check_unique(struct mr_trailer *t, struct mr_err *err)
 			if (idx[i - 1]->record_off > d->record_off)
 				d = idx[i - 1];
 
-			r = fail(err, -EBADMSG, d->record_off, d->name,
-				 "duplicate block name in trailer");
+			r = mr_fail(err, -EBADMSG, d->record_off, d->name,
+				    "duplicate block name in trailer");
 			free(idx);
 			return r;
 		}
@@ -534,24 +519,24 @@ static int parse_block(struct cur *c, const struct mr_trailer *t, struct mr_trai
 	blk->record_off = c->off;
 	p = take(c, 1);
 	if (!p)
-		return fail(err, take_err(c), c->off, NULL, "trailer block record %s",
-			    take_what(c));
+		return mr_fail(err, take_err(c), c->off, NULL, "trailer block record %s",
+			       take_what(c));
 	n = p[0];
 	if (!n)
-		return fail(err, -EBADMSG, blk->record_off, NULL, "empty block name in trailer");
+		return mr_fail(err, -EBADMSG, blk->record_off, NULL, "empty block name in trailer");
 	p = take(c, n);
 	if (!p)
-		return fail(err, take_err(c), blk->record_off, NULL, "trailer block name %s",
-			    take_what(c));
+		return mr_fail(err, take_err(c), blk->record_off, NULL, "trailer block name %s",
+			       take_what(c));
 	if (memchr(p, 0, n))
-		return fail(err, -EBADMSG, blk->record_off, NULL, "NUL in trailer block name");
+		return mr_fail(err, -EBADMSG, blk->record_off, NULL, "NUL in trailer block name");
 	memcpy(blk->name, p, n);
 	blk->name[n] = '\0';
 
 	p = take(c, REC_FIXED);
 	if (!p)
-		return fail(err, take_err(c), blk->record_off, blk->name, "trailer block record %s",
-			    take_what(c));
+		return mr_fail(err, take_err(c), blk->record_off, blk->name,
+			       "trailer block record %s", take_what(c));
 	blk->length = mr_get_be64(p);
 	blk->bitmap_offset = mr_get_be64(p + 8);
 	blk->pages_offset = mr_get_be64(p + 16);
@@ -559,27 +544,29 @@ static int parse_block(struct cur *c, const struct mr_trailer *t, struct mr_trai
 	blk->n_chunks = mr_get_be64(p + 32);
 
 	if (blk->length % PAGE || blk->pages_offset % PAGE)
-		return fail(err, -EBADMSG, blk->record_off, blk->name,
-			    "block length %#llx or pages offset %#llx not page aligned",
-			    (unsigned long long)blk->length, (unsigned long long)blk->pages_offset);
+		return mr_fail(err, -EBADMSG, blk->record_off, blk->name,
+			       "block length %#llx or pages offset %#llx not page aligned",
+			       (unsigned long long)blk->length,
+			       (unsigned long long)blk->pages_offset);
 	if (!range_in(blk->pages_offset, blk->length, base, end))
-		return fail(err, -EOVERFLOW, blk->record_off, blk->name,
-			    "page region %#llx+%#llx outside the stream",
-			    (unsigned long long)blk->pages_offset, (unsigned long long)blk->length);
+		return mr_fail(err, -EOVERFLOW, blk->record_off, blk->name,
+			       "page region %#llx+%#llx outside the stream",
+			       (unsigned long long)blk->pages_offset,
+			       (unsigned long long)blk->length);
 	blk->bitmap_size = bitmap_bytes(blk->length / PAGE);
 	if (!range_in(blk->bitmap_offset, blk->bitmap_size, base, end))
-		return fail(err, -EOVERFLOW, blk->record_off, blk->name,
-			    "bitmap %#llx+%#llx outside the stream",
-			    (unsigned long long)blk->bitmap_offset,
-			    (unsigned long long)blk->bitmap_size);
+		return mr_fail(err, -EOVERFLOW, blk->record_off, blk->name,
+			       "bitmap %#llx+%#llx outside the stream",
+			       (unsigned long long)blk->bitmap_offset,
+			       (unsigned long long)blk->bitmap_size);
 	want = mr_trailer_chunks(blk->length, t->chunk_size);
 	if (blk->n_chunks != want)
-		return fail(err, -EBADMSG, blk->record_off, blk->name,
-			    "%llu chunk hashes, expected %llu", (unsigned long long)blk->n_chunks,
-			    (unsigned long long)want);
+		return mr_fail(err, -EBADMSG, blk->record_off, blk->name,
+			       "%llu chunk hashes, expected %llu",
+			       (unsigned long long)blk->n_chunks, (unsigned long long)want);
 	if (blk->n_chunks > c->left / 8)
-		return fail(err, -ENODATA, blk->record_off, blk->name,
-			    "trailer chunk hashes truncated");
+		return mr_fail(err, -ENODATA, blk->record_off, blk->name,
+			       "trailer chunk hashes truncated");
 
 	blk->hashes_off = c->off;
 	if (flags & MR_TRAILER_NO_HASHES) {
@@ -597,7 +584,7 @@ static int load_hashes(struct cur *c, struct mr_trailer_block *blk, struct mr_er
 	uint64_t *h = calloc(blk->n_chunks ? blk->n_chunks : 1, sizeof(uint64_t));
 
 	if (!h)
-		return fail(err, -ENOMEM, blk->record_off, blk->name, "out of memory");
+		return mr_fail(err, -ENOMEM, blk->record_off, blk->name, "out of memory");
 	for (uint64_t i = 0; i < blk->n_chunks;) {
 		uint64_t k =
 			blk->n_chunks - i < TABLE_WINDOW / 8 ? blk->n_chunks - i : TABLE_WINDOW / 8;
@@ -605,8 +592,8 @@ static int load_hashes(struct cur *c, struct mr_trailer_block *blk, struct mr_er
 
 		if (!p) {
 			free(h);
-			return fail(err, take_err(c), blk->record_off, blk->name,
-				    "trailer chunk hashes %s", take_what(c));
+			return mr_fail(err, take_err(c), blk->record_off, blk->name,
+				       "trailer chunk hashes %s", take_what(c));
 		}
 		for (uint64_t j = 0; j < k; j++)
 			h[i + j] = mr_get_be64(p + j * 8);
@@ -626,18 +613,18 @@ static int parse_extensions(struct cur *c, struct mr_trailer *t, struct mr_err *
 		uint32_t tag;
 
 		if (!p)
-			return fail(err, take_err(c), at, NULL, "trailer extension record %s",
-				    take_what(c));
+			return mr_fail(err, take_err(c), at, NULL, "trailer extension record %s",
+				       take_what(c));
 		tag = mr_get_be32(p);
 		len = mr_get_be64(p + 4);
 		if (len > c->left)
-			return fail(err, -ENODATA, at, NULL,
-				    "trailer extension of %llu bytes runs past the table",
-				    (unsigned long long)len);
+			return mr_fail(err, -ENODATA, at, NULL,
+				       "trailer extension of %llu bytes runs past the table",
+				       (unsigned long long)len);
 		if (len > MR_TRAILER_EXT_MAX)
-			return fail(err, -EOVERFLOW, at, NULL,
-				    "trailer extension of %llu bytes (at most %u)",
-				    (unsigned long long)len, MR_TRAILER_EXT_MAX);
+			return mr_fail(err, -EOVERFLOW, at, NULL,
+				       "trailer extension of %llu bytes (at most %u)",
+				       (unsigned long long)len, MR_TRAILER_EXT_MAX);
 		if (tag != MR_TRAILER_EXT_BLOB) {
 			/* Another writer's record: covered by the table hash, not ours to read. */
 			c->off += len;
@@ -645,19 +632,19 @@ static int parse_extensions(struct cur *c, struct mr_trailer *t, struct mr_err *
 			continue;
 		}
 		if (t->blob || !len)
-			return fail(err, -EBADMSG, at, NULL, "%s trailer blob record",
-				    t->blob ? "second" : "empty");
+			return mr_fail(err, -EBADMSG, at, NULL, "%s trailer blob record",
+				       t->blob ? "second" : "empty");
 		t->blob = malloc(len);
 		if (!t->blob)
-			return fail(err, -ENOMEM, at, NULL, "out of memory");
+			return mr_fail(err, -ENOMEM, at, NULL, "out of memory");
 		t->blob_len = (size_t)len;
 		for (size_t done = 0; done < len;) {
 			size_t n = len - done < TABLE_WINDOW ? (size_t)(len - done) : TABLE_WINDOW;
 
 			p = take(c, n);
 			if (!p)
-				return fail(err, take_err(c), at, NULL, "trailer blob %s",
-					    take_what(c));
+				return mr_fail(err, take_err(c), at, NULL, "trailer blob %s",
+					       take_what(c));
 			memcpy(t->blob + done, p, n);
 			done += n;
 		}
@@ -676,8 +663,8 @@ static int parse_table(struct cur *cp, struct mr_trailer *t, unsigned flags, str
 
 	p = take(&c, MR_TRAILER_TABLE_HDR);
 	if (!p)
-		return fail(err, take_err(&c), c.off, NULL, "trailer table header %s",
-			    take_what(&c));
+		return mr_fail(err, take_err(&c), c.off, NULL, "trailer table header %s",
+			       take_what(&c));
 	t->stream_base = mr_get_be64(p);
 	t->stream_end = mr_get_be64(p + 8);
 	t->chunk_size = mr_get_be32(p + 16);
@@ -687,32 +674,33 @@ static int parse_table(struct cur *cp, struct mr_trailer *t, unsigned flags, str
 	t->devstate_hash = mr_get_be64(p + 40);
 
 	if (t->stream_end != toff)
-		return fail(err, -EBADMSG, toff, NULL,
-			    "trailer stream end %#llx is not the table offset",
-			    (unsigned long long)t->stream_end);
+		return mr_fail(err, -EBADMSG, toff, NULL,
+			       "trailer stream end %#llx is not the table offset",
+			       (unsigned long long)t->stream_end);
 	if (t->stream_base > t->stream_end)
-		return fail(err, -EBADMSG, toff, NULL, "trailer stream base %#llx after stream end",
-			    (unsigned long long)t->stream_base);
+		return mr_fail(err, -EBADMSG, toff, NULL,
+			       "trailer stream base %#llx after stream end",
+			       (unsigned long long)t->stream_base);
 	if (!chunk_size_ok(t->chunk_size))
-		return fail(err, -EBADMSG, toff + 16, NULL, "trailer chunk size %u not allowed",
-			    t->chunk_size);
+		return mr_fail(err, -EBADMSG, toff + 16, NULL, "trailer chunk size %u not allowed",
+			       t->chunk_size);
 	if (!range_in(t->devstate_offset, t->devstate_length, t->stream_base, t->stream_end))
-		return fail(err, -EOVERFLOW, toff + 24, NULL,
-			    "device state %#llx+%#llx outside the stream",
-			    (unsigned long long)t->devstate_offset,
-			    (unsigned long long)t->devstate_length);
+		return mr_fail(err, -EOVERFLOW, toff + 24, NULL,
+			       "device state %#llx+%#llx outside the stream",
+			       (unsigned long long)t->devstate_offset,
+			       (unsigned long long)t->devstate_length);
 	if (n_blocks > c.left / REC_MIN)
-		return fail(err, -ENODATA, toff + 20, NULL,
-			    "%u trailer block records do not fit the table", n_blocks);
+		return mr_fail(err, -ENODATA, toff + 20, NULL,
+			       "%u trailer block records do not fit the table", n_blocks);
 	/* A stream lists no more: the records' memory is bounded, whatever the table holds. */
 	if (n_blocks > MR_MAX_BLOCKS)
-		return fail(err, -EBADMSG, toff + 20, NULL, "%u trailer block records (at most %u)",
-			    n_blocks, MR_MAX_BLOCKS);
+		return mr_fail(err, -EBADMSG, toff + 20, NULL,
+			       "%u trailer block records (at most %u)", n_blocks, MR_MAX_BLOCKS);
 
 	if (n_blocks) {
 		t->blocks = calloc(n_blocks, sizeof(*t->blocks));
 		if (!t->blocks)
-			return fail(err, -ENOMEM, toff, NULL, "out of memory");
+			return mr_fail(err, -ENOMEM, toff, NULL, "out of memory");
 	}
 	for (uint32_t i = 0; i < n_blocks; i++) {
 		r = parse_block(&c, t, &t->blocks[i], flags, err);
@@ -727,8 +715,9 @@ static int parse_table(struct cur *cp, struct mr_trailer *t, unsigned flags, str
 			return r;
 	}
 	if (c.left)
-		return fail(err, -EBADMSG, c.off, NULL, "%llu stray bytes after the trailer blocks",
-			    (unsigned long long)c.left);
+		return mr_fail(err, -EBADMSG, c.off, NULL,
+			       "%llu stray bytes after the trailer blocks",
+			       (unsigned long long)c.left);
 	return check_unique(t, err);
 }
 
@@ -770,24 +759,24 @@ static int check_footer(struct mr_trailer *t, const uint8_t *foot, uint64_t foot
 	t->table_offset = mr_get_be64(foot + 16);
 	t->table_length = mr_get_be64(foot + 24);
 	if (t->version != MR_TRAILER_VERSION && t->version != MR_TRAILER_VERSION_EXT)
-		return fail(err, -EPROTONOSUPPORT, foot_off + 8, NULL,
-			    "trailer version %u not supported", t->version);
+		return mr_fail(err, -EPROTONOSUPPORT, foot_off + 8, NULL,
+			       "trailer version %u not supported", t->version);
 	if (mr_get_be64(foot + 40) != XXH3_64bits(foot, 40))
-		return fail(err, -EBADMSG, foot_off, NULL, "trailer footer checksum mismatch");
+		return mr_fail(err, -EBADMSG, foot_off, NULL, "trailer footer checksum mismatch");
 	if (t->flags & ~MR_TRAILER_F_COMPLETE)
-		return fail(err, -EBADMSG, foot_off + 12, NULL, "reserved trailer flags %#x set",
-			    t->flags);
+		return mr_fail(err, -EBADMSG, foot_off + 12, NULL, "reserved trailer flags %#x set",
+			       t->flags);
 	if (!(t->flags & MR_TRAILER_F_COMPLETE))
-		return fail(err, -ENOENT, foot_off + 12, NULL, "trailer not marked complete");
+		return mr_fail(err, -ENOENT, foot_off + 12, NULL, "trailer not marked complete");
 	if (__builtin_add_overflow(t->table_offset, t->table_length, &table_end) ||
 	    table_end > foot_off)
-		return fail(err, -EOVERFLOW, foot_off + 16, NULL,
-			    "trailer table %#llx+%#llx outside the file",
-			    (unsigned long long)t->table_offset,
-			    (unsigned long long)t->table_length);
+		return mr_fail(err, -EOVERFLOW, foot_off + 16, NULL,
+			       "trailer table %#llx+%#llx outside the file",
+			       (unsigned long long)t->table_offset,
+			       (unsigned long long)t->table_length);
 	if (table_end != foot_off)
-		return fail(err, -EBADMSG, foot_off + 16, NULL,
-			    "trailer table does not end at the footer");
+		return mr_fail(err, -EBADMSG, foot_off + 16, NULL,
+			       "trailer table does not end at the footer");
 	return 0;
 }
 
@@ -801,12 +790,13 @@ static int check_table(const struct mr_src *src, struct mr_trailer *t, const uin
 
 	c.buf = malloc(TABLE_WINDOW);
 	if (!c.buf)
-		return fail(err, -ENOMEM, t->table_offset, NULL, "out of memory");
+		return mr_fail(err, -ENOMEM, t->table_offset, NULL, "out of memory");
 	r = hash_range(src, t->table_offset, t->table_length, c.buf, &h);
 	if (r < 0)
-		r = fail(err, r, t->table_offset, NULL, "cannot read the trailer table");
+		r = mr_fail(err, r, t->table_offset, NULL, "cannot read the trailer table");
 	else if (mr_get_be64(foot + 32) != h)
-		r = fail(err, -EBADMSG, t->table_offset, NULL, "trailer table checksum mismatch");
+		r = mr_fail(err, -EBADMSG, t->table_offset, NULL,
+			    "trailer table checksum mismatch");
 	if (!r) {
 		c.off = t->table_offset;
 		c.left = t->table_length;
@@ -825,17 +815,17 @@ int mr_trailer_parse_flags(const struct mr_src *src, uint64_t file_size, unsigne
 	int r;
 
 	if (file_size < MR_TRAILER_FOOTER_SIZE)
-		return fail(err, -ENOENT, file_size, NULL, "no snapmr trailer");
+		return mr_fail(err, -ENOENT, file_size, NULL, "no snapmr trailer");
 	foot_off = file_size - MR_TRAILER_FOOTER_SIZE;
 	r = read_exact(src, foot, sizeof(foot), foot_off);
 	if (r < 0)
-		return fail(err, r, foot_off, NULL, "cannot read the trailer footer");
+		return mr_fail(err, r, foot_off, NULL, "cannot read the trailer footer");
 	if (memcmp(foot, MR_TRAILER_MAGIC, 8))
-		return fail(err, -ENOENT, foot_off, NULL, "no snapmr trailer");
+		return mr_fail(err, -ENOENT, foot_off, NULL, "no snapmr trailer");
 
 	t = calloc(1, sizeof(*t));
 	if (!t)
-		return fail(err, -ENOMEM, file_size, NULL, "out of memory");
+		return mr_fail(err, -ENOMEM, file_size, NULL, "out of memory");
 	r = check_footer(t, foot, foot_off, err);
 	if (!r)
 		r = check_table(src, t, foot, flags, err);
@@ -857,7 +847,7 @@ int mr_trailer_load_hashes(const struct mr_src *src, struct mr_trailer_block *bl
 		return 0;
 	c.buf = malloc(TABLE_WINDOW);
 	if (!c.buf)
-		return fail(err, -ENOMEM, blk->record_off, blk->name, "out of memory");
+		return mr_fail(err, -ENOMEM, blk->record_off, blk->name, "out of memory");
 	r = load_hashes(&c, blk, err);
 	free(c.buf);
 	return r;
