@@ -575,25 +575,25 @@ static int check_targets(const struct args *a, int fd, const struct snap_block *
 
 	if (fstat(fd, &in) < 0)
 		return 0;
-	if (ds && cli_same_file(&dso->target, &in)) {
+	if (ds && snap_same_file(&dso->target, &in)) {
 		cli_err("device state '%s' is the input file %s", dso->spec, a->file);
 		return -EINVAL;
 	}
 	for (size_t i = 0; i < n; i++) {
 		if (fstat(maps[i].fd, &si) < 0)
 			continue;
-		if (cli_same_file(&si, &in)) {
+		if (snap_same_file(&si, &in)) {
 			cli_err("block '%s': its destination is the input file %s", blocks[i].name,
 				a->file);
 			return -EINVAL;
 		}
-		if (ds && cli_same_file(&si, &dso->target)) {
+		if (ds && snap_same_file(&si, &dso->target)) {
 			cli_err("device state '%s' is the destination of block '%s'", dso->spec,
 				blocks[i].name);
 			return -EINVAL;
 		}
 		for (size_t j = 0; j < i; j++)
-			if (fstat(maps[j].fd, &sj) == 0 && cli_same_file(&si, &sj) &&
+			if (fstat(maps[j].fd, &sj) == 0 && snap_same_file(&si, &sj) &&
 			    maps[i].offset < maps[j].offset + maps[j].length &&
 			    maps[j].offset < maps[i].offset + maps[i].length) {
 				cli_err("blocks '%s' and '%s' overlap in the same destination "

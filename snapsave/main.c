@@ -179,7 +179,7 @@ static bool output_is_source(const struct args *a, const struct snap_outfile *ou
 	if (snap_io_is_fd_spec(a->output) ? fstat(out->fd, &so) < 0 : stat(a->output, &so) < 0)
 		return false;
 	for (size_t i = 0; i < a->n_ram; i++)
-		if (fstat(maps[i].fd, &ss) == 0 && cli_same_file(&ss, &so)) {
+		if (fstat(maps[i].fd, &ss) == 0 && snap_same_file(&ss, &so)) {
 			cli_err("%s: the output is the source of block '%s'", a->output,
 				a->ram[i].name);
 			return true;

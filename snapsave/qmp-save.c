@@ -372,7 +372,7 @@ static int open_output(struct save_run *s)
 	if (stat(path, &so) == 0)
 		for (size_t i = 0; i < s->n_md; i++)
 			if (s->be[i].shared && fstat(s->be[i].map.fd, &sb) == 0 &&
-			    cli_same_file(&so, &sb)) {
+			    snap_same_file(&so, &sb)) {
 				cli_err("%s: the output is the file of backend '%s'", path,
 					s->md[i].id);
 				return -EINVAL;

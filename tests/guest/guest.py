@@ -460,6 +460,30 @@ class Guest(V.VM):
 _accel = {}
 
 
+class Fail(Exception):
+    """A check on a guest failed."""
+
+
+def run_cases(cases, work, t_start):
+    """Runs (name, fn) pairs in order: a case that fails (Fail, a QEMU or QMP
+    error, a timeout) is reported and the others still run. Removes the work
+    directory, prints the summary and returns the exit status."""
+    failures = []
+    try:
+        for name, fn in cases:
+            try:
+                fn()
+            except (Fail, RuntimeError, TimeoutError, V.QMPError) as e:
+                failures.append(f"{name}: {e}")
+                print(f"  FAIL: {e}", flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"{len(failures)} failure(s), {time.monotonic() - t_start:.0f}s")
+    for f in failures:
+        print(f"FAIL: {f}")
+    return 1 if failures else 0
+
+
 def boot(qemu, image, machine, size, dimm_size=None, smp=1, timeout=None):
     """Boots a guest on KVM when that works, on TCG otherwise; returns
     (guest, accel, seconds to first tick). The KVM verdict is cached for the

@@ -21,10 +21,10 @@ Exit status: 0 pass, 1 failure, 77 skip (no QEMU, or the Debian packages
 cannot be fetched).
 """
 
+import functools
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -57,11 +57,9 @@ LINEAGES = [
     ("7.2-pc-2cpu", "7.2", "pc", "256M", None, 2),
 ]
 
-failures = []
 
 
-class Fail(Exception):
-    pass
+Fail = G.Fail
 
 
 def require(cond, msg):
@@ -215,21 +213,10 @@ def main():
     print(f"kernel {image.kernel_version}, busybox {image.busybox_version}, "
           f"{qemus['10'].label}, {qemus['7.2'].label} (setup {time.monotonic() - t_start:.1f}s)")
     work = tempfile.mkdtemp(prefix="snapmr-guest-", dir=WORK_DIR)
-    try:
-        for name, qv, machine, size, dimm, smp in LINEAGES:
-            if only and name not in only:
-                continue
-            try:
-                lineage(name, qemus[qv], image, machine, size, dimm, smp, work)
-            except (Fail, RuntimeError, TimeoutError, G.V.QMPError) as e:
-                failures.append(f"{name}: {e}")
-                print(f"  FAIL: {e}", flush=True)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    print(f"{len(failures)} failure(s), {time.monotonic() - t_start:.0f}s")
-    for f in failures:
-        print(f"FAIL: {f}")
-    return 1 if failures else 0
+    cases = [(name, functools.partial(lineage, name, qemus[qv], image, machine, size, dimm,
+                                      smp, work))
+             for name, qv, machine, size, dimm, smp in LINEAGES if not only or name in only]
+    return G.run_cases(cases, work, t_start)
 
 
 if __name__ == "__main__":

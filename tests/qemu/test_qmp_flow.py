@@ -33,7 +33,6 @@ Exit status: 0 pass, 1 failure, 77 skip.
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -55,11 +54,9 @@ def _bin(env, rel):
 
 SNAPSAVE = _bin("SNAPSAVE", "snapsave/snapsave")
 SNAPRESTORE = _bin("SNAPRESTORE", "snaprestore/snaprestore")
-failures = []
 
 
-class Fail(Exception):
-    pass
+Fail = G.Fail
 
 
 def require(cond, msg):
@@ -475,23 +472,12 @@ def main():
         print(f"SKIP: {e}")
         return SKIP
     work = tempfile.mkdtemp(prefix="snapmr-qmpflow-", dir=WORK_DIR)
-    try:
-        for name, fn in (("memfd", lambda: memfd(q72, image, work)),
-                         ("10", lambda: lineage10(q10, image, work)),
-                         ("7.2", lambda: lineage72(q72, q10, image, work)),
-                         ("10 pc", lambda: lineage_shape(q10, image, work, "pc", 2, None)),
-                         ("7.2 pc", lambda: lineage_shape(q72, image, work, "pc", 2, None))):
-            try:
-                fn()
-            except (Fail, RuntimeError, TimeoutError, G.V.QMPError) as e:
-                failures.append(f"{name}: {e}")
-                print(f"  FAIL: {e}", flush=True)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    print(f"{len(failures)} failure(s), {time.monotonic() - t_start:.0f}s")
-    for f in failures:
-        print(f"FAIL: {f}")
-    return 1 if failures else 0
+    return G.run_cases([("memfd", lambda: memfd(q72, image, work)),
+                        ("10", lambda: lineage10(q10, image, work)),
+                        ("7.2", lambda: lineage72(q72, q10, image, work)),
+                        ("10 pc", lambda: lineage_shape(q10, image, work, "pc", 2, None)),
+                        ("7.2 pc", lambda: lineage_shape(q72, image, work, "pc", 2, None))],
+                       work, t_start)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 #include "cli.h"
 #include "config.h"
 #include "engine.h"
+#include "fdopen.h"
 #include "fdpass.h"
 #include "fdset.h"
 #include "msg.h"
@@ -647,11 +648,6 @@ void cli_install_signal_cleanup(void)
 	}
 	signal(SIGPIPE, SIG_IGN);
 	signal(SIGXFSZ, SIG_IGN);
-}
-
-bool cli_same_file(const struct stat *x, const struct stat *y)
-{
-	return x->st_dev == y->st_dev && x->st_ino == y->st_ino;
 }
 
 int cli_add_fd(const char *arg)

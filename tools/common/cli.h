@@ -137,9 +137,6 @@ void cli_remove_aborted(void);
 /* Before the mappings go: their addresses may be reused. */
 void cli_forget_memory(void);
 
-/* Do x and y (from stat or fstat) describe the same file? */
-bool cli_same_file(const struct stat *x, const struct stat *y);
-
 /* --add-fd fd=F,set=N[,opaque=S]: 0, or -errno after printing the error. */
 int cli_add_fd(const char *arg);
 /* --fd-socket PATH|fd:N: receives descriptors until "start"; 0 or -errno after printing. */

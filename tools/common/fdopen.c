@@ -152,7 +152,7 @@ static int check_twin(int fd, int twin, char *errbuf, size_t errlen)
 		msg_set(errbuf, errlen, "fstat: %s", strerror(e));
 		return -e;
 	}
-	if (a.st_dev != b.st_dev || a.st_ino != b.st_ino) {
+	if (!snap_same_file(&a, &b)) {
 		msg_set(errbuf, errlen,
 			"the second descriptor (for O_DIRECT) is another file than the first "
 			"(device %llu inode %llu, not device %llu inode %llu)",

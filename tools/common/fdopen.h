@@ -10,7 +10,14 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <sys/stat.h>
 #include <sys/types.h>
+
+/* Do x and y (from stat, fstat or fstatat) describe the same file? */
+static inline bool snap_same_file(const struct stat *x, const struct stat *y)
+{
+	return x->st_dev == y->st_dev && x->st_ino == y->st_ino;
+}
 
 /* The name an fd set is opened by: SNAP_FDSET_PREFIX "N", never a file. */
 #define SNAP_FDSET_PREFIX "/dev/fdset/"

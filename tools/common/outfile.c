@@ -407,7 +407,7 @@ static int holds_ours(const struct snap_outfile *o, const char *name)
 		return -errno;
 	if (fstatat(o->dir_fd, name, &there, AT_SYMLINK_NOFOLLOW) < 0)
 		return -errno;
-	return mine.st_dev == there.st_dev && mine.st_ino == there.st_ino ? 0 : -ESTALE;
+	return snap_same_file(&mine, &there) ? 0 : -ESTALE;
 }
 
 int snap_outfile_commit(struct snap_outfile *o, char *errbuf, size_t errlen)

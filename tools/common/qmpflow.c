@@ -4,6 +4,7 @@
  */
 #include "qmpflow.h"
 #include "cli.h"
+#include "fdopen.h"
 #include "workers.h"
 
 #include <dirent.h>
@@ -321,7 +322,7 @@ int qf_memfd_path(struct qmp *q, const struct qmp_memdev *md, size_t n_md,
 		if (fstatat(dirfd(dp), e->d_name, &st, 0) < 0 || (uint64_t)st.st_size != d->size)
 			continue;
 		/* The same memfd under two descriptors is still one candidate. */
-		if (n && st.st_dev == ret_st->st_dev && st.st_ino == ret_st->st_ino)
+		if (n && snap_same_file(&st, ret_st))
 			continue;
 		if (!n++) {
 			*ret_st = st;
@@ -343,7 +344,7 @@ int qf_memfd_check(const struct stat *want, int fd, const char *id)
 {
 	struct stat st;
 
-	if (fstat(fd, &st) == 0 && st.st_dev == want->st_dev && st.st_ino == want->st_ino)
+	if (fstat(fd, &st) == 0 && snap_same_file(&st, want))
 		return 0;
 	cli_err("backend '%s' (memory-backend-memfd): QEMU's descriptor changed while it was "
 		"opened",

@@ -423,8 +423,8 @@ static int open_existing(const struct snap_ram_spec *s, int pdir, const char *na
 	if (m->fd < 0)
 		return errno == ENOENT ? 1 : dest_failed(s, in_dir, -errno, errbuf, errlen);
 	/* What was opened is what was checked (nothing swapped in between). */
-	if (in_dir && (fstat(m->fd, &fst) < 0 || fst.st_dev != st.st_dev ||
-		       fst.st_ino != st.st_ino || unsafe_entry(&fst, why, sizeof(why)))) {
+	if (in_dir && (fstat(m->fd, &fst) < 0 || !snap_same_file(&fst, &st) ||
+		       unsafe_entry(&fst, why, sizeof(why)))) {
 		snprintf(errbuf, errlen, "%s: changed while being opened", s->where);
 		close(m->fd);
 		m->fd = -1;
